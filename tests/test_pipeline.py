@@ -1,0 +1,282 @@
+"""End to end on a small local Ray: the output contract, resumption, and worker independence."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from vgray import glove
+from vgray.cli import app
+from vgray.store import read_tokens
+
+from test_cooccur import brute_force
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--vocab-size", "12", "--dim", "8", "--epochs", "200", "--shard-clips", "200", "-q"]
+
+
+def cli(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def tokens_of(run):
+    return read_tokens(sorted(glob.glob(os.path.join(run, "tokens", "*.parquet"))))
+
+
+def cooccur_of(run):
+    table = pq.read_table(sorted(glob.glob(os.path.join(run, "cooccur", "*.parquet"))))
+    order = np.lexsort((table["j"].to_numpy(), table["i"].to_numpy()))
+    return {c: table[c].to_numpy()[order] for c in ("i", "j", "x")}
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, corpus, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("run") / "run")
+    result = cli("train", corpus["features"], "--out", run, "--train-ids", corpus["train_ids"],
+                 "--workers", "2", *ARGS)
+    return run, result
+
+
+def test_contract_files(trained, corpus):
+    run, result = trained
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("embedded 60 videos") and "skipped 0" in line
+    manifest = json.load(open(os.path.join(run, "manifest.json")))
+    assert manifest["status"] == "complete"
+    assert manifest["config"]["vocab_size"] == 12 and manifest["versions"]["ray"]
+    for stage in ("scan", "vocab", "assign", "cooccur", "glove", "embed"):
+        assert manifest["stages"][stage]["status"] == "done"
+        assert manifest["stages"][stage]["seconds"] >= 0
+
+    centroids = np.load(os.path.join(run, "vocab", "centroids.npy"))
+    assert centroids.dtype == np.float32 and centroids.shape == (12, 16)
+
+    tokens = tokens_of(run)
+    schema = pq.read_schema(glob.glob(os.path.join(run, "tokens", "*.parquet"))[0])
+    assert str(schema.field("video_id").type) == "string"
+    assert str(schema.field("tokens").type) == "list<element: int32>"
+    feats = corpus["features"]
+    ids = sorted(f[:-8] for f in os.listdir(feats) if f.endswith("_rgb.npy"))
+    assert sorted(tokens) == ids
+    for vid in ids:  # tokens[t] is the nearest centroid of clip t (brute force)
+        x = np.load(os.path.join(feats, f"{vid}_rgb.npy")).astype(np.float64)
+        d = ((x[:, None] - centroids[None].astype(np.float64)) ** 2).sum(-1)
+        chosen = d[np.arange(len(x)), tokens[vid]]
+        np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5, atol=1e-5)
+
+    co = cooccur_of(run)
+    assert co["i"].dtype == np.int32 and co["x"].dtype == np.float64
+    pairs = list(zip(co["i"].tolist(), co["j"].tolist()))
+    assert len(pairs) == len(set(pairs))  # each (i, j) once across files
+    train = json.load(open(corpus["train_ids"]))
+    want = brute_force([tokens[v] for v in train], 12, 5)
+    got = np.zeros((12, 12))
+    got[co["i"], co["j"]] = co["x"]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+    vectors = np.load(os.path.join(run, "glove", "vectors.npy"))
+    assert vectors.dtype == np.float32 and vectors.shape == (12, 8)
+    state = np.load(os.path.join(run, "glove", "state.npz"), allow_pickle=False)
+    assert sorted(state.files) == ["b", "b_context", "w", "w_context"]
+    np.testing.assert_allclose(vectors, state["w"] + state["w_context"], rtol=1e-6)
+    loss = np.loadtxt(os.path.join(run, "glove", "loss.csv"), delimiter=",", skiprows=1)
+    assert loss.shape == (201, 2) and loss[-1, 1] < loss[0, 1]
+    direct = glove.loss(state["w"], state["w_context"], state["b"], state["b_context"],
+                        co["i"], co["j"], co["x"], 100.0, 0.75)
+    assert direct == pytest.approx(loss[-1, 1], rel=1e-4)
+
+    for vid in ids:
+        emb = np.load(os.path.join(run, "embeddings", f"{vid}.npy"))
+        assert emb.dtype == np.float32 and np.array_equal(emb, vectors[tokens[vid]])
+        rgb = np.load(os.path.join(feats, f"{vid}_rgb.npy"))
+        flow = np.load(os.path.join(feats, f"{vid}_flow.npy"))
+        crgb = np.load(os.path.join(run, "concat", f"{vid}_rgb.npy"))
+        cflow = np.load(os.path.join(run, "concat", f"{vid}_flow.npy"))
+        assert crgb.shape == (len(rgb), 16 + 8) and cflow.shape == (len(rgb), 8 + 8)
+        np.testing.assert_array_equal(crgb, np.hstack([rgb, emb / 2]))
+        np.testing.assert_array_equal(cflow, np.hstack([flow, emb / 2]))
+    assert open(os.path.join(run, "skipped.jsonl")).read() == ""
+    leftovers = [p for p in glob.glob(os.path.join(run, "**", "*"), recursive=True) if ".tmp-" in p]
+    assert leftovers == []
+
+
+def test_quality_on_planted_corpus(trained, corpus):
+    from vgray.quality import evaluate
+
+    q = evaluate(trained[0], corpus["root"])
+    assert q["nmi"] >= 0.95
+    assert q["neighbour_topic_agreement"] >= 0.9
+
+
+def test_rerun_does_no_work(trained, corpus):
+    run, _ = trained
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "*", "*"))}
+    cli("train", corpus["features"], "--out", run, "--train-ids", corpus["train_ids"], *ARGS)
+    manifest = json.load(open(os.path.join(run, "manifest.json")))
+    assert manifest["last_invocation"]["work"] == {
+        "vocab": 0, "assign_shards": 0, "reduce_parts": 0, "glove": 0, "embed_shards": 0}
+    assert {p: os.stat(p).st_mtime_ns for p in files} == files
+
+
+def test_changed_setting_is_refused(trained, corpus):
+    run, _ = trained
+    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",
+                                      corpus["train_ids"], *ARGS[:-1], "--window", "3"])
+    assert result.exit_code == 1
+    assert "--window" in result.output and "Traceback" not in result.output
+
+
+def test_lost_outputs_are_recomputed(trained, corpus, tmp_path):
+    """Later stages deleted and shards unmarked: a re-run redoes exactly what is needed."""
+    run, _ = trained
+    copy = str(tmp_path / "damaged")
+    shutil.copytree(run, copy)
+    for stage in ("cooccur", "glove", "embeddings", "concat"):
+        shutil.rmtree(os.path.join(copy, stage))
+    shutil.rmtree(os.path.join(copy, ".work", "embed"))
+    open(os.path.join(copy, "tokens", ".part-00000.tmp-deadbeef.parquet"), "wb").write(b"partial")
+    shards = len(glob.glob(os.path.join(run, ".work", "assign", "*.json")))
+    cli("train", corpus["features"], "--out", copy, "--train-ids", corpus["train_ids"],
+        "--workers", "1", *ARGS)
+    work = json.load(open(os.path.join(copy, "manifest.json")))["last_invocation"]["work"]
+    # The merged counts are gone and so are the partials: every shard counts again.
+    assert work == {"vocab": 0, "assign_shards": shards, "reduce_parts": 4, "glove": 1,
+                    "embed_shards": shards}
+    assert_same_results(run, copy)
+
+
+def test_driver_killed_mid_run_resumes(tmp_path):
+    """kill -9 of the driver (and the Ray it started) mid-assignment; the re-run resumes."""
+    import signal
+    import time
+
+    from vgray.synth import make_corpus
+
+    info = make_corpus(str(tmp_path / "c"), videos=80, dim=8, words=6, topics=2, min_clips=40,
+                       max_clips=60)
+    args = [sys.executable, os.path.join(ROOT, "cli.py"), "train", info["features"],
+            "--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "50",
+            "--workers", "1", "-q"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    crashed = str(tmp_path / "crashed")
+    proc = subprocess.Popen(args + ["--out", crashed], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = os.path.join(crashed, ".work", "assign")
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.isdir(markers) and len(os.listdir(markers)) >= 3:
+                break
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the processes it started
+        proc.wait()
+    done_before = len([m for m in os.listdir(markers) if m.endswith(".json")])
+    shards = 80 * 40 // 60  # at least this many shards of at most 50 clips
+    assert 3 <= done_before < shards, "the kill did not land mid-assignment"
+    assert not os.path.exists(os.path.join(crashed, "glove", "vectors.npy"))
+    for path in glob.glob(os.path.join(crashed, "**", "*"), recursive=True):
+        if ".tmp-" not in path and path.endswith(".npy"):
+            np.load(path)  # everything under a final name is complete
+    subprocess.run(args + ["--out", crashed], env=env, check=True, timeout=300, capture_output=True)
+    total = len(os.listdir(markers))
+    work = json.load(open(os.path.join(crashed, "manifest.json")))["last_invocation"]["work"]
+    assert work["vocab"] == 0 and work["assign_shards"] == total - done_before
+    clean = str(tmp_path / "clean")
+    subprocess.run(args + ["--out", clean], env=env, check=True, timeout=300, capture_output=True)
+    assert_same_results(clean, crashed)
+
+
+def assert_same_results(a_dir, b_dir):
+    a, b = tokens_of(a_dir), tokens_of(b_dir)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    ca, cb = cooccur_of(a_dir), cooccur_of(b_dir)
+    assert all(np.array_equal(ca[c], cb[c]) for c in ca)
+    np.testing.assert_array_equal(np.load(os.path.join(a_dir, "glove", "vectors.npy")),
+                                  np.load(os.path.join(b_dir, "glove", "vectors.npy")))
+
+
+def test_one_worker_and_two_workers_identical(trained, corpus, tmp_path):
+    run, _ = trained
+    one = str(tmp_path / "one")
+    cli("train", corpus["features"], "--out", one, "--train-ids", corpus["train_ids"],
+        "--workers", "1", *ARGS)
+    assert_same_results(run, one)
+
+
+def test_assign_and_embed_commands(trained, corpus, tmp_path):
+    run, _ = trained
+    out = tmp_path / "assigned"
+    result = cli("assign", run, corpus["features"], "--out", out, "-q")
+    assert result.stdout.strip().startswith("tokenised 60 videos")
+    tokens = tokens_of(run)
+    table = read_tokens([str(out / "tokens.parquet")])
+    assert table.keys() == tokens.keys()
+    for vid, t in tokens.items():
+        per_video = np.load(out / f"{vid}.npy")
+        assert per_video.dtype == np.int32 and np.array_equal(per_video, t)
+        assert np.array_equal(table[vid], t)
+
+    emb_out = tmp_path / "embedded"
+    cli("embed", run, corpus["features"], "--out", emb_out, "-q")
+    for vid in tokens:
+        for rel in (f"embeddings/{vid}.npy", f"concat/{vid}_rgb.npy", f"concat/{vid}_flow.npy"):
+            np.testing.assert_array_equal(np.load(emb_out / rel), np.load(os.path.join(run, rel)))
+
+
+def test_embed_refuses_incomplete_run(ray_session, corpus, tmp_path):
+    result = CliRunner().invoke(app, ["embed", str(tmp_path), corpus["features"], "--out",
+                                      str(tmp_path / "o")])
+    assert result.exit_code == 1 and "not a vgray train run" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_single_stream_layout_and_rgb_flow(ray_session, tmp_path):
+    from vgray.synth import make_corpus
+
+    info = make_corpus(str(tmp_path / "c"), videos=12, dim=6, words=4, topics=2, flow=True,
+                       flow_dim=3, min_clips=5, max_clips=9)
+    single = tmp_path / "single"
+    single.mkdir()
+    for f in os.listdir(info["features"]):
+        if f.endswith("_rgb.npy"):
+            shutil.copy(os.path.join(info["features"], f), single / f.replace("_rgb", ""))
+    run = tmp_path / "run1"
+    cli("train", single, "--out", run, "--vocab-size", "4", "--dim", "3", "--epochs", "20", "-q")
+    for f in os.listdir(single):
+        c = np.load(run / "concat" / f)
+        np.testing.assert_array_equal(c[:, :6], np.load(single / f))
+        np.testing.assert_array_equal(c[:, 6:], np.load(run / "embeddings" / f))
+    both = tmp_path / "run2"
+    cli("train", info["features"], "--out", both, "--streams", "rgb+flow", "--vocab-size", "4",
+        "--dim", "3", "--epochs", "20", "-q")
+    assert np.load(both / "vocab" / "centroids.npy").shape == (4, 6 + 3)
+
+
+def test_python_cli_py_subprocess(tmp_path):
+    """`python cli.py` from a checkout runs the same app, with its own embedded Ray."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "synth", str(tmp_path / "c"),
+                    "--videos", "8", "--dim", "4", "--words", "3", "--topics", "1"],
+                   check=True, env=env, capture_output=True)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train",
+                           str(tmp_path / "c" / "features"), "--out", str(tmp_path / "r"),
+                           "--vocab-size", "3", "--dim", "2", "--epochs", "5", "--workers", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("embedded 8 videos")
+    assert "vocab:" in done.stderr and "glove:" in done.stderr
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train",
+                          str(tmp_path / "nope"), "--out", str(tmp_path / "r2")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in bad.stderr

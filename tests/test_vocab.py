@@ -1,0 +1,87 @@
+"""k-means and assignment against brute force and scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+
+from vgray.vocab import KMeans, assign, kmeans_plusplus, nearest
+
+
+def brute_nearest(x, c):
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
+    return d.argmin(1), d
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_assign_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(500, 12)).astype(np.float32) * (seed + 1)
+    c = rng.normal(size=(17, 12)).astype(np.float32)
+    got = assign(x, c)
+    want, d = brute_nearest(x, c)
+    assert got.dtype == np.int32 and got.shape == (500,)
+    # Equal up to float32 near-ties: the chosen centroid is never farther than the best.
+    chosen = d[np.arange(len(x)), got]
+    np.testing.assert_allclose(chosen, d.min(1), rtol=1e-5, atol=1e-5)
+    assert (got == want).mean() > 0.99
+
+
+def test_nearest_chunks_agree():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(1000, 8)).astype(np.float32))
+    c = torch.from_numpy(rng.normal(size=(9, 8)).astype(np.float32))
+    l1, d1 = nearest(x, c, chunk=7)
+    l2, d2 = nearest(x, c, chunk=4096)
+    assert torch.equal(l1, l2)
+    _, brute = brute_nearest(x.numpy(), c.numpy())
+    np.testing.assert_allclose(d1.numpy(), brute.min(1), rtol=1e-4, atol=1e-4)
+
+
+def planted(k=10, d=16, per=100, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 3
+    truth = np.repeat(np.arange(k), per)
+    return (centers[truth] + noise * rng.normal(size=(k * per, d))).astype(np.float32), truth
+
+
+def test_recovers_planted_words():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    x, truth = planted()
+    model = KMeans(10, seed=0).fit(x)
+    assert normalized_mutual_info_score(truth, model.labels_) >= 0.99
+    assert model.cluster_centers_.shape == (10, 16)
+    assert model.inertia_ == pytest.approx(((x - model.cluster_centers_[model.labels_]) ** 2).sum(), rel=1e-4)
+
+
+def test_kmeanspp_spreads_over_clusters():
+    x, truth = planted(k=8, per=50)
+    centers = kmeans_plusplus(torch.from_numpy(x), 8, torch.Generator().manual_seed(0)).numpy()
+    hit = {int(truth[np.argmin(((x - c) ** 2).sum(1))]) for c in centers}
+    assert len(hit) >= 7  # k-means++ puts (nearly) one seed in each planted cluster
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_inertia_no_worse_than_minibatch_kmeans(seed):
+    from sklearn.cluster import MiniBatchKMeans
+
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(loc=rng.normal(size=32) * 2, size=(200, 32)) for _ in range(25)])
+    x = x.astype(np.float32)
+    ours = KMeans(30, seed=seed).fit(x).inertia_
+    theirs = MiniBatchKMeans(30, random_state=seed).fit(x).inertia_
+    assert ours <= theirs * 1.0001
+
+
+def test_deterministic_and_needs_enough_points():
+    x, _ = planted(k=5, per=20)
+    a, b = KMeans(5, seed=3).fit(x), KMeans(5, seed=3).fit(x)
+    assert np.array_equal(a.cluster_centers_, b.cluster_centers_)
+    with pytest.raises(ValueError):
+        KMeans(50).fit(x[:10])
+
+
+def test_duplicate_points_fewer_than_k():
+    x = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
+    model = KMeans(5, seed=0).fit(x)
+    assert model.inertia_ == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,68 @@
+"""Run settings: the one place where vgray's defaults live."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+STREAMS = ("rgb", "flow", "rgb+flow")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a `vgray train` run; saved resolved in RUN/manifest.json."""
+
+    vocab_size: int = 1500
+    window: int = 5
+    dim: int = 128
+    x_max: float = 100.0
+    alpha: float = 0.75
+    epochs: int = 300
+    learning_rate: float = 0.05
+    streams: str = "rgb"
+    seed: int = 0
+    workers: int | None = None  # None: one per CPU of the Ray cluster
+    device: str = "auto"
+    strict: bool = False
+    kmeans_iters: int = 25
+    kmeans_sample: int | None = None  # None: 256 clips per word, as faiss does
+    shard_clips: int = 50_000  # clips per unit of work; fixes the shards, not the workers
+    batch_clips: int = 8192  # clips held in memory at once by one worker
+    reducers: int = 4
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.vocab_size >= 2, "--vocab-size must be at least 2"),
+            (1 <= self.window <= 24, "--window must be between 1 and 24"),
+            (self.dim >= 1, "--dim must be at least 1"),
+            (self.x_max > 0, "--x-max must be positive"),
+            (self.alpha > 0, "--alpha must be positive"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.learning_rate > 0, "--learning-rate must be positive"),
+            (self.streams in STREAMS, f"--streams must be one of {', '.join(STREAMS)}"),
+            (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
+            (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+            (self.kmeans_iters >= 1, "--kmeans-iters must be at least 1"),
+            (self.kmeans_sample is None or self.kmeans_sample >= self.vocab_size,
+             "--kmeans-sample must be at least --vocab-size"),
+            (self.shard_clips >= 1, "--shard-clips must be at least 1"),
+            (self.batch_clips >= 1, "--batch-clips must be at least 1"),
+            (self.reducers >= 1, "--reducers must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def sample_size(self) -> int:
+        """Clips drawn from the training videos for k-means."""
+        return self.kmeans_sample if self.kmeans_sample is not None else 256 * self.vocab_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # Settings that fix what a RUN holds on disk (results or their layout); the others (workers,
+    # device, strict, batch_clips) only change how it is made.
+    RESULT_KEYS = ("vocab_size", "window", "dim", "x_max", "alpha", "epochs", "learning_rate",
+                   "streams", "seed", "kmeans_iters", "kmeans_sample", "shard_clips", "reducers")

@@ -1,0 +1,96 @@
+"""Windowed, 1/distance-weighted co-occurrence counts of visual words, exact under any sharding.
+
+For every pair of positions p < q of one video with q - p <= window, X[t_p, t_q] and X[t_q, t_p]
+each gain 1/(q - p). To stay exact whatever the number of shards, counts are kept as integers
+scaled by L = lcm(1..window): a pair at distance d adds L/d. Integers add up exactly in any order;
+X = S / L is taken once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+
+MAX_WINDOW = 24  # lcm(1..24) ~ 5.4e9 keeps the scaled int64 counts far from overflow
+_DENSE_LIMIT = 1 << 24  # vocabularies with K*K below this count into one dense array
+
+
+def scale(window: int) -> int:
+    """L = lcm(1, ..., window): the factor that makes every 1/d weight an integer."""
+    if not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be between 1 and {MAX_WINDOW}, got {window}")
+    return math.lcm(*range(1, window + 1))
+
+
+def _aggregate(keys: np.ndarray, values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum int64 values per int64 key (0 <= key < size): sorted unique keys and their sums."""
+    if size <= _DENSE_LIMIT and int(values.sum()) < 2**53:
+        # bincount sums in float64, which is exact while every sum stays below 2**53.
+        totals = np.bincount(keys, weights=values, minlength=size)
+        nz = np.flatnonzero(totals)
+        return nz.astype(np.int64), totals[nz].astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    values = values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
+    return keys[starts], np.add.reduceat(values, starts) if len(keys) else values
+
+
+def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scaled co-occurrence counts of token sequences: (i int32, j int32, s int64), sorted by (i, j).
+
+    X[i, j] = s / scale(window). Each sequence is one video; counts never cross sequences.
+    """
+    factor = scale(window)
+    seqs = [np.asarray(t, dtype=np.int64) for t in sequences]
+    seqs = [t for t in seqs if len(t) > 1]
+    if not seqs:
+        empty = np.zeros(0, np.int64)
+        return empty.astype(np.int32), empty.astype(np.int32), empty
+    tokens = np.concatenate(seqs)
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"tokens must lie in [0, {vocab_size})")
+    # Position of each token within its own video: pairs at distance d are valid where both
+    # ends belong to the same video, i.e. where the later one's position is at least d.
+    lengths = np.array([len(t) for t in seqs])
+    position = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    key_parts, value_parts = [], []
+    for d in range(1, window + 1):
+        valid = position[d:] >= d
+        if not valid.any():
+            break
+        left = tokens[:-d][valid]
+        right = tokens[d:][valid]
+        keys = np.concatenate([left * vocab_size + right, right * vocab_size + left])
+        key_parts.append(keys)
+        value_parts.append(np.full(len(keys), factor // d, dtype=np.int64))
+    keys, sums = _aggregate(np.concatenate(key_parts), np.concatenate(value_parts),
+                            vocab_size * vocab_size)
+    return (keys // vocab_size).astype(np.int32), (keys % vocab_size).astype(np.int32), sums
+
+
+def merge(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], vocab_size: int
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact sum of partial scaled counts (i, j, s) from any number of shards, sorted by (i, j)."""
+    parts = list(parts)
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return empty.astype(np.int32), empty.astype(np.int32), empty
+    keys = np.concatenate([i.astype(np.int64) * vocab_size + j for i, j, _ in parts])
+    values = np.concatenate([s.astype(np.int64) for _, _, s in parts])
+    keys, sums = _aggregate(keys, values, vocab_size * vocab_size)
+    return (keys // vocab_size).astype(np.int32), (keys % vocab_size).astype(np.int32), sums
+
+
+def partition(i: np.ndarray, reducers: int) -> list[np.ndarray]:
+    """Row indices of each reducer's part: pairs go to reducer i mod R (hash partition by i)."""
+    owner = i.astype(np.int64) % reducers
+    return [np.flatnonzero(owner == r) for r in range(reducers)]
+
+
+def weights(s: np.ndarray, window: int) -> np.ndarray:
+    """X = s / lcm(1..window) as float64."""
+    return s.astype(np.float64) / scale(window)

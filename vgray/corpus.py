@@ -1,0 +1,250 @@
+"""Find the videos of a FEATURES directory and load their clip features safely.
+
+Two-stream layout: `{id}_rgb.npy` with an optional `{id}_flow.npy`. Single-stream layout (no
+`*_rgb.npy` at all): every `{id}.npy` is one video. Arrays are `[T, D]` of a float dtype.
+Only `.npy` headers are read while scanning; arrays are memory-mapped and read in row blocks, so
+a worker's memory is bounded by the block size, never by a video's length.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BadVideo, VgrayError
+
+RGB_SUFFIX = "_rgb.npy"
+FLOW_SUFFIX = "_flow.npy"
+NPY_SUFFIX = ".npy"
+TWO_STREAM = "two-stream"
+SINGLE_STREAM = "single-stream"
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video: its id, the files of its streams, its clip count T and widths D."""
+
+    video_id: str
+    rgb_path: str
+    flow_path: str | None
+    frames: int
+    rgb_dim: int
+    flow_dim: int | None
+
+    def stream_dim(self, streams: str) -> int:
+        return {"rgb": self.rgb_dim, "flow": self.flow_dim or 0,
+                "rgb+flow": self.rgb_dim + (self.flow_dim or 0)}[streams]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An input that was not used, and why."""
+
+    video_id: str
+    path: str | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"video_id": self.video_id, "path": self.path, "reason": self.reason}
+
+
+@dataclass
+class Corpus:
+    """The usable videos of FEATURES (sorted by id) and the inputs skipped while scanning."""
+
+    root: str
+    layout: str
+    videos: list[Video]
+    skips: list[Skip] = field(default_factory=list)
+    rgb_dim: int | None = None
+    flow_dim: int | None = None
+    train_ids: set[str] | None = None  # None: every video trains
+    missing_train_ids: list[str] = field(default_factory=list)
+
+    def is_train(self, video_id: str) -> bool:
+        return self.train_ids is None or video_id in self.train_ids
+
+    @property
+    def train_videos(self) -> list[Video]:
+        return [v for v in self.videos if self.is_train(v.video_id)]
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple
+    fortran_order: bool
+    dtype: np.dtype
+    offset: int
+
+
+def read_header(path: str) -> NpyHeader:
+    """Read and check a `.npy` header without reading (or unpickling) the array."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
+            offset = f.tell()
+        size = os.path.getsize(path)
+    except BadVideo:
+        raise
+    except OSError as e:
+        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
+    except Exception as e:  # numpy raises ValueError/SyntaxError/... on garbage headers
+        raise BadVideo(f"not a valid .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if dtype.hasobject:
+        raise BadVideo("object array (would need unpickling); refused")
+    if dtype.kind != "f" or dtype.fields is not None:
+        raise BadVideo(f"dtype {dtype} is not a floating-point type")
+    if len(shape) != 2:
+        raise BadVideo(f"expected a 2-D [T, D] array, got shape {tuple(shape)}")
+    frames, dim = shape
+    if frames == 0:
+        raise BadVideo("no clips (T = 0)")
+    if dim == 0:
+        raise BadVideo("zero-width features (D = 0)")
+    expected = offset + frames * dim * dtype.itemsize
+    if size < expected:
+        raise BadVideo(f"truncated: {size} bytes, the header declares {expected}")
+    return NpyHeader(tuple(shape), bool(fortran), dtype, offset)
+
+
+def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows [start, stop) of a `.npy` file as C-contiguous float32; raise BadVideo on NaN/inf."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy: never the map
+    except OSError as e:
+        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
+    except ValueError as e:
+        raise BadVideo(f"not a valid .npy file: {e}") from None
+    if not np.isfinite(block).all():
+        bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
+        raise BadVideo(f"non-finite value (NaN or inf) in clip {bad}")
+    return block
+
+
+def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Clips [start, stop) of the features that are clustered: rgb, flow, or both side by side."""
+    if streams == "rgb":
+        return load_rows(video.rgb_path, start, stop)
+    if video.flow_path is None:
+        raise BadVideo(f"no flow file, but --streams {streams} needs one")
+    flow = load_rows(video.flow_path, start, stop)
+    if streams == "flow":
+        return flow
+    return np.concatenate([load_rows(video.rgb_path, start, stop), flow], axis=1)
+
+
+def read_train_ids(path: str) -> list[str]:
+    """Training ids from a JSON list, or the keys of a JSON object (ActivityNet `train.json`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise VgrayError(f"cannot read --train-ids {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise VgrayError(f"--train-ids {path} is not valid JSON: {e}") from None
+    ids = list(data.keys()) if isinstance(data, dict) else data
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise VgrayError(f"--train-ids {path} must be a JSON list of ids or an object keyed by id")
+    return ids
+
+
+def _mode(values: list[int]) -> int | None:
+    if not values:
+        return None
+    counts = collections.Counter(values)
+    # Most common width; ties go to the smaller width so the choice never depends on file order.
+    return min(counts, key=lambda d: (-counts[d], d))
+
+
+def scan(
+    root: str,
+    streams: str = "rgb",
+    train_ids: list[str] | None = None,
+    rgb_dim: int | None = None,
+    flow_dim: int | None = None,
+) -> Corpus:
+    """List the videos of FEATURES from their headers; everything unusable becomes a Skip.
+
+    `rgb_dim`/`flow_dim` are the widths a trained RUN expects; without them the most common
+    width per stream (over training videos) is the corpus width.
+    """
+    if not os.path.isdir(root):
+        raise VgrayError(f"FEATURES {root} is not a directory")
+    names = sorted(n for n in os.listdir(root) if n.endswith(NPY_SUFFIX) and not n.startswith("."))
+    layout = TWO_STREAM if any(n.endswith(RGB_SUFFIX) for n in names) else SINGLE_STREAM
+    if layout == SINGLE_STREAM and streams != "rgb":
+        raise VgrayError(f"--streams {streams} needs {{id}}_flow.npy files, but FEATURES has the "
+                         "single-stream layout ({id}.npy)")
+    skips: list[Skip] = []
+    rgb: dict[str, str] = {}
+    flow: dict[str, str] = {}
+    for name in names:
+        path = os.path.join(root, name)
+        if layout == SINGLE_STREAM:
+            rgb[name[: -len(NPY_SUFFIX)]] = path
+        elif name.endswith(RGB_SUFFIX):
+            rgb[name[: -len(RGB_SUFFIX)]] = path
+        elif name.endswith(FLOW_SUFFIX):
+            flow[name[: -len(FLOW_SUFFIX)]] = path
+        else:
+            skips.append(Skip(name[: -len(NPY_SUFFIX)], path,
+                              "not named {id}_rgb.npy or {id}_flow.npy in a two-stream FEATURES"))
+    for vid in sorted(set(flow) - set(rgb)):
+        skips.append(Skip(vid, flow[vid], "flow file without an rgb file"))
+
+    wanted = set(train_ids) if train_ids is not None else None
+    candidates = []
+    for vid in sorted(rgb):
+        try:
+            head = read_header(rgb[vid])
+        except BadVideo as e:
+            skips.append(Skip(vid, rgb[vid], str(e)))
+            continue
+        fpath = flow.get(vid)
+        fdim = None
+        if fpath is not None:
+            try:
+                fhead = read_header(fpath)
+            except BadVideo as e:
+                skips.append(Skip(vid, fpath, f"flow: {e}"))
+                continue
+            if fhead.shape[0] != head.shape[0]:
+                skips.append(Skip(vid, fpath, f"rgb has T = {head.shape[0]} clips but flow has "
+                                              f"T = {fhead.shape[0]}"))
+                continue
+            fdim = fhead.shape[1]
+        elif streams != "rgb":
+            skips.append(Skip(vid, rgb[vid], f"no flow file, but --streams {streams} needs one"))
+            continue
+        candidates.append(Video(vid, rgb[vid], fpath, head.shape[0], head.shape[1], fdim))
+
+    pool = [v for v in candidates if wanted is None or v.video_id in wanted] or candidates
+    if rgb_dim is None:
+        rgb_dim = _mode([v.rgb_dim for v in pool])
+    if flow_dim is None:
+        flow_dim = _mode([v.flow_dim for v in pool if v.flow_dim is not None])
+    videos = []
+    for v in candidates:
+        if v.rgb_dim != rgb_dim:
+            skips.append(Skip(v.video_id, v.rgb_path, f"D = {v.rgb_dim} but the corpus has "
+                                                      f"D = {rgb_dim} (rgb)"))
+        elif v.flow_dim is not None and v.flow_dim != flow_dim:
+            skips.append(Skip(v.video_id, v.flow_path, f"D = {v.flow_dim} but the corpus has "
+                                                       f"D = {flow_dim} (flow)"))
+        else:
+            videos.append(v)
+    found = set(rgb) | set(flow)
+    missing = sorted(wanted - found) if wanted is not None else []
+    skips.sort(key=lambda s: (s.video_id, s.path or ""))
+    return Corpus(root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing)

@@ -1,0 +1,136 @@
+"""GloVe (Pennington et al. 2014) on a co-occurrence matrix, in torch on CPU or CUDA.
+
+J = mean over X_ij > 0 of f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2, f(x) = min(1, (x/x_max)^alpha).
+Each epoch is one full-batch Adam step on J with analytic gradients: as a dense K x K matrix
+product for vocabularies up to a few thousand words, over the non-zeros in chunks beyond that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DENSE_MAX_WORDS = 4096
+_SPARSE_CHUNK = 1 << 18
+
+
+def weighting(x: np.ndarray, x_max: float, alpha: float) -> np.ndarray:
+    """f(x) = min(1, (x / x_max)^alpha)."""
+    return np.minimum(1.0, (np.asarray(x, dtype=np.float64) / x_max) ** alpha)
+
+
+def loss(w, w_context, b, b_context, i, j, x, x_max: float, alpha: float) -> float:
+    """J evaluated directly in float64 numpy: the reference the trainer is checked against."""
+    w, w_context = np.asarray(w, np.float64), np.asarray(w_context, np.float64)
+    pred = (w[i] * w_context[j]).sum(axis=1) + np.asarray(b, np.float64)[i] + np.asarray(b_context, np.float64)[j]
+    err = pred - np.log(x)
+    return float(np.mean(weighting(x, x_max, alpha) * err * err))
+
+
+class GloVe:
+    """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
+
+    def __init__(self, dim: int = 128, x_max: float = 100.0, alpha: float = 0.75, epochs: int = 300,
+                 learning_rate: float = 0.05, seed: int = 0, device: str = "cpu"):
+        self.dim = dim
+        self.x_max = x_max
+        self.alpha = alpha
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.seed = seed
+        self.device = device
+
+    def fit(self, i: np.ndarray, j: np.ndarray, x: np.ndarray, vocab_size: int,
+            on_epoch=None) -> "GloVe":
+        """Train on the non-zeros X[i, j] = x > 0; loss_[e] is J after e epochs (loss_[0]: init)."""
+        i = np.asarray(i, np.int64)
+        j = np.asarray(j, np.int64)
+        x = np.asarray(x, np.float64)
+        if len(x) == 0:
+            raise ValueError("the co-occurrence matrix is empty: no training video has 2 clips")
+        if (x <= 0).any():
+            raise ValueError("co-occurrence values must be positive")
+        dev = torch.device(self.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        k, dim = vocab_size, self.dim
+
+        def init(*shape):
+            return ((torch.rand(*shape, generator=gen) - 0.5) / dim).to(dev)
+
+        params = [init(k, dim), init(k, dim), init(k), init(k)]
+        for p in params:
+            p.requires_grad_(False)
+        grads = [torch.zeros_like(p) for p in params]
+        optimizer = torch.optim.Adam([torch.nn.Parameter(p) for p in params], lr=self.learning_rate)
+        params = optimizer.param_groups[0]["params"]
+        step = (self._dense_step if k <= DENSE_MAX_WORDS else self._sparse_step)(i, j, x, k, dev)
+        self.loss_ = []
+        for epoch in range(self.epochs + 1):
+            with torch.no_grad():
+                value = step([p.data for p in params], grads)
+            self.loss_.append(value)
+            if on_epoch is not None:
+                on_epoch(epoch, value)
+            if epoch == self.epochs:
+                break
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+        w, wc, b, bc = (p.detach().cpu().numpy() for p in params)
+        self.w_, self.w_context_, self.b_, self.b_context_ = w, wc, b, bc
+        self.vectors_ = (w + wc).astype(np.float32)
+        return self
+
+    def _dense_step(self, i, j, x, k, dev):
+        """J and its gradient with K x K matrices: three matmuls per epoch."""
+        n = len(x)
+        log_x = torch.zeros(k, k, dtype=torch.float32, device=dev)
+        f = torch.zeros(k, k, dtype=torch.float32, device=dev)
+        ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
+        log_x[ii, jj] = torch.from_numpy(np.log(x)).float().to(dev)
+        f[ii, jj] = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
+
+        def step(params, grads):
+            w, wc, b, bc = params
+            pred = torch.addmm(b.unsqueeze(1) + bc.unsqueeze(0), w, wc.T)
+            fe = f * (pred - log_x)  # zero where X is zero, since f is
+            value = float((fe.double() * (pred - log_x).double()).sum()) / n
+            g = fe.mul_(2.0 / n)
+            torch.mm(g, wc, out=grads[0])
+            torch.mm(g.T, w, out=grads[1])
+            torch.sum(g, dim=1, out=grads[2])
+            torch.sum(g, dim=0, out=grads[3])
+            return value
+
+        return step
+
+    def _sparse_step(self, i, j, x, k, dev):
+        """J and its gradient over the non-zeros, in chunks that bound memory."""
+        n = len(x)
+        ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
+        log_x = torch.from_numpy(np.log(x)).float().to(dev)
+        f = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
+
+        def step(params, grads):
+            w, wc, b, bc = params
+            for g in grads:
+                g.zero_()
+            total = 0.0
+            for s in range(0, n, _SPARSE_CHUNK):
+                ci, cj = ii[s:s + _SPARSE_CHUNK], jj[s:s + _SPARSE_CHUNK]
+                wi, wj = w[ci], wc[cj]
+                err = (wi * wj).sum(1) + b[ci] + bc[cj] - log_x[s:s + _SPARSE_CHUNK]
+                fe = f[s:s + _SPARSE_CHUNK] * err
+                total += float((fe.double() * err.double()).sum())
+                g = fe.mul_(2.0 / n)
+                grads[0].index_add_(0, ci, g.unsqueeze(1) * wj)
+                grads[1].index_add_(0, cj, g.unsqueeze(1) * wi)
+                grads[2].index_add_(0, ci, g)
+                grads[3].index_add_(0, cj, g)
+            return total / n
+
+        return step
+
+    def loss(self, i, j, x) -> float:
+        """J of the fitted state on the given non-zeros (float64 reference evaluation)."""
+        return loss(self.w_, self.w_context_, self.b_, self.b_context_, i, j, x, self.x_max, self.alpha)

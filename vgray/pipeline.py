@@ -1,0 +1,679 @@
+"""The stages of a run on Ray: shard actors, reducers, the GloVe actor and the embedding fan-out.
+
+This is the only module that talks to Ray. The driver holds video metadata and small results
+(centroids, vectors, per-shard stats), never the corpus: shard actors load features in blocks of
+`batch_clips` clips and write their outputs themselves.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import platform
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import ray
+import pyarrow.parquet as pq
+
+from . import __version__, cooccur
+from .config import TrainConfig
+from .corpus import Corpus, Skip, Video, load_clips, load_rows, read_train_ids, scan
+from .embed import concat, embed
+from .errors import BadVideo, VgrayError
+from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, atomic_path, load_npy,
+                    read_tokens, save_npy, shard_name, tokens_table, write_json, write_table)
+from .vocab import KMeans, nearest
+
+log = logging.getLogger("vgray")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (no Ray)
+
+def make_shards(videos: list[Video], shard_clips: int) -> list[list[Video]]:
+    """Cut the sorted videos into contiguous shards of about `shard_clips` clips.
+
+    Shards depend on the corpus and shard_clips only, never on the number of workers, so
+    results and completion markers are the same however many workers run them.
+    """
+    shards, current, clips = [], [], 0
+    for v in videos:
+        if current and clips + v.frames > shard_clips:
+            shards.append(current)
+            current, clips = [], 0
+        current.append(v)
+        clips += v.frames
+    if current:
+        shards.append(current)
+    return shards
+
+
+def sample_mask(video_id: str, frames: int, probability: float, seed: int) -> np.ndarray:
+    """Which clips of a video go into the k-means sample: a per-video seeded draw, so the sample
+    does not depend on how videos are sharded or which worker loads them."""
+    if probability >= 1.0:
+        return np.ones(frames, dtype=bool)
+    rng = np.random.default_rng([seed, zlib.crc32(video_id.encode("utf-8"))])
+    return rng.random(frames) < probability
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VgrayError("--device cuda, but this worker has no CUDA device")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _use_all_cores() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def partial_paths(run: RunDir, shard: int, reducers: int) -> list[str]:
+    """The partial co-occurrence files of one shard, one per reducer."""
+    return [run.path(WORK, "cooccur", f"{shard_name(shard)}-{r:03d}.parquet") for r in range(reducers)]
+
+
+def _tokenize(video: Video, centroids, centroids_sq, streams: str, batch_clips: int, device: str):
+    import torch
+
+    parts = []
+    for start in range(0, video.frames, batch_clips):
+        stop = min(start + batch_clips, video.frames)
+        block = load_clips(video, streams, start, stop)
+        if streams == "rgb" and video.flow_path is not None:
+            load_rows(video.flow_path, start, stop)  # a video is used whole or skipped whole
+        labels, _ = nearest(torch.from_numpy(block).to(device), centroids, centroids_sq)
+        parts.append(labels.to(torch.int32).cpu().numpy())
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray pieces
+
+@ray.remote(num_cpus=1)
+class ShardWorker:
+    """Loads a shard's features in bounded blocks: samples clips, assigns words, counts pairs."""
+
+    def __init__(self, streams: str, batch_clips: int, device: str):
+        import torch
+
+        torch.set_num_threads(1)  # one core per actor; also keeps results thread-independent
+        self.streams = streams
+        self.batch_clips = batch_clips
+        self.device = device
+        self.centroids = None
+
+    def set_centroids(self, path: str) -> None:
+        import torch
+
+        c = torch.from_numpy(load_npy(path, np.float32, 2)).to(self.device)
+        self.centroids, self.centroids_sq = c, (c * c).sum(1)
+
+    def sample(self, videos: list[Video], probability: float, seed: int):
+        rows, skips = [], []
+        for v in videos:
+            mask = sample_mask(v.video_id, v.frames, probability, seed)
+            try:
+                picked = [load_clips(v, self.streams, s, min(s + self.batch_clips, v.frames))
+                          [mask[s:s + self.batch_clips]]
+                          for s in range(0, v.frames, self.batch_clips)]
+            except BadVideo as e:
+                skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
+                continue
+            rows.extend(picked)
+        dim = videos[0].stream_dim(self.streams)
+        sample = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
+        return sample, skips
+
+    def assign(self, out: str, shard: int, videos: list[Video], train: list[bool],
+               tokens_part: str, counts: dict | None, tokens_dir: str | None) -> dict:
+        """Tokens of a shard -> tokens part (+ per-video .npy); partial counts of its
+        training videos -> one file per reducer; then the shard's marker."""
+        t0 = time.perf_counter()
+        run = RunDir(out)
+        ids, seqs, trained, skips = [], [], [], []
+        for v, is_train in zip(videos, train):
+            try:
+                tokens = _tokenize(v, self.centroids, self.centroids_sq, self.streams,
+                                   self.batch_clips, self.device)
+            except BadVideo as e:
+                skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
+                continue
+            ids.append(v.video_id)
+            seqs.append(tokens)
+            if is_train:
+                trained.append(tokens)
+            if tokens_dir is not None:
+                save_npy(os.path.join(tokens_dir, f"{v.video_id}.npy"), tokens)
+        write_table(tokens_part, tokens_table(ids, seqs))
+        pairs = 0
+        if counts is not None:
+            i, j, s = cooccur.count(trained, counts["vocab_size"], counts["window"])
+            pairs = len(i)
+            for r, rows in enumerate(cooccur.partition(i, counts["reducers"])):
+                table = pa.table([i[rows], j[rows], s[rows]], schema=PARTIAL_SCHEMA)
+                write_table(partial_paths(run, shard, counts["reducers"])[r], table)
+        stats = {"shard": shard, "videos": len(ids), "clips": int(sum(len(t) for t in seqs)),
+                 "train_videos": len(trained), "pairs": pairs, "skips": skips,
+                 "seconds": round(time.perf_counter() - t0, 3)}
+        run.mark("assign", shard, stats)
+        return stats
+
+
+@ray.remote(num_cpus=1)
+class GloveTrainer:
+    """The one actor that trains GloVe (placed on a GPU node when the cluster has GPUs)."""
+
+    def fit(self, out: str, config: dict) -> dict:
+        from .glove import GloVe
+
+        _use_all_cores()
+        cfg = TrainConfig(**config)
+        device = resolve_device(cfg.device)
+        run = RunDir(out)
+        t0 = time.perf_counter()
+        table = pa.concat_tables([pq.read_table(p, schema=COOCCUR_SCHEMA) for p in
+                                  sorted(glob.glob(run.path("cooccur", "*.parquet")))])
+        i, j, x = (table.column(c).to_numpy() for c in ("i", "j", "x"))
+        model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
+                      device).fit(i, j, x, cfg.vocab_size)
+        np_state = {"w": model.w_, "w_context": model.w_context_, "b": model.b_,
+                    "b_context": model.b_context_}
+        with atomic_path(run.path("glove", "state.npz")) as tmp:
+            np.savez(tmp, **np_state)
+        with atomic_path(run.path("glove", "loss.csv")) as tmp:
+            with open(tmp, "w") as f:
+                f.write("epoch,loss\n")
+                f.writelines(f"{e},{v!r}\n" for e, v in enumerate(model.loss_))
+        save_npy(run.path("glove", "vectors.npy"), model.vectors_)
+        return {"device": device, "nonzeros": int(len(x)), "epochs": cfg.epochs,
+                "initial_loss": model.loss_[0], "final_loss": model.loss_[-1],
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+
+
+@ray.remote(num_cpus=1)
+def fit_vocabulary(config: dict, *samples: np.ndarray) -> dict:
+    """k-means on the concatenated sample (in shard order, so independent of the workers)."""
+    _use_all_cores()
+    cfg = TrainConfig(**config)
+    device = resolve_device(cfg.device)
+    sample = np.concatenate(samples)
+    if len(sample) < cfg.vocab_size:
+        raise VgrayError(f"--vocab-size {cfg.vocab_size} needs at least that many training clips "
+                         f"in the k-means sample, got {len(sample)}")
+    t0 = time.perf_counter()
+    model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(sample)
+    return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
+            "inertia_per_clip": model.inertia_ / len(sample), "sample_clips": int(len(sample)),
+            "iterations": model.n_iter_, "device": device,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+@ray.remote(num_cpus=1)
+def reduce_partition(out: str, partition: int, shards: int, reducers: int, vocab_size: int,
+                     window: int) -> dict:
+    """Exact sum of every shard's partial counts for rows i with i mod R == partition."""
+    run = RunDir(out)
+    paths = [partial_paths(run, k, reducers)[partition] for k in range(shards)]
+    parts = []
+    for path in paths:
+        t = pq.read_table(path, schema=PARTIAL_SCHEMA)
+        parts.append(tuple(t.column(c).to_numpy() for c in ("i", "j", "s")))
+    i, j, s = cooccur.merge(parts, vocab_size)
+    table = pa.table([i, j, cooccur.weights(s, window)], schema=COOCCUR_SCHEMA)
+    write_table(run.path("cooccur", f"part-{partition:05d}.parquet"), table)
+    return {"partition": partition, "nonzeros": int(len(i))}
+
+
+@ray.remote(num_cpus=1)
+def embed_shard(out: str, shard: int, videos: list[Video], tokens_part: str,
+                vectors: np.ndarray, batch_clips: int) -> dict:
+    """Embeddings and concatenations of one shard's videos, written block by block."""
+    t0 = time.perf_counter()
+    run = RunDir(out)
+    tokens = read_tokens([tokens_part])
+    written, skips = 0, []
+    for v in videos:
+        if v.video_id not in tokens:
+            continue  # skipped at assignment, recorded there
+        emb = embed(tokens[v.video_id], vectors)
+        try:
+            for source in filter(None, (v.rgb_path, v.flow_path)):
+                _write_concat(run.path("concat", os.path.basename(source)), source, emb,
+                              v.flow_path is not None, batch_clips)
+        except BadVideo as e:  # the file changed since it was assigned
+            skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
+            continue
+        save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
+        written += 1
+    stats = {"shard": shard, "videos": written, "skips": skips,
+             "seconds": round(time.perf_counter() - t0, 3)}
+    run.mark("embed", shard, stats)
+    return stats
+
+
+def _write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
+                  batch_clips: int) -> None:
+    """[features, emb] of one stream file, read and written in blocks (bounded memory for long
+    videos); the output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy)."""
+    frames = emb.shape[0]
+    with atomic_path(target) as tmp:
+        array = None
+        for start in range(0, frames, batch_clips):
+            stop = min(start + batch_clips, frames)
+            block = concat(load_rows(source, start, stop), emb[start:stop], two_streams)
+            if array is None:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                  shape=(frames, block.shape[1]))
+            array[start:stop] = block
+        array.flush()
+        del array
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+def connect(address: str | None = None) -> None:
+    """Use the Ray already initialised in this process, or start an embedded local one."""
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=True)
+
+
+def _versions() -> dict:
+    import pyarrow
+    import torch
+
+    return {"vgray": __version__, "python": platform.python_version(), "ray": ray.__version__,
+            "torch": torch.__version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
+
+
+def _digest(ids: list[str] | None) -> str | None:
+    """A short fingerprint of a list of training ids (the list itself may be long)."""
+    if ids is None:
+        return None
+    import hashlib
+
+    return f"{len(set(ids))} ids, sha256 " + hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()[:16]
+
+
+def _fingerprint(corpus: Corpus) -> str:
+    h = zlib.crc32(corpus.layout.encode())
+    for v in corpus.videos:
+        h = zlib.crc32(f"{v.video_id}|{v.frames}|{v.rgb_dim}|{v.flow_dim}".encode(), h)
+    for s in corpus.skips:
+        h = zlib.crc32(f"{s.video_id}|{s.reason}".encode(), h)
+    return f"{h:08x}"
+
+
+@dataclass
+class Summary:
+    """What a command did: counts for its one-line summary, and where its outputs are."""
+
+    out: str
+    videos: int
+    clips: int
+    skipped: int
+    seconds: float
+    work: dict = field(default_factory=dict)  # units of work computed by this invocation
+    figures: dict = field(default_factory=dict)
+
+    def line(self, what: str = "embedded") -> str:
+        return (f"{what} {self.videos} videos ({self.clips} clips), skipped {self.skipped} "
+                f"(see {os.path.join(self.out, 'skipped.jsonl')}), manifest "
+                f"{os.path.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
+
+
+class Job:
+    """One invocation over one output directory: scans, shards, runs stages, keeps the manifest."""
+
+    def __init__(self, out: str, echo=None):
+        self.run = RunDir(out)
+        self.echo = echo or (lambda message: None)
+        self.t0 = time.perf_counter()
+        self.work: dict[str, int] = {}
+        self.manifest: dict = {}
+
+    # --- manifest -------------------------------------------------------------------------
+    def open(self, header: dict, must_match: dict) -> None:
+        """Start or resume: a RUN made with other result-changing settings is refused."""
+        old = self.run.read_manifest()
+        if old is not None:
+            for key, value in must_match.items():
+                before = old.get("settings", {}).get(key)
+                if before != value:
+                    flag = "--" + key.replace("_", "-")
+                    raise VgrayError(
+                        f"{self.run.root} was made with {flag} {before!r}, this run asks for "
+                        f"{value!r}; use another --out (or delete it to start over)")
+            self.manifest = old
+        else:
+            self.manifest = {"settings": must_match, "stages": {}}
+        self.manifest.update(header)
+        self.manifest["versions"] = _versions()
+        self.manifest["status"] = "running"
+        self.save()
+
+    def save(self) -> None:
+        self.run.write_manifest(self.manifest)
+
+    def stage_done(self, name: str) -> bool:
+        return self.manifest["stages"].get(name, {}).get("status") == "done"
+
+    def finish_stage(self, name: str, seconds: float, **figures) -> None:
+        self.manifest["stages"][name] = {"status": "done", "seconds": round(seconds, 3), **figures}
+        self.save()
+
+    # --- scanning -------------------------------------------------------------------------
+    def scan(self, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
+             rgb_dim: int | None = None, flow_dim: int | None = None) -> Corpus:
+        t = time.perf_counter()
+        corpus = scan(features, streams, train_ids, rgb_dim, flow_dim)
+        if strict and corpus.skips:
+            s = corpus.skips[0]
+            raise VgrayError(f"{s.video_id}: {s.reason} ({s.path}) [--strict]")
+        if not corpus.videos:
+            raise VgrayError(f"no usable videos in {features}"
+                             + (f" (first problem: {corpus.skips[0].reason})" if corpus.skips else ""))
+        fingerprint = _fingerprint(corpus)
+        before = self.manifest.get("corpus", {}).get("fingerprint")
+        if before is not None and before != fingerprint:
+            raise VgrayError(f"FEATURES {features} changed since {self.run.root} was started; "
+                             "use another --out (or delete it to start over)")
+        self.manifest["corpus"] = {
+            "layout": corpus.layout, "videos": len(corpus.videos),
+            "clips": int(sum(v.frames for v in corpus.videos)),
+            "train_videos": len(corpus.train_videos), "rgb_dim": corpus.rgb_dim,
+            "flow_dim": corpus.flow_dim, "skipped_at_scan": len(corpus.skips),
+            "missing_train_ids": len(corpus.missing_train_ids), "fingerprint": fingerprint}
+        self.finish_stage("scan", time.perf_counter() - t, videos=len(corpus.videos),
+                          skipped=len(corpus.skips))
+        self.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
+                  + (f", {len(corpus.missing_train_ids)} training ids without files"
+                     if corpus.missing_train_ids else "") + f" ({time.perf_counter() - t:.1f} s)")
+        self.corpus = corpus
+        return corpus
+
+    # --- stages ---------------------------------------------------------------------------
+    def _pool(self, n: int, streams: str, batch_clips: int, device: str):
+        return [ShardWorker.remote(streams, batch_clips, device) for _ in range(n)]
+
+    def assign(self, shards: list[list[Video]], cfg: TrainConfig, centroids_path: str,
+               tokens_part, counts: dict | None, tokens_dir: str | None = None,
+               need_partials: bool = False) -> None:
+        """Shard actors tokenise every video; with `counts`, also partial co-occurrence."""
+        def done(k: int) -> bool:
+            # Partial counts are deleted once merged; a shard whose partials are gone is redone
+            # if the merge has to run again.
+            return self.run.done("assign", k) and (not need_partials or all(
+                os.path.exists(p) for p in partial_paths(self.run, k, counts["reducers"])))
+
+        todo = [k for k in range(len(shards)) if not done(k)]
+        self.work["assign_shards"] = len(todo)
+        t = time.perf_counter()
+        if todo:
+            from ray.util import ActorPool
+
+            actors = self._pool(min(_workers(cfg), len(todo)), cfg.streams, cfg.batch_clips, "cpu")
+            ray.get([a.set_centroids.remote(centroids_path) for a in actors])
+            pool = ActorPool(actors)
+            corpus = self.corpus
+            calls = pool.map_unordered(
+                lambda a, k: a.assign.remote(
+                    self.run.root, k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
+                    tokens_part(k), counts, tokens_dir), todo)
+            for finished, stats in enumerate(calls, 1):
+                if cfg.strict and stats["skips"]:
+                    s = stats["skips"][0]
+                    raise VgrayError(f"{s['video_id']}: {s['reason']} ({s['path']}) [--strict]")
+                self.echo(f"assign: shard {finished}/{len(todo)} ({stats['videos']} videos, "
+                          f"{stats['clips']} clips)")
+            for a in actors:
+                ray.kill(a)
+        markers = [self.run.read_marker("assign", k) for k in range(len(shards))]
+        clips = sum(m["clips"] for m in markers)
+        self.finish_stage("assign", time.perf_counter() - t, shards=len(shards),
+                          videos=sum(m["videos"] for m in markers), clips=clips,
+                          skipped=sum(len(m["skips"]) for m in markers))
+        self.echo(f"assign: {clips} clips tokenised ({time.perf_counter() - t:.1f} s)")
+
+    def embed(self, shards: list[list[Video]], vectors: np.ndarray, tokens_part,
+              batch_clips: int) -> None:
+        todo = [k for k in range(len(shards)) if not self.run.done("embed", k)]
+        self.work["embed_shards"] = len(todo)
+        t = time.perf_counter()
+        if todo:
+            ref = ray.put(vectors)
+            pending = [embed_shard.remote(self.run.root, k, shards[k], tokens_part(k), ref,
+                                          batch_clips) for k in todo]
+            for n in range(len(pending)):
+                ready, pending = ray.wait(pending)
+                ray.get(ready)
+                self.echo(f"embed: shard {n + 1}/{len(todo)}")
+        markers = [self.run.read_marker("embed", k) for k in range(len(shards))]
+        videos = sum(m["videos"] for m in markers)
+        self.finish_stage("embed", time.perf_counter() - t, shards=len(shards), videos=videos,
+                          skipped=sum(len(m["skips"]) for m in markers))
+        self.echo(f"embed: {videos} videos ({time.perf_counter() - t:.1f} s)")
+
+    # --- the end --------------------------------------------------------------------------
+    def finish(self, shards: list[list[Video]], embedded: bool) -> Summary:
+        """Write skipped.jsonl (every input not used, and why) and close the manifest."""
+        skips = [s.to_dict() for s in self.corpus.skips]
+        for stage in ("assign", "embed") if embedded else ("assign",):
+            for k in range(len(shards)):
+                skips.extend(self.run.read_marker(stage, k)["skips"])
+        skips.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
+                     for vid in self.corpus.missing_train_ids)
+        skips.sort(key=lambda s: (s["video_id"], s["path"] or ""))
+        with atomic_path(self.run.path("skipped.jsonl")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(s) + "\n" for s in skips)
+        stage = self.manifest["stages"]["embed" if embedded else "assign"]
+        seconds = time.perf_counter() - self.t0
+        self.manifest["status"] = "complete"
+        self.manifest["counts"] = {"videos": stage["videos"], "skipped": len(skips),
+                                   "clips": self.manifest["stages"]["assign"]["clips"]}
+        self.manifest["last_invocation"] = {"seconds": round(seconds, 3), "work": self.work}
+        self.save()
+        return Summary(self.run.root, stage["videos"], self.manifest["counts"]["clips"],
+                       len(skips), seconds, dict(self.work))
+
+
+def _workers(cfg: TrainConfig) -> int:
+    return cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _gpu_options(device: str) -> dict:
+    """num_gpus=1 for the GPU stages when the cluster has GPUs (and --device allows them)."""
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if device == "cuda" and not has_gpu:
+        raise VgrayError("--device cuda, but the Ray cluster has no GPU")
+    return {"num_gpus": 1} if has_gpu and device != "cpu" else {}
+
+
+def train(features: str, out: str, config: TrainConfig, train_ids: str | None = None,
+          echo=None) -> Summary:
+    """Every stage of `vgray train`: scan, vocab, assign + partial counts, reduce, GloVe, embed."""
+    features = os.path.abspath(features)
+    ids = read_train_ids(train_ids) if train_ids else None
+    connect()
+    job = Job(out, echo)
+    settings = {k: getattr(config, k) for k in TrainConfig.RESULT_KEYS}
+    settings.update(features=features, train_ids=_digest(ids))
+    job.open({"command": "train", "features": features,
+              "train_ids_file": os.path.abspath(train_ids) if train_ids else None,
+              "config": config.to_dict()}, settings)
+    run, cfg = job.run, config
+    corpus = job.scan(features, cfg.streams, cfg.strict, ids)
+    if not corpus.train_videos:
+        raise VgrayError("none of the --train-ids has usable features")
+    shards = make_shards(corpus.videos, cfg.shard_clips)
+    gpu = _gpu_options(cfg.device)
+    config_dict = cfg.to_dict()
+
+    centroids_path = run.path("vocab", "centroids.npy")
+    job.work["vocab"] = 0
+    if not (job.stage_done("vocab") and os.path.exists(centroids_path)):
+        t = time.perf_counter()
+        train_clips = sum(v.frames for v in corpus.train_videos)
+        probability = min(1.0, cfg.sample_size / train_clips)
+        train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
+        train_shards = [s for s in train_shards if s]
+        actors = job._pool(min(_workers(cfg), len(train_shards)), cfg.streams, cfg.batch_clips, "cpu")
+        samples, skip_refs = [], []
+        for k, videos in enumerate(train_shards):
+            sample, skips = actors[k % len(actors)].sample.options(num_returns=2).remote(
+                videos, probability, cfg.seed)
+            samples.append(sample)
+            skip_refs.append(skips)
+        if cfg.strict:
+            for skips in ray.get(skip_refs):
+                if skips:
+                    raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
+                                     f"({skips[0]['path']}) [--strict]")
+        ray.wait(samples, num_returns=len(samples))
+        for a in actors:  # frees their CPUs for the k-means task
+            ray.kill(a)
+        result = ray.get(fit_vocabulary.options(**gpu).remote(config_dict, *samples))
+        save_npy(centroids_path, result.pop("centroids"))
+        result["kmeans_seconds"] = result.pop("seconds")
+        job.work["vocab"] = 1
+        job.finish_stage("vocab", time.perf_counter() - t, **result)
+        job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
+                 f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations "
+                 f"({time.perf_counter() - t:.1f} s)")
+
+    counts = {"vocab_size": cfg.vocab_size, "window": cfg.window, "reducers": cfg.reducers}
+    tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
+    reduce_todo = [r for r in range(cfg.reducers)
+                   if not os.path.exists(run.path("cooccur", f"part-{r:05d}.parquet"))]
+    job.assign(shards, cfg, centroids_path, tokens_part, counts, need_partials=bool(reduce_todo))
+
+    t = time.perf_counter()
+    job.work["reduce_parts"] = len(reduce_todo)
+    ray.get([reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
+                                     cfg.window) for r in reduce_todo])
+    nonzeros = sum(pq.ParquetFile(p).metadata.num_rows
+                   for p in glob.glob(run.path("cooccur", "*.parquet")))
+    _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
+    if reduce_todo or not job.stage_done("cooccur"):
+        job.finish_stage("cooccur", time.perf_counter() - t, nonzeros=nonzeros,
+                         reducers=cfg.reducers)
+    job.echo(f"cooccur: {nonzeros} non-zeros ({time.perf_counter() - t:.1f} s)")
+
+    job.work["glove"] = 0
+    if not (job.stage_done("glove") and os.path.exists(run.path("glove", "vectors.npy"))):
+        t = time.perf_counter()
+        trainer = GloveTrainer.options(**gpu).remote()
+        result = ray.get(trainer.fit.remote(run.root, config_dict))
+        ray.kill(trainer)
+        result["train_seconds"] = result.pop("seconds")
+        job.work["glove"] = 1
+        job.finish_stage("glove", time.perf_counter() - t, **result)
+        job.echo(f"glove: {result['epochs']} epochs on {result['nonzeros']} non-zeros, loss "
+                 f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
+                 f"({time.perf_counter() - t:.1f} s)")
+    vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
+    job.embed(shards, vectors, tokens_part, cfg.batch_clips)
+    summary = job.finish(shards, embedded=True)
+    summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
+    return summary
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """The manifest, centroids and (optionally) vectors of a finished RUN, checked before use."""
+    run = RunDir(run_dir)
+    manifest = run.read_manifest()
+    if manifest is None or manifest.get("command") != "train":
+        raise VgrayError(f"{run_dir} is not a vgray train run (no manifest.json)")
+    stages = manifest.get("stages", {})
+    needed = ("vocab", "glove") if need_vectors else ("vocab",)
+    missing = [s for s in needed if stages.get(s, {}).get("status") != "done"]
+    if missing:
+        raise VgrayError(f"{run_dir} is incomplete (stage {missing[0]} not done); finish it "
+                         "with vgray train first")
+    cfg = manifest["config"]
+    centroids = load_npy(run.path("vocab", "centroids.npy"), np.float32, 2)
+    if centroids.shape[0] != cfg["vocab_size"]:
+        raise VgrayError(f"{run.path('vocab', 'centroids.npy')} has {centroids.shape[0]} words, "
+                         f"the manifest says {cfg['vocab_size']}")
+    vectors = None
+    if need_vectors:
+        vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
+        if vectors.shape != (cfg["vocab_size"], cfg["dim"]):
+            raise VgrayError(f"{run.path('glove', 'vectors.npy')} has shape {vectors.shape}, "
+                             f"expected {(cfg['vocab_size'], cfg['dim'])}")
+    return manifest, centroids, vectors
+
+
+def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
+           strict: bool, echo) -> Summary:
+    """`vgray assign` / `vgray embed`: a trained RUN applied to any corpus."""
+    manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
+    features = os.path.abspath(features)
+    cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict})
+    connect()
+    job = Job(out, echo)
+    if job.run.root == RunDir(run_dir).root:
+        raise VgrayError("--out must be another directory than RUN")
+    job.open({"command": command, "features": features, "run": os.path.abspath(run_dir)},
+             {"run": os.path.abspath(run_dir), "features": features, "streams": cfg.streams,
+              "shard_clips": cfg.shard_clips})
+    dims = manifest["corpus"]
+    uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
+    corpus = job.scan(features, cfg.streams, strict, None,
+                      dims["rgb_dim"] if uses_rgb else None, dims["flow_dim"] if uses_flow else None)
+    width = corpus.videos[0].stream_dim(cfg.streams)
+    if width != centroids.shape[1]:
+        raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "
+                         f"({cfg.streams}) is {width}-d")
+    shards = make_shards(corpus.videos, cfg.shard_clips)
+    centroids_path = RunDir(run_dir).path("vocab", "centroids.npy")
+    if command == "assign":
+        tokens_part = lambda k: job.run.path(WORK, "tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
+        job.assign(shards, cfg, centroids_path, tokens_part, None, tokens_dir=job.run.root)
+        _merge_tokens([tokens_part(k) for k in range(len(shards))], job.run.path("tokens.parquet"))
+        return job.finish(shards, embedded=False)
+    tokens_part = lambda k: job.run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
+    job.assign(shards, cfg, centroids_path, tokens_part, None)
+    job.embed(shards, vectors, tokens_part, cfg.batch_clips)
+    return job.finish(shards, embedded=True)
+
+
+def _merge_tokens(parts: list[str], target: str) -> None:
+    """One tokens.parquet from the shards' parts, streamed part by part."""
+    with atomic_path(target) as tmp:
+        with pq.ParquetWriter(tmp, TOKENS_SCHEMA) as writer:
+            for part in parts:
+                writer.write_table(pq.read_table(part, schema=TOKENS_SCHEMA))
+
+
+def assign(run_dir: str, features: str, out: str, workers: int | None = None,
+           strict: bool = False, echo=None) -> Summary:
+    """Tokens of any corpus with a trained vocabulary: OUT/{id}.npy and OUT/tokens.parquet."""
+    return _apply(run_dir, features, out, "assign", workers, strict, echo)
+
+
+def embed_corpus(run_dir: str, features: str, out: str, workers: int | None = None,
+                 strict: bool = False, echo=None) -> Summary:
+    """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN."""
+    return _apply(run_dir, features, out, "embed", workers, strict, echo)

@@ -1,0 +1,137 @@
+"""The run directory: atomic writes, Parquet tables, completion markers and the manifest.
+
+Every file is written under a temporary name in its final directory and renamed when complete,
+so a crash never leaves a partial file under a final name. A shard of work is done when its
+marker exists (written last); a re-run only does the shards whose markers are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import VgrayError
+
+MANIFEST = "manifest.json"
+WORK = ".work"  # shard markers and partial counts; kept so that a re-run can resume
+
+TOKENS_SCHEMA = pa.schema([("video_id", pa.string()), ("tokens", pa.list_(pa.int32()))])
+COOCCUR_SCHEMA = pa.schema([("i", pa.int32()), ("j", pa.int32()), ("x", pa.float64())])
+PARTIAL_SCHEMA = pa.schema([("i", pa.int32()), ("j", pa.int32()), ("s", pa.int64())])
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(os.path.dirname(path), f".{base}.tmp-{uuid.uuid4().hex[:8]}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array, allow_pickle=False)
+
+
+def load_npy(path: str, dtype=None, ndim: int | None = None) -> np.ndarray:
+    """Load a model array safely and check what it is before use."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VgrayError(f"cannot load {path}: {e}") from None
+    if ndim is not None and array.ndim != ndim:
+        raise VgrayError(f"{path} should be {ndim}-D, is {array.ndim}-D")
+    if dtype is not None and array.dtype != dtype:
+        raise VgrayError(f"{path} should be {np.dtype(dtype)}, is {array.dtype}")
+    return array
+
+
+def write_json(path: str, data) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+
+
+def read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_table(path: str, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def tokens_table(video_ids: list[str], tokens: list[np.ndarray]) -> pa.Table:
+    offsets = np.zeros(len(tokens) + 1, dtype=np.int32)
+    np.cumsum([len(t) for t in tokens], out=offsets[1:])
+    flat = np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, np.int32)
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+    return pa.Table.from_arrays([pa.array(video_ids, pa.string()), column], schema=TOKENS_SCHEMA)
+
+
+def read_tokens(paths: list[str]) -> dict[str, np.ndarray]:
+    """video_id -> int32 tokens from token Parquet files."""
+    out: dict[str, np.ndarray] = {}
+    for path in paths:
+        table = pq.read_table(path, schema=TOKENS_SCHEMA)
+        column = table.column("tokens").combine_chunks()
+        flat = column.values.to_numpy(zero_copy_only=False).astype(np.int32)
+        offsets = column.offsets.to_numpy()
+        for k, vid in enumerate(table.column("video_id").to_pylist()):
+            out[vid] = flat[offsets[k]:offsets[k + 1]]
+    return out
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+class RunDir:
+    """Paths of one run directory, and its markers."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def marker(self, stage: str, shard: int) -> str:
+        return self.path(WORK, stage, shard_name(shard) + ".json")
+
+    def done(self, stage: str, shard: int) -> bool:
+        return os.path.exists(self.marker(stage, shard))
+
+    def mark(self, stage: str, shard: int, stats: dict) -> None:
+        write_json(self.marker(stage, shard), stats)
+
+    def read_marker(self, stage: str, shard: int) -> dict:
+        return read_json(self.marker(stage, shard))
+
+    @property
+    def manifest_path(self) -> str:
+        return self.path(MANIFEST)
+
+    def read_manifest(self) -> dict | None:
+        if not os.path.exists(self.manifest_path):
+            return None
+        try:
+            return read_json(self.manifest_path)
+        except (OSError, json.JSONDecodeError) as e:
+            raise VgrayError(f"{self.manifest_path} is unreadable: {e}") from None
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_json(self.manifest_path, manifest)
