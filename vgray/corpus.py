@@ -124,7 +124,7 @@ def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy: never the map
     except OSError as e:
         raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-    except ValueError as e:
+    except (ValueError, EOFError) as e:  # the file changed since its header was read
         raise BadVideo(f"not a valid .npy file: {e}") from None
     if not np.isfinite(block).all():
         bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
@@ -133,9 +133,16 @@ def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
 
 
 def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Clips [start, stop) of the features that are clustered: rgb, flow, or both side by side."""
+    """Clips [start, stop) of the features that are clustered: rgb, flow, or both side by side.
+
+    Every stream of the video is read and checked, clustered or not: a video is used whole or
+    skipped whole.
+    """
     if streams == "rgb":
-        return load_rows(video.rgb_path, start, stop)
+        rgb = load_rows(video.rgb_path, start, stop)
+        if video.flow_path is not None:
+            load_rows(video.flow_path, start, stop)
+        return rgb
     if video.flow_path is None:
         raise BadVideo(f"no flow file, but --streams {streams} needs one")
     flow = load_rows(video.flow_path, start, stop)

@@ -91,8 +91,6 @@ def _tokenize(video: Video, centroids, centroids_sq, streams: str, batch_clips: 
     for start in range(0, video.frames, batch_clips):
         stop = min(start + batch_clips, video.frames)
         block = load_clips(video, streams, start, stop)
-        if streams == "rgb" and video.flow_path is not None:
-            load_rows(video.flow_path, start, stop)  # a video is used whole or skipped whole
         labels, _ = nearest(torch.from_numpy(block).to(device), centroids, centroids_sq)
         parts.append(labels.to(torch.int32).cpu().numpy())
     return np.concatenate(parts)
@@ -363,8 +361,7 @@ class Job:
             self.manifest = {"settings": must_match, "stages": {}}
         self.manifest.update(header)
         self.manifest["versions"] = _versions()
-        self.manifest["status"] = "running"
-        self.save()
+        self.manifest["status"] = "running"  # first saved once FEATURES has been scanned
 
     def save(self) -> None:
         self.run.write_manifest(self.manifest)
