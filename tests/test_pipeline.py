@@ -280,3 +280,39 @@ def test_python_cli_py_subprocess(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in bad.stderr
+
+
+def test_demo_recovers_planted_truth(ray_session, tmp_path):
+    result = cli("demo", "--out", tmp_path, "--videos", "60", "-q")
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("embedded 60 videos")
+    nmi = float(lines[1].split("NMI ")[1].split(";")[0])
+    assert nmi >= 0.95
+    assert (tmp_path / "run" / "glove" / "vectors.npy").exists()
+
+
+def test_device_cuda_without_gpu_is_one_line_error(ray_session, corpus, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the error path is for machines without one")
+    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", str(tmp_path / "r"),
+                                      "--device", "cuda", *ARGS])
+    assert result.exit_code == 1 and "no GPU" in result.output and "Traceback" not in result.output
+
+
+def test_invalid_option_is_one_line_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r"),
+                                      "--streams", "depth"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: --streams must be one of rgb, flow, rgb+flow (set VGRAY_DEBUG=1 for the traceback)"]
+
+
+def test_installed_console_script():
+    exe = shutil.which("vgray")
+    assert exe, "`pip install .` should put a vgray command on PATH"
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    for command in ("train", "assign", "embed", "synth", "demo"):
+        assert command in done.stdout
