@@ -154,6 +154,20 @@ def test_lost_outputs_are_recomputed(trained, corpus, tmp_path):
     assert_same_results(run, copy)
 
 
+def test_new_vocabulary_recomputes_everything_after_it(trained, corpus, tmp_path):
+    """A lost codebook is refitted, and nothing computed from the old one is kept."""
+    run, _ = trained
+    copy = str(tmp_path / "novocab")
+    shutil.copytree(run, copy)
+    os.remove(os.path.join(copy, "vocab", "centroids.npy"))
+    shards = len(glob.glob(os.path.join(run, ".work", "assign", "*.json")))
+    cli("train", corpus["features"], "--out", copy, "--train-ids", corpus["train_ids"], *ARGS)
+    work = json.load(open(os.path.join(copy, "manifest.json")))["last_invocation"]["work"]
+    assert work == {"vocab": 1, "assign_shards": shards, "reduce_parts": 4, "glove": 1,
+                    "embed_shards": shards}
+    assert_same_results(run, copy)
+
+
 def test_driver_killed_mid_run_resumes(tmp_path):
     """kill -9 of the driver (and the Ray it started) mid-assignment; the re-run resumes."""
     import signal
@@ -211,6 +225,10 @@ def test_one_worker_and_two_workers_identical(trained, corpus, tmp_path):
     cli("train", corpus["features"], "--out", one, "--train-ids", corpus["train_ids"],
         "--workers", "1", *ARGS)
     assert_same_results(run, one)
+    many = str(tmp_path / "many")  # more workers than the 2 CPUs: capped, not stuck
+    cli("train", corpus["features"], "--out", many, "--train-ids", corpus["train_ids"],
+        "--workers", "8", *ARGS)
+    assert_same_results(run, many)
 
 
 def test_assign_and_embed_commands(trained, corpus, tmp_path):

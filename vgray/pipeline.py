@@ -197,7 +197,7 @@ class GloveTrainer:
         save_npy(run.path("glove", "vectors.npy"), model.vectors_)
         return {"device": device, "nonzeros": int(len(x)), "epochs": cfg.epochs,
                 "initial_loss": model.loss_[0], "final_loss": model.loss_[-1],
-                "seconds": round(time.perf_counter() - t0, 3)}
+                "train_seconds": round(time.perf_counter() - t0, 3)}
 
 
 
@@ -216,7 +216,7 @@ def fit_vocabulary(config: dict, *samples: np.ndarray) -> dict:
     return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
             "inertia_per_clip": model.inertia_ / len(sample), "sample_clips": int(len(sample)),
             "iterations": model.n_iter_, "device": device,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "kmeans_seconds": round(time.perf_counter() - t0, 3)}
 
 
 @ray.remote(num_cpus=1)
@@ -369,6 +369,11 @@ class Job:
     def stage_done(self, name: str) -> bool:
         return self.manifest["stages"].get(name, {}).get("status") == "done"
 
+    def invalidate(self, *paths: str) -> None:
+        """Remove outputs (and markers) made from state that is being recomputed."""
+        for path in paths:
+            _remove_tree(path)
+
     def finish_stage(self, name: str, seconds: float, **figures) -> None:
         self.manifest["stages"][name] = {"status": "done", "seconds": round(seconds, 3), **figures}
         self.save()
@@ -490,7 +495,10 @@ class Job:
 
 
 def _workers(cfg: TrainConfig) -> int:
-    return cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    """Shard actors to start: --workers, at most one per CPU the cluster has now (an actor that
+    cannot be placed would hold its queued shards forever)."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return min(cfg.workers or cpus, cpus)
 
 
 def _gpu_options(device: str) -> dict:
@@ -519,75 +527,92 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
         raise VgrayError("none of the --train-ids has usable features")
     shards = make_shards(corpus.videos, cfg.shard_clips)
     gpu = _gpu_options(cfg.device)
-    config_dict = cfg.to_dict()
 
     centroids_path = run.path("vocab", "centroids.npy")
-    job.work["vocab"] = 0
-    if not (job.stage_done("vocab") and os.path.exists(centroids_path)):
-        t = time.perf_counter()
-        train_clips = sum(v.frames for v in corpus.train_videos)
-        probability = min(1.0, cfg.sample_size / train_clips)
-        train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
-        train_shards = [s for s in train_shards if s]
-        actors = job._pool(min(_workers(cfg), len(train_shards)), cfg.streams, cfg.batch_clips, "cpu")
-        samples, skip_refs = [], []
-        for k, videos in enumerate(train_shards):
-            sample, skips = actors[k % len(actors)].sample.options(num_returns=2).remote(
-                videos, probability, cfg.seed)
-            samples.append(sample)
-            skip_refs.append(skips)
-        if cfg.strict:
-            for skips in ray.get(skip_refs):
-                if skips:
-                    raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
-                                     f"({skips[0]['path']}) [--strict]")
-        ray.wait(samples, num_returns=len(samples))
-        for a in actors:  # frees their CPUs for the k-means task
-            ray.kill(a)
-        result = ray.get(fit_vocabulary.options(**gpu).remote(config_dict, *samples))
-        save_npy(centroids_path, result.pop("centroids"))
-        result["kmeans_seconds"] = result.pop("seconds")
-        job.work["vocab"] = 1
-        job.finish_stage("vocab", time.perf_counter() - t, **result)
-        job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
-                 f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations "
-                 f"({time.perf_counter() - t:.1f} s)")
-
-    counts = {"vocab_size": cfg.vocab_size, "window": cfg.window, "reducers": cfg.reducers}
+    _vocab_stage(job, cfg, corpus, shards, gpu, centroids_path)
     tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
-    reduce_todo = [r for r in range(cfg.reducers)
-                   if not os.path.exists(run.path("cooccur", f"part-{r:05d}.parquet"))]
-    job.assign(shards, cfg, centroids_path, tokens_part, counts, need_partials=bool(reduce_todo))
-
-    t = time.perf_counter()
-    job.work["reduce_parts"] = len(reduce_todo)
-    ray.get([reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
-                                     cfg.window) for r in reduce_todo])
-    nonzeros = sum(pq.ParquetFile(p).metadata.num_rows
-                   for p in glob.glob(run.path("cooccur", "*.parquet")))
-    _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
-    if reduce_todo or not job.stage_done("cooccur"):
-        job.finish_stage("cooccur", time.perf_counter() - t, nonzeros=nonzeros,
-                         reducers=cfg.reducers)
-    job.echo(f"cooccur: {nonzeros} non-zeros ({time.perf_counter() - t:.1f} s)")
-
-    job.work["glove"] = 0
-    if not (job.stage_done("glove") and os.path.exists(run.path("glove", "vectors.npy"))):
-        t = time.perf_counter()
-        trainer = GloveTrainer.options(**gpu).remote()
-        result = ray.get(trainer.fit.remote(run.root, config_dict))
-        ray.kill(trainer)
-        result["train_seconds"] = result.pop("seconds")
-        job.work["glove"] = 1
-        job.finish_stage("glove", time.perf_counter() - t, **result)
-        job.echo(f"glove: {result['epochs']} epochs on {result['nonzeros']} non-zeros, loss "
-                 f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
-                 f"({time.perf_counter() - t:.1f} s)")
+    _cooccur_stages(job, cfg, shards, centroids_path, tokens_part)
+    _glove_stage(job, cfg, gpu)
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
     job.embed(shards, vectors, tokens_part, cfg.batch_clips)
     summary = job.finish(shards, embedded=True)
     summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
     return summary
+
+
+def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Video]],
+                 gpu: dict, centroids_path: str) -> None:
+    """Shard actors sample training clips; one k-means task fits the codebook."""
+    job.work["vocab"] = 0
+    if job.stage_done("vocab") and os.path.exists(centroids_path):
+        return
+    # Whatever was computed from an earlier vocabulary must not be mixed with the new one.
+    job.invalidate(job.run.path(WORK), job.run.path("cooccur"), job.run.path("glove"))
+    t = time.perf_counter()
+    probability = min(1.0, cfg.sample_size / sum(v.frames for v in corpus.train_videos))
+    train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
+    train_shards = [s for s in train_shards if s]
+    actors = job._pool(min(_workers(cfg), len(train_shards)), cfg.streams, cfg.batch_clips, "cpu")
+    samples, skip_refs = [], []
+    for k, videos in enumerate(train_shards):
+        sample, skips = actors[k % len(actors)].sample.options(num_returns=2).remote(
+            videos, probability, cfg.seed)
+        samples.append(sample)
+        skip_refs.append(skips)
+    if cfg.strict:
+        for skips in ray.get(skip_refs):
+            if skips:
+                raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
+                                 f"({skips[0]['path']}) [--strict]")
+    ray.wait(samples, num_returns=len(samples))
+    for a in actors:  # frees their CPUs for the k-means task
+        ray.kill(a)
+    result = ray.get(fit_vocabulary.options(**gpu).remote(cfg.to_dict(), *samples))
+    save_npy(centroids_path, result.pop("centroids"))
+    job.work["vocab"] = 1
+    job.finish_stage("vocab", time.perf_counter() - t, **result)
+    job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
+             f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations "
+             f"({time.perf_counter() - t:.1f} s)")
+
+
+def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centroids_path: str,
+                    tokens_part) -> None:
+    """Tokens and partial counts per shard (actors), then R reducers merge the partials."""
+    run = job.run
+    counts = {"vocab_size": cfg.vocab_size, "window": cfg.window, "reducers": cfg.reducers}
+    todo = [r for r in range(cfg.reducers)
+            if not os.path.exists(run.path("cooccur", f"part-{r:05d}.parquet"))]
+    job.assign(shards, cfg, centroids_path, tokens_part, counts, need_partials=bool(todo))
+    t = time.perf_counter()
+    job.work["reduce_parts"] = len(todo)
+    ray.get([reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
+                                     cfg.window) for r in todo])
+    nonzeros = sum(pq.ParquetFile(p).metadata.num_rows
+                   for p in glob.glob(run.path("cooccur", "*.parquet")))
+    _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
+    if todo or not job.stage_done("cooccur"):
+        job.invalidate(run.path("glove"))
+        job.finish_stage("cooccur", time.perf_counter() - t, nonzeros=nonzeros,
+                         reducers=cfg.reducers)
+    job.echo(f"cooccur: {nonzeros} non-zeros ({time.perf_counter() - t:.1f} s)")
+
+
+def _glove_stage(job: Job, cfg: TrainConfig, gpu: dict) -> None:
+    """The GloVe actor trains on the merged counts and writes glove/."""
+    job.work["glove"] = 0
+    if job.stage_done("glove") and os.path.exists(job.run.path("glove", "vectors.npy")):
+        return
+    job.invalidate(job.run.path(WORK, "embed"))  # embeddings of older vectors
+    t = time.perf_counter()
+    trainer = GloveTrainer.options(**gpu).remote()
+    result = ray.get(trainer.fit.remote(job.run.root, cfg.to_dict()))
+    ray.kill(trainer)
+    job.work["glove"] = 1
+    job.finish_stage("glove", time.perf_counter() - t, **result)
+    job.echo(f"glove: {result['epochs']} epochs on {result['nonzeros']} non-zeros, loss "
+             f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
+             f"({time.perf_counter() - t:.1f} s)")
 
 
 def _remove_tree(path: str) -> None:
