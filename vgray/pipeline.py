@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import ray
 import pyarrow.parquet as pq
+import ray
 
 from . import __version__, cooccur
 from .config import TrainConfig
@@ -27,7 +27,7 @@ from .corpus import Corpus, Skip, Video, load_clips, load_rows, read_train_ids, 
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, atomic_path, load_npy,
-                    read_tokens, save_npy, shard_name, tokens_table, write_json, write_table)
+                    read_tokens, save_npy, shard_name, tokens_table, write_table)
 from .vocab import KMeans, nearest
 
 log = logging.getLogger("vgray")
