@@ -99,24 +99,24 @@ def _tokenize(video: Video, centroids, centroids_sq, streams: str, batch_clips: 
 # ---------------------------------------------------------------------------------------------
 # Ray pieces
 
-@ray.remote(num_cpus=1)
+# A worker lost with its node is restarted (elsewhere) and its calls are retried: every call is
+# idempotent, its files are written atomically and its marker last.
+@ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)
 class ShardWorker:
     """Loads a shard's features in bounded blocks: samples clips, assigns words, counts pairs."""
 
-    def __init__(self, streams: str, batch_clips: int, device: str):
+    def __init__(self, streams: str, batch_clips: int, device: str,
+                 centroids_path: str | None = None):
         import torch
 
         torch.set_num_threads(1)  # one core per actor; also keeps results thread-independent
         self.streams = streams
         self.batch_clips = batch_clips
         self.device = device
-        self.centroids = None
-
-    def set_centroids(self, path: str) -> None:
-        import torch
-
-        c = torch.from_numpy(load_npy(path, np.float32, 2)).to(self.device)
-        self.centroids, self.centroids_sq = c, (c * c).sum(1)
+        self.centroids = self.centroids_sq = None
+        if centroids_path is not None:  # state comes from the constructor so a restart has it
+            c = torch.from_numpy(load_npy(centroids_path, np.float32, 2)).to(device)
+            self.centroids, self.centroids_sq = c, (c * c).sum(1)
 
     def sample(self, videos: list[Video], probability: float, seed: int):
         rows, skips = [], []
@@ -162,7 +162,8 @@ class ShardWorker:
             for r, rows in enumerate(cooccur.partition(i, counts["reducers"])):
                 table = pa.table([i[rows], j[rows], s[rows]], schema=PARTIAL_SCHEMA)
                 write_table(partial_paths(run, shard, counts["reducers"])[r], table)
-        stats = {"shard": shard, "videos": len(ids), "clips": int(sum(len(t) for t in seqs)),
+        stats = {"shard": shard, "node": ray.get_runtime_context().get_node_id(),
+                 "videos": len(ids), "clips": int(sum(len(t) for t in seqs)),
                  "train_videos": len(trained), "pairs": pairs, "skips": skips,
                  "seconds": round(time.perf_counter() - t0, 3)}
         run.mark("assign", shard, stats)
@@ -409,8 +410,8 @@ class Job:
         return corpus
 
     # --- stages ---------------------------------------------------------------------------
-    def _pool(self, n: int, streams: str, batch_clips: int, device: str):
-        return [ShardWorker.remote(streams, batch_clips, device) for _ in range(n)]
+    def _pool(self, n: int, cfg: TrainConfig):
+        return [ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu") for _ in range(n)]
 
     def assign(self, shards: list[list[Video]], cfg: TrainConfig, centroids_path: str,
                tokens_part, counts: dict | None, tokens_dir: str | None = None,
@@ -426,24 +427,23 @@ class Job:
         self.work["assign_shards"] = len(todo)
         t = time.perf_counter()
         if todo:
-            from ray.util import ActorPool
-
-            actors = self._pool(min(_workers(cfg), len(todo)), cfg.streams, cfg.batch_clips, "cpu")
-            ray.get([a.set_centroids.remote(centroids_path) for a in actors])
-            pool = ActorPool(actors)
             corpus = self.corpus
-            calls = pool.map_unordered(
-                lambda a, k: a.assign.remote(
+
+            def submit(actor, k):
+                return actor.assign.remote(
                     self.run.root, k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
-                    tokens_part(k), counts, tokens_dir), todo)
-            for finished, stats in enumerate(calls, 1):
+                    tokens_part(k), counts, tokens_dir)
+
+            def on_done(k, stats, finished):
                 if cfg.strict and stats["skips"]:
                     s = stats["skips"][0]
                     raise VgrayError(f"{s['video_id']}: {s['reason']} ({s['path']}) [--strict]")
                 self.echo(f"assign: shard {finished}/{len(todo)} ({stats['videos']} videos, "
                           f"{stats['clips']} clips)")
-            for a in actors:
-                ray.kill(a)
+
+            run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu",
+                                                     centroids_path),
+                          min(_workers(cfg), len(todo)), todo, submit, on_done)
         markers = [self.run.read_marker("assign", k) for k in range(len(shards))]
         clips = sum(m["clips"] for m in markers)
         self.finish_stage("assign", time.perf_counter() - t, shards=len(shards),
@@ -492,6 +492,45 @@ class Job:
         self.save()
         return Summary(self.run.root, stage["videos"], self.manifest["counts"]["clips"],
                        len(skips), seconds, dict(self.work))
+
+
+# Failures of the machinery, not of vgray's code: the shard is run again on a fresh actor.
+_RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+              ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+              ray.exceptions.NodeDiedError)
+MAX_ATTEMPTS = 4
+
+
+def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
+    """Run every shard on a pool of n actors; a shard whose actor or node is lost is run again
+    on a fresh actor (its outputs are idempotent), up to MAX_ATTEMPTS times."""
+    idle = [make_actor() for _ in range(n)]
+    queue, attempts, inflight, finished = list(shards), {}, {}, 0
+    try:
+        while queue or inflight:
+            while idle and queue:
+                actor, k = idle.pop(), queue.pop(0)
+                inflight[submit(actor, k)] = (actor, k)
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            actor, k = inflight.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except _RETRIABLE as e:
+                attempts[k] = attempts.get(k, 1) + 1
+                if attempts[k] > MAX_ATTEMPTS:
+                    raise VgrayError(f"shard {k} failed {MAX_ATTEMPTS} times; last: "
+                                     f"{type(e).__name__}") from e
+                log.warning("shard %d lost (%s); running it again", k, type(e).__name__)
+                ray.kill(actor)
+                idle.append(make_actor())
+                queue.append(k)
+                continue
+            idle.append(actor)
+            finished += 1
+            on_done(k, stats, finished)
+    finally:
+        for actor in idle + [a for a, _ in inflight.values()]:
+            ray.kill(actor)
 
 
 def _workers(cfg: TrainConfig) -> int:
@@ -552,7 +591,7 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
     probability = min(1.0, cfg.sample_size / sum(v.frames for v in corpus.train_videos))
     train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
     train_shards = [s for s in train_shards if s]
-    actors = job._pool(min(_workers(cfg), len(train_shards)), cfg.streams, cfg.batch_clips, "cpu")
+    actors = job._pool(min(_workers(cfg), len(train_shards)), cfg)
     samples, skip_refs = [], []
     for k, videos in enumerate(train_shards):
         sample, skips = actors[k % len(actors)].sample.options(num_returns=2).remote(

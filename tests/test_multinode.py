@@ -1,0 +1,61 @@
+"""Multi-node behaviour on a simulated cluster (ray.cluster_utils.Cluster, in a subprocess so
+that it does not disturb the tests' own local Ray)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vgray import pipeline
+from vgray.synth import make_corpus
+
+from test_pipeline import assert_same_results
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    """The corpus and a single-node run of it with the same settings."""
+    sys.path.insert(0, HERE)
+    from cluster_job import CONFIG
+
+    root = tmp_path_factory.mktemp("multinode")
+    info = make_corpus(str(root / "c"), videos=40, dim=8, words=6, topics=2, min_clips=20,
+                       max_clips=40)
+    single = str(root / "single")
+    pipeline.train(info["features"], single, CONFIG)
+    return info["features"], single
+
+
+def run_on_cluster(features, out, *flags):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, os.path.join(HERE, "cluster_job.py"), features, out,
+                           *flags], capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def nodes_used(out):
+    return {json.load(open(m))["node"] for m in glob.glob(os.path.join(out, ".work", "assign", "*.json"))}
+
+
+def test_three_nodes_share_the_work_with_identical_results(reference, tmp_path):
+    features, single = reference
+    out = str(tmp_path / "three")
+    result = run_on_cluster(features, out)
+    assert result["videos"] == 40
+    assert len(nodes_used(out)) >= 2
+    assert_same_results(single, out)
+
+
+def test_worker_node_killed_mid_assignment(reference, tmp_path):
+    features, single = reference
+    out = str(tmp_path / "killed")
+    result = run_on_cluster(features, out, "--kill")
+    assert result["killed_after"] and result["killed_after"][0] < 40  # mid-assignment
+    assert result["videos"] == 40
+    assert_same_results(single, out)  # nothing lost, nothing counted twice
