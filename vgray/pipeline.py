@@ -410,9 +410,6 @@ class Job:
         return corpus
 
     # --- stages ---------------------------------------------------------------------------
-    def _pool(self, n: int, cfg: TrainConfig):
-        return [ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu") for _ in range(n)]
-
     def assign(self, shards: list[list[Video]], cfg: TrainConfig, centroids_path: str,
                tokens_part, counts: dict | None, tokens_dir: str | None = None,
                need_partials: bool = False) -> None:
@@ -591,22 +588,32 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
     probability = min(1.0, cfg.sample_size / sum(v.frames for v in corpus.train_videos))
     train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
     train_shards = [s for s in train_shards if s]
-    actors = job._pool(min(_workers(cfg), len(train_shards)), cfg)
-    samples, skip_refs = [], []
-    for k, videos in enumerate(train_shards):
-        sample, skips = actors[k % len(actors)].sample.options(num_returns=2).remote(
-            videos, probability, cfg.seed)
-        samples.append(sample)
-        skip_refs.append(skips)
-    if cfg.strict:
-        for skips in ray.get(skip_refs):
-            if skips:
-                raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
-                                 f"({skips[0]['path']}) [--strict]")
-    ray.wait(samples, num_returns=len(samples))
-    for a in actors:  # frees their CPUs for the k-means task
-        ray.kill(a)
-    result = ray.get(fit_vocabulary.options(**gpu).remote(cfg.to_dict(), *samples))
+
+    def on_done(k, skips, finished):
+        if cfg.strict and skips:
+            raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
+                             f"({skips[0]['path']}) [--strict]")
+
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        samples = {}
+
+        def submit(actor, k):
+            samples[k], skips = actor.sample.options(num_returns=2).remote(
+                train_shards[k], probability, cfg.seed)
+            return skips
+
+        # The actors are gone once this returns, which frees their CPUs for the k-means task.
+        run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu"),
+                      min(_workers(cfg), len(train_shards)), list(range(len(train_shards))),
+                      submit, on_done)
+        ordered = [samples[k] for k in range(len(train_shards))]  # shard order, not finish order
+        try:
+            result = ray.get(fit_vocabulary.options(**gpu).remote(cfg.to_dict(), *ordered))
+            break
+        except _RETRIABLE as e:  # a sample was lost with its node: draw it again
+            if attempt == MAX_ATTEMPTS:
+                raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
+            log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
     save_npy(centroids_path, result.pop("centroids"))
     job.work["vocab"] = 1
     job.finish_stage("vocab", time.perf_counter() - t, **result)
