@@ -20,6 +20,12 @@ Run = Annotated[str, typer.Argument(help="A directory made by `vgray train`.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Shard actors (default: one per CPU of the Ray cluster).")]
 Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first unusable video instead of skipping it.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+Address = Annotated[Optional[str], typer.Option(
+    "--address", envvar="RAY_ADDRESS",
+    help="http://HEAD:8265: submit as a Ray job (Jobs API); auto or ray://...: attach to that "
+         "cluster; unset: an embedded local Ray.")]
+NoWait = Annotated[bool, typer.Option("--no-wait", help="With an http address: print the job id and return at once.")]
+JobAddress = Annotated[str, typer.Option("--address", envvar="RAY_ADDRESS", help="http://HEAD:8265 of the cluster.")]
 
 D = TrainConfig()
 
@@ -54,6 +60,35 @@ def _run(fn, *args, **kwargs):
         _fail(_cause(e))
 
 
+def _dispatch(address, no_wait, quiet, argv, paths, local):
+    """Submit to the Jobs API (http address), or run here on the given/embedded Ray."""
+    from . import pipeline, submit
+
+    if submit.is_jobs_address(address):
+        def go():
+            echo = _echo(quiet) or (lambda m: None)
+            args = [submit.cluster_path(a, address, echo) if i in paths else a
+                    for i, a in enumerate(argv)]
+            return submit.submit(address, args, wait=not no_wait,
+                                 echo=lambda m: typer.echo(m, err=True))
+        _run(go)
+        return None
+    if address:
+        _run(pipeline.connect, address)
+    return _run(local)
+
+
+def _argv(positional: list[str], options: dict, quiet: bool) -> list[str]:
+    """The command line that reproduces these options (for the job's entrypoint)."""
+    argv = list(positional)
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv + (["-q"] if quiet else [])
+
+
 @app.command()
 def train(
     features: Features,
@@ -77,39 +112,89 @@ def train(
     batch_clips: Annotated[int, typer.Option("--batch-clips", help="Clips a worker holds in memory at once.")] = D.batch_clips,
     reducers: Annotated[int, typer.Option(help="Co-occurrence reduce partitions.")] = D.reducers,
     quiet: Quiet = False,
+    address: Address = None,
+    no_wait: NoWait = False,
 ):
     """Learn a visual vocabulary and Visual GloVe vectors, and embed every clip of FEATURES."""
     from . import pipeline
 
-    def go():
-        config = TrainConfig(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max,
-                             alpha=alpha, epochs=epochs, learning_rate=learning_rate,
-                             streams=streams, seed=seed, workers=workers, device=device,
-                             strict=strict, kmeans_iters=kmeans_iters, kmeans_sample=kmeans_sample,
-                             shard_clips=shard_clips, batch_clips=batch_clips, reducers=reducers)
-        return pipeline.train(features, out, config, train_ids, echo=_echo(quiet))
-
-    typer.echo(_run(go).line("embedded"))
+    settings = dict(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max, alpha=alpha,
+                    epochs=epochs, learning_rate=learning_rate, streams=streams, seed=seed,
+                    workers=workers, device=device, strict=strict, kmeans_iters=kmeans_iters,
+                    kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
+                    reducers=reducers)
+    config = _run(TrainConfig, **settings)
+    argv = _argv(["train", features, "--out", out]
+                 + (["--train-ids", train_ids] if train_ids else []), settings, quiet)
+    paths = {1, 3, 5} if train_ids else {1, 3}
+    summary = _dispatch(address, no_wait, quiet, argv, paths,
+                        lambda: pipeline.train(features, out, config, train_ids, echo=_echo(quiet)))
+    if summary is not None:
+        typer.echo(summary.line("embedded"))
 
 
 @app.command()
 def assign(run: Run, features: Features,
            out: Annotated[str, typer.Option("--out", "-o", help="Directory for {id}.npy tokens and tokens.parquet.")],
-           workers: Workers = None, strict: Strict = False, quiet: Quiet = False):
+           workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
+           address: Address = None, no_wait: NoWait = False):
     """Visual words of every clip of FEATURES with RUN's vocabulary."""
     from . import pipeline
 
-    typer.echo(_run(pipeline.assign, run, features, out, workers, strict, _echo(quiet)).line("tokenised"))
+    argv = _argv(["assign", run, features, "--out", out], {"workers": workers, "strict": strict}, quiet)
+    summary = _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
+                        lambda: pipeline.assign(run, features, out, workers, strict, _echo(quiet)))
+    if summary is not None:
+        typer.echo(summary.line("tokenised"))
 
 
 @app.command()
 def embed(run: Run, features: Features,
           out: Annotated[str, typer.Option("--out", "-o", help="Directory for embeddings/ and concat/.")],
-          workers: Workers = None, strict: Strict = False, quiet: Quiet = False):
+          workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
+          address: Address = None, no_wait: NoWait = False):
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
     from . import pipeline
 
-    typer.echo(_run(pipeline.embed_corpus, run, features, out, workers, strict, _echo(quiet)).line("embedded"))
+    argv = _argv(["embed", run, features, "--out", out], {"workers": workers, "strict": strict}, quiet)
+    summary = _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
+                        lambda: pipeline.embed_corpus(run, features, out, workers, strict, _echo(quiet)))
+    if summary is not None:
+        typer.echo(summary.line("embedded"))
+
+
+jobs = typer.Typer(no_args_is_help=True, help="Jobs submitted with --address http://HEAD:8265.")
+app.add_typer(jobs, name="jobs")
+JobId = Annotated[str, typer.Argument(help="The id printed when the job was submitted.")]
+
+
+@jobs.command("status")
+def job_status(job_id: JobId, address: JobAddress):
+    """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from . import submit
+
+    typer.echo(_run(submit.status, address, job_id))
+
+
+@jobs.command("logs")
+def job_logs(job_id: JobId, address: JobAddress,
+             follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
+    """Print a job's logs."""
+    from . import submit
+
+    if follow:
+        _run(submit.follow, address, job_id)
+    else:
+        typer.echo(_run(submit.logs, address, job_id), nl=False)
+
+
+@jobs.command("stop")
+def job_stop(job_id: JobId, address: JobAddress):
+    """Stop a running job."""
+    from . import submit
+
+    stopped = _run(submit.stop, address, job_id)
+    typer.echo(f"{job_id} {'stop requested' if stopped else 'was not running'}")
 
 
 @app.command()

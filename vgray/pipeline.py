@@ -285,17 +285,23 @@ def _write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
 # The driver
 
 def connect(address: str | None = None) -> None:
-    """Use the Ray already initialised in this process, or start an embedded local one."""
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=True)
+    """Use the Ray already initialised in this process; else attach to `address` (or the
+    RAY_ADDRESS that a Ray job runs with); else start an embedded local Ray, never picking up
+    some other cluster that happens to run on this machine."""
+    if ray.is_initialized():
+        return
+    env = os.environ.get("RAY_ADDRESS", "")
+    address = address or (env if env and not env.startswith(("http://", "https://")) else "local")
+    kwargs = {"include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **kwargs)
 
 
 def _versions() -> dict:
     import pyarrow
     import torch
 
-    return {"vgray": __version__, "python": platform.python_version(), "ray": ray.__version__,
+    return {"vgray": __version__, "vgray_location": os.path.dirname(os.path.abspath(__file__)),
+            "python": platform.python_version(), "ray": ray.__version__,
             "torch": torch.__version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
 
 

@@ -1,0 +1,160 @@
+"""`vgray … --address http://HEAD:8265` through the Ray Jobs API, against a head this test starts
+(`ray start --head --block` on loopback, token authentication on) and stops by its pid."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from vgray.synth import make_corpus
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "PYTHONWARNINGS": "ignore"}
+    env.pop("RAY_ADDRESS", None)
+    ray_cli = shutil.which("ray") or pytest.fail("the ray command is not installed")
+    subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 16
+    current = "/tmp/ray/ray_current_cluster"
+    had_current = os.path.exists(current)
+    dashboard = free_port()
+    log = open(home / "head.log", "w")
+    proc = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--port", str(free_port()),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "true"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                request = urllib.request.Request(url + "/api/version",
+                                                 headers={"Authorization": f"Bearer {token}"})
+                urllib.request.urlopen(request, timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("the Ray head did not come up: " + (home / "head.log").read_text()[-2000:])
+                time.sleep(1)
+        yield {"url": url, "env": env, "token": token, "home": home}
+    finally:
+        # Stop what this test started, by its process group: the head and its children.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+        if not had_current and os.path.exists(current):
+            os.remove(current)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs-corpus")
+    return make_corpus(str(root), videos=16, dim=6, words=4, topics=2, min_clips=6, max_clips=12)
+
+
+def vgray(*args, env, timeout=400):
+    return subprocess.run([sys.executable, "-m", "vgray.cli", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+TRAIN = ["--vocab-size", "4", "--dim", "3", "--epochs", "20", "-q"]
+
+
+def test_train_submitted_as_a_job(head, corpus, tmp_path):
+    out = tmp_path / "run"
+    done = vgray("train", corpus["features"], "--out", out, "--train-ids", corpus["train_ids"],
+                 *TRAIN, "--address", head["url"], env=head["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "submitted job" in done.stderr
+    assert "embedded 16 videos" in done.stdout  # the job's own summary line, streamed
+    manifest = json.load(open(out / "manifest.json"))
+    assert manifest["status"] == "complete" and manifest["counts"]["videos"] == 16
+    # The job ran the copy of vgray its runtime_env carried, not one installed on the cluster.
+    assert "runtime_resources" in manifest["versions"]["vgray_location"]
+    assert len(glob.glob(str(out / "embeddings" / "*.npy"))) == 16
+    # The token is never printed, nor written into the run directory.
+    assert head["token"] not in done.stdout + done.stderr
+    for path in glob.glob(str(out / "**" / "*"), recursive=True):
+        if os.path.isfile(path):
+            assert head["token"].encode() not in open(path, "rb").read(), path
+
+
+def test_no_wait_and_the_jobs_commands(head, corpus, tmp_path):
+    out = tmp_path / "run"
+    done = vgray("train", corpus["features"], "--out", out, *TRAIN, "--address", head["url"],
+                 "--no-wait", env=head["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    job_id = done.stdout.strip().splitlines()[-1]
+    deadline = time.time() + 300
+    while True:
+        status = vgray("jobs", "status", job_id, "--address", head["url"], env=head["env"])
+        assert status.returncode == 0, status.stderr
+        if "SUCCEEDED" in status.stdout or "FAILED" in status.stdout or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert status.stdout.startswith(f"{job_id} SUCCEEDED"), status.stdout
+    logs = vgray("jobs", "logs", job_id, "--address", head["url"], env=head["env"])
+    assert "embedded 16 videos" in logs.stdout and head["token"] not in logs.stdout
+    stop = vgray("jobs", "stop", job_id, "--address", head["url"], env=head["env"])
+    assert stop.returncode == 0 and "was not running" in stop.stdout
+
+
+def test_failed_job_exits_non_zero_with_one_line(head, tmp_path):
+    done = vgray("train", tmp_path / "missing", "--out", tmp_path / "run", *TRAIN,
+                 "--address", head["url"], env=head["env"])
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: job ") and "FAILED" in last
+
+
+def test_without_the_token_the_cluster_refuses(head, corpus, tmp_path):
+    env = {k: v for k, v in head["env"].items() if k not in ("RAY_AUTH_MODE",)}
+    env["HOME"] = str(tmp_path)  # no token file here
+    done = vgray("train", corpus["features"], "--out", tmp_path / "run", *TRAIN,
+                 "--address", head["url"], env=env, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_paths_and_addresses():
+    from vgray import submit
+    from vgray.cli import _argv
+
+    notes = []
+    assert submit.is_jobs_address("http://h:8265") and not submit.is_jobs_address("auto")
+    assert not submit.is_jobs_address("ray://h:10001") and not submit.is_jobs_address(None)
+    assert submit.cluster_path("rel/dir", "http://127.0.0.1:8265", notes.append) == os.path.abspath("rel/dir")
+    assert notes == []
+    assert submit.cluster_path("/data/f", "http://10.1.2.3:8265", notes.append) == "/data/f"
+    assert len(notes) == 1 and "shares" in notes[0]
+    assert submit.cluster_path("s3://b/f", "http://10.1.2.3:8265", notes.append) == "s3://b/f"
+    assert _argv(["train", "F"], {"vocab_size": 7, "strict": True, "workers": None,
+                                  "device": "cpu", "x_max": 2.5}, quiet=True) == [
+        "train", "F", "--vocab-size", "7", "--strict", "--device", "cpu", "--x-max", "2.5", "-q"]
