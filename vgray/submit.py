@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from .errors import VgrayError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 120
 
 
 def is_jobs_address(address: str | None) -> bool:
@@ -71,11 +72,18 @@ def submit(address: str, argv: list[str], wait: bool = True, echo=print, out=pri
     runtime_env = {"py_modules": [os.path.dirname(os.path.abspath(vgray.__file__))],
                    "env_vars": {"PYTHONWARNINGS": "ignore"}}
     entrypoint = "python -m vgray.cli " + shlex.join(argv)
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                   metadata={"submitted_by": "vgray"})
-    except Exception as e:
-        raise VgrayError(f"the cluster at {address} refused the job: {_first_line(e)}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                       metadata={"submitted_by": "vgray"})
+            break
+        except Exception as e:
+            # A head that has just started answers before its job agent is up: wait for it.
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            raise VgrayError(f"the cluster at {address} refused the job: {_first_line(e)}") from None
     echo(f"submitted job {job_id} to {address}")
     if not wait:
         out(job_id)
