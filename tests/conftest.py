@@ -6,12 +6,14 @@ import pytest
 from vgray.synth import make_corpus
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """One small local Ray for every test that needs it (started once, stopped at the end)."""
+    """A small local Ray for the tests of one module, stopped when the module is done so that
+    the clusters other modules start (a `ray start --head`, a simulated multi-node cluster)
+    never share the machine with it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     yield ray
     ray.shutdown()

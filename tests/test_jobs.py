@@ -41,6 +41,12 @@ def head(tmp_path_factory):
     proc = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--port", str(free_port()),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         # Ports of its own: another Ray on this machine (the tests' own) holds the defaults.
+         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                            "--metrics-export-port", "--ray-client-server-port",
+                            "--runtime-env-agent-port", "--node-manager-port",
+                            "--object-manager-port")
+           for arg in (flag, str(free_port()))],
          "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "true"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
     url = f"http://127.0.0.1:{dashboard}"
