@@ -130,6 +130,24 @@ def test_no_wait_and_the_jobs_commands(head, corpus, tmp_path):
     assert stop.returncode == 0 and "was not running" in stop.stdout
 
 
+def test_address_auto_attaches_to_the_running_cluster(head, corpus, tmp_path):
+    """`--address auto`: this process becomes a driver of the cluster the test started."""
+    out = tmp_path / "run"
+    done = vgray("train", corpus["features"], "--out", out, *TRAIN, "--address", "auto",
+                 env=head["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "submitted job" not in done.stderr and done.stdout.startswith("embedded 16 videos")
+    assert json.load(open(out / "manifest.json"))["status"] == "complete"
+    assert head["token"] not in done.stdout + done.stderr
+    # Not an embedded Ray: the shards ran on the node of the cluster the test started.
+    probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(address='auto', "
+                            "logging_level='ERROR'); print(*[n['NodeID'] for n in ray.nodes()])"],
+                           env=head["env"], capture_output=True, text=True, timeout=120)
+    head_nodes = set(probe.stdout.split())
+    ran_on = {json.load(open(m))["node"] for m in glob.glob(str(out / ".work" / "assign" / "*.json"))}
+    assert ran_on and ran_on <= head_nodes, (ran_on, head_nodes, probe.stderr[-1000:])
+
+
 def test_failed_job_exits_non_zero_with_one_line(head, tmp_path):
     done = vgray("train", tmp_path / "missing", "--out", tmp_path / "run", *TRAIN,
                  "--address", head["url"], env=head["env"])

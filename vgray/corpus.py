@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import fs
 from .errors import BadVideo, VgrayError
 
 RGB_SUFFIX = "_rgb.npy"
@@ -84,7 +84,7 @@ class NpyHeader:
 def read_header(path: str) -> NpyHeader:
     """Read and check a `.npy` header without reading (or unpickling) the array."""
     try:
-        with open(path, "rb") as f:
+        with fs.open_input(path) as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -93,7 +93,7 @@ def read_header(path: str) -> NpyHeader:
             else:
                 raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
             offset = f.tell()
-        size = os.path.getsize(path)
+        size = fs.size(path)
     except BadVideo:
         raise
     except OSError as e:
@@ -118,10 +118,17 @@ def read_header(path: str) -> NpyHeader:
 
 
 def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Rows [start, stop) of a `.npy` file as C-contiguous float32; raise BadVideo on NaN/inf."""
+    """Rows [start, stop) of a `.npy` file as C-contiguous float32; raise BadVideo on NaN/inf.
+
+    Local files are memory-mapped; on object storage only the rows' byte range is fetched."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy: never the map
+        if fs.is_uri(path):
+            block = _read_remote_rows(path, start, stop)
+        else:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy, not the map
+    except BadVideo:
+        raise
     except OSError as e:
         raise BadVideo(f"unreadable file: {e.strerror or e}") from None
     except (ValueError, EOFError) as e:  # the file changed since its header was read
@@ -130,6 +137,23 @@ def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
         raise BadVideo(f"non-finite value (NaN or inf) in clip {bad}")
     return block
+
+
+def _read_remote_rows(path: str, start: int, stop: int | None) -> np.ndarray:
+    head = read_header(path)
+    frames, dim = head.shape
+    stop = frames if stop is None else min(stop, frames)
+    item = head.dtype.itemsize
+    with fs.open_input(path) as f:
+        if head.fortran_order:  # columns are contiguous: the whole array has to be read
+            f.seek(head.offset)
+            data = f.read(frames * dim * item)
+            array = np.frombuffer(data, dtype=head.dtype).reshape((dim, frames)).T[start:stop]
+        else:
+            f.seek(head.offset + start * dim * item)
+            data = f.read((stop - start) * dim * item)
+            array = np.frombuffer(data, dtype=head.dtype).reshape((stop - start, dim))
+    return np.array(array, dtype=np.float32, order="C")
 
 
 def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -154,11 +178,10 @@ def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = No
 def read_train_ids(path: str) -> list[str]:
     """Training ids from a JSON list, or the keys of a JSON object (ActivityNet `train.json`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads(fs.read_bytes(path).decode("utf-8"))
     except OSError as e:
         raise VgrayError(f"cannot read --train-ids {path}: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VgrayError(f"--train-ids {path} is not valid JSON: {e}") from None
     ids = list(data.keys()) if isinstance(data, dict) else data
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -186,9 +209,9 @@ def scan(
     `rgb_dim`/`flow_dim` are the widths a trained RUN expects; without them the most common
     width per stream (over training videos) is the corpus width.
     """
-    if not os.path.isdir(root):
+    if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
-    names = sorted(n for n in os.listdir(root) if n.endswith(NPY_SUFFIX) and not n.startswith("."))
+    names = sorted(n for n in fs.listdir(root) if n.endswith(NPY_SUFFIX) and not n.startswith("."))
     layout = TWO_STREAM if any(n.endswith(RGB_SUFFIX) for n in names) else SINGLE_STREAM
     if layout == SINGLE_STREAM and streams != "rgb":
         raise VgrayError(f"--streams {streams} needs {{id}}_flow.npy files, but FEATURES has the "
@@ -197,7 +220,7 @@ def scan(
     rgb: dict[str, str] = {}
     flow: dict[str, str] = {}
     for name in names:
-        path = os.path.join(root, name)
+        path = fs.join(root, name)
         if layout == SINGLE_STREAM:
             rgb[name[: -len(NPY_SUFFIX)]] = path
         elif name.endswith(RGB_SUFFIX):

@@ -7,7 +7,6 @@ This is the only module that talks to Ray. The driver holds video metadata and s
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -21,13 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from . import __version__, cooccur
+from . import __version__, cooccur, fs
 from .config import TrainConfig
 from .corpus import Corpus, Skip, Video, load_clips, load_rows, read_train_ids, scan
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
-from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, atomic_path, load_npy,
-                    read_tokens, save_npy, shard_name, tokens_table, write_table)
+from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, atomic_path,
+                    load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
+                    tokens_table, write_table, write_text)
 from .vocab import KMeans, nearest
 
 log = logging.getLogger("vgray")
@@ -153,7 +153,7 @@ class ShardWorker:
             if is_train:
                 trained.append(tokens)
             if tokens_dir is not None:
-                save_npy(os.path.join(tokens_dir, f"{v.video_id}.npy"), tokens)
+                save_npy(fs.join(tokens_dir, f"{v.video_id}.npy"), tokens)
         write_table(tokens_part, tokens_table(ids, seqs))
         pairs = 0
         if counts is not None:
@@ -182,8 +182,8 @@ class GloveTrainer:
         device = resolve_device(cfg.device)
         run = RunDir(out)
         t0 = time.perf_counter()
-        table = pa.concat_tables([pq.read_table(p, schema=COOCCUR_SCHEMA) for p in
-                                  sorted(glob.glob(run.path("cooccur", "*.parquet")))])
+        table = pa.concat_tables([read_table(p, schema=COOCCUR_SCHEMA)
+                                  for p in run.files("cooccur", suffix=".parquet")])
         i, j, x = (table.column(c).to_numpy() for c in ("i", "j", "x"))
         model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
                       device).fit(i, j, x, cfg.vocab_size)
@@ -191,10 +191,8 @@ class GloveTrainer:
                     "b_context": model.b_context_}
         with atomic_path(run.path("glove", "state.npz")) as tmp:
             np.savez(tmp, **np_state)
-        with atomic_path(run.path("glove", "loss.csv")) as tmp:
-            with open(tmp, "w") as f:
-                f.write("epoch,loss\n")
-                f.writelines(f"{e},{v!r}\n" for e, v in enumerate(model.loss_))
+        write_text(run.path("glove", "loss.csv"),
+                   "epoch,loss\n" + "".join(f"{e},{v!r}\n" for e, v in enumerate(model.loss_)))
         save_npy(run.path("glove", "vectors.npy"), model.vectors_)
         return {"device": device, "nonzeros": int(len(x)), "epochs": cfg.epochs,
                 "initial_loss": model.loss_[0], "final_loss": model.loss_[-1],
@@ -228,7 +226,7 @@ def reduce_partition(out: str, partition: int, shards: int, reducers: int, vocab
     paths = [partial_paths(run, k, reducers)[partition] for k in range(shards)]
     parts = []
     for path in paths:
-        t = pq.read_table(path, schema=PARTIAL_SCHEMA)
+        t = read_table(path, schema=PARTIAL_SCHEMA)
         parts.append(tuple(t.column(c).to_numpy() for c in ("i", "j", "s")))
     i, j, s = cooccur.merge(parts, vocab_size)
     table = pa.table([i, j, cooccur.weights(s, window)], schema=COOCCUR_SCHEMA)
@@ -250,7 +248,7 @@ def embed_shard(out: str, shard: int, videos: list[Video], tokens_part: str,
         emb = embed(tokens[v.video_id], vectors)
         try:
             for source in filter(None, (v.rgb_path, v.flow_path)):
-                _write_concat(run.path("concat", os.path.basename(source)), source, emb,
+                _write_concat(run.path("concat", fs.basename(source)), source, emb,
                               v.flow_path is not None, batch_clips)
         except BadVideo as e:  # the file changed since it was assigned
             skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
@@ -337,8 +335,8 @@ class Summary:
 
     def line(self, what: str = "embedded") -> str:
         return (f"{what} {self.videos} videos ({self.clips} clips), skipped {self.skipped} "
-                f"(see {os.path.join(self.out, 'skipped.jsonl')}), manifest "
-                f"{os.path.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
+                f"(see {fs.join(self.out, 'skipped.jsonl')}), manifest "
+                f"{fs.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
 
 
 class Job:
@@ -424,7 +422,7 @@ class Job:
             # Partial counts are deleted once merged; a shard whose partials are gone is redone
             # if the merge has to run again.
             return self.run.done("assign", k) and (not need_partials or all(
-                os.path.exists(p) for p in partial_paths(self.run, k, counts["reducers"])))
+                fs.exists(p) for p in partial_paths(self.run, k, counts["reducers"])))
 
         todo = [k for k in range(len(shards)) if not done(k)]
         self.work["assign_shards"] = len(todo)
@@ -483,9 +481,7 @@ class Job:
         skips.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
                      for vid in self.corpus.missing_train_ids)
         skips.sort(key=lambda s: (s["video_id"], s["path"] or ""))
-        with atomic_path(self.run.path("skipped.jsonl")) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(s) + "\n" for s in skips)
+        write_text(self.run.path("skipped.jsonl"), "".join(json.dumps(s) + "\n" for s in skips))
         stage = self.manifest["stages"]["embed" if embedded else "assign"]
         seconds = time.perf_counter() - self.t0
         self.manifest["status"] = "complete"
@@ -554,14 +550,14 @@ def _gpu_options(device: str) -> dict:
 def train(features: str, out: str, config: TrainConfig, train_ids: str | None = None,
           echo=None) -> Summary:
     """Every stage of `vgray train`: scan, vocab, assign + partial counts, reduce, GloVe, embed."""
-    features = os.path.abspath(features)
+    features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     connect()
     job = Job(out, echo)
     settings = {k: getattr(config, k) for k in TrainConfig.RESULT_KEYS}
     settings.update(features=features, train_ids=_digest(ids))
     job.open({"command": "train", "features": features,
-              "train_ids_file": os.path.abspath(train_ids) if train_ids else None,
+              "train_ids_file": fs.normalize(train_ids) if train_ids else None,
               "config": config.to_dict()}, settings)
     run, cfg = job.run, config
     corpus = job.scan(features, cfg.streams, cfg.strict, ids)
@@ -586,7 +582,7 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
                  gpu: dict, centroids_path: str) -> None:
     """Shard actors sample training clips; one k-means task fits the codebook."""
     job.work["vocab"] = 0
-    if job.stage_done("vocab") and os.path.exists(centroids_path):
+    if job.stage_done("vocab") and fs.exists(centroids_path):
         return
     # Whatever was computed from an earlier vocabulary must not be mixed with the new one.
     job.invalidate(job.run.path(WORK), job.run.path("cooccur"), job.run.path("glove"))
@@ -634,14 +630,13 @@ def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centr
     run = job.run
     counts = {"vocab_size": cfg.vocab_size, "window": cfg.window, "reducers": cfg.reducers}
     todo = [r for r in range(cfg.reducers)
-            if not os.path.exists(run.path("cooccur", f"part-{r:05d}.parquet"))]
+            if not fs.exists(run.path("cooccur", f"part-{r:05d}.parquet"))]
     job.assign(shards, cfg, centroids_path, tokens_part, counts, need_partials=bool(todo))
     t = time.perf_counter()
     job.work["reduce_parts"] = len(todo)
     ray.get([reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
                                      cfg.window) for r in todo])
-    nonzeros = sum(pq.ParquetFile(p).metadata.num_rows
-                   for p in glob.glob(run.path("cooccur", "*.parquet")))
+    nonzeros = sum(parquet_rows(p) for p in run.files("cooccur", suffix=".parquet"))
     _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
     if todo or not job.stage_done("cooccur"):
         job.invalidate(run.path("glove"))
@@ -653,7 +648,7 @@ def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centr
 def _glove_stage(job: Job, cfg: TrainConfig, gpu: dict) -> None:
     """The GloVe actor trains on the merged counts and writes glove/."""
     job.work["glove"] = 0
-    if job.stage_done("glove") and os.path.exists(job.run.path("glove", "vectors.npy")):
+    if job.stage_done("glove") and fs.exists(job.run.path("glove", "vectors.npy")):
         return
     job.invalidate(job.run.path(WORK, "embed"))  # embeddings of older vectors
     t = time.perf_counter()
@@ -668,9 +663,7 @@ def _glove_stage(job: Job, cfg: TrainConfig, gpu: dict) -> None:
 
 
 def _remove_tree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+    fs.remove_tree(path)
 
 
 def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.ndarray | None]:
@@ -703,14 +696,14 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
            strict: bool, echo) -> Summary:
     """`vgray assign` / `vgray embed`: a trained RUN applied to any corpus."""
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
-    features = os.path.abspath(features)
+    features = fs.normalize(features)
     cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict})
     connect()
     job = Job(out, echo)
     if job.run.root == RunDir(run_dir).root:
         raise VgrayError("--out must be another directory than RUN")
-    job.open({"command": command, "features": features, "run": os.path.abspath(run_dir)},
-             {"run": os.path.abspath(run_dir), "features": features, "streams": cfg.streams,
+    job.open({"command": command, "features": features, "run": fs.normalize(run_dir)},
+             {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
               "shard_clips": cfg.shard_clips})
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
@@ -738,7 +731,7 @@ def _merge_tokens(parts: list[str], target: str) -> None:
     with atomic_path(target) as tmp:
         with pq.ParquetWriter(tmp, TOKENS_SCHEMA) as writer:
             for part in parts:
-                writer.write_table(pq.read_table(part, schema=TOKENS_SCHEMA))
+                writer.write_table(read_table(part, schema=TOKENS_SCHEMA))
 
 
 def assign(run_dir: str, features: str, out: str, workers: int | None = None,

@@ -8,14 +8,17 @@ marker exists (written last); a re-run only does the shards whose markers are mi
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import tempfile
 import uuid
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import fs
 from .errors import VgrayError
 
 MANIFEST = "manifest.json"
@@ -28,7 +31,15 @@ PARTIAL_SCHEMA = pa.schema([("i", pa.int32()), ("j", pa.int32()), ("s", pa.int64
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    """Yield a temporary local path; it becomes `path` only if the block succeeds (a rename
+    beside it locally, one upload for a URI: an object appears only when complete)."""
+    if fs.is_uri(path):
+        ext = os.path.splitext(fs.basename(path))[1]
+        with tempfile.TemporaryDirectory(prefix="vgray-") as tmpdir:
+            tmp = os.path.join(tmpdir, "part" + ext)
+            yield tmp
+            fs.upload(tmp, path)
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
     tmp = os.path.join(os.path.dirname(path), f".{base}.tmp-{uuid.uuid4().hex[:8]}{ext}")
@@ -48,8 +59,8 @@ def save_npy(path: str, array: np.ndarray) -> None:
 def load_npy(path: str, dtype=None, ndim: int | None = None) -> np.ndarray:
     """Load a model array safely and check what it is before use."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        array = np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise VgrayError(f"cannot load {path}: {e}") from None
     if ndim is not None and array.ndim != ndim:
         raise VgrayError(f"{path} should be {ndim}-D, is {array.ndim}-D")
@@ -58,21 +69,33 @@ def load_npy(path: str, dtype=None, ndim: int | None = None) -> np.ndarray:
     return array
 
 
-def write_json(path: str, data) -> None:
+def write_text(path: str, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
+
+
+def write_json(path: str, data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(fs.read_bytes(path).decode("utf-8"))
 
 
 def write_table(path: str, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def read_table(path: str, schema: pa.Schema | None = None) -> pa.Table:
+    source, filesystem = fs.parquet_source(path)
+    return pq.read_table(source, schema=schema, filesystem=filesystem)
+
+
+def parquet_rows(path: str) -> int:
+    source, filesystem = fs.parquet_source(path)
+    return pq.ParquetFile(source, filesystem=filesystem).metadata.num_rows
 
 
 def tokens_table(video_ids: list[str], tokens: list[np.ndarray]) -> pa.Table:
@@ -87,7 +110,7 @@ def read_tokens(paths: list[str]) -> dict[str, np.ndarray]:
     """video_id -> int32 tokens from token Parquet files."""
     out: dict[str, np.ndarray] = {}
     for path in paths:
-        table = pq.read_table(path, schema=TOKENS_SCHEMA)
+        table = read_table(path, schema=TOKENS_SCHEMA)
         column = table.column("tokens").combine_chunks()
         flat = column.values.to_numpy(zero_copy_only=False).astype(np.int32)
         offsets = column.offsets.to_numpy()
@@ -104,16 +127,22 @@ class RunDir:
     """Paths of one run directory, and its markers."""
 
     def __init__(self, root: str):
-        self.root = os.path.abspath(root)
+        self.root = fs.normalize(root)
 
     def path(self, *parts: str) -> str:
-        return os.path.join(self.root, *parts)
+        return fs.join(self.root, *parts)
+
+    def files(self, *parts: str, suffix: str = "") -> list[str]:
+        """Sorted paths of the files in a directory of the run whose names end with suffix."""
+        folder = self.path(*parts)
+        return [fs.join(folder, n) for n in sorted(fs.listdir(folder))
+                if n.endswith(suffix) and not n.startswith(".")]
 
     def marker(self, stage: str, shard: int) -> str:
         return self.path(WORK, stage, shard_name(shard) + ".json")
 
     def done(self, stage: str, shard: int) -> bool:
-        return os.path.exists(self.marker(stage, shard))
+        return fs.exists(self.marker(stage, shard))
 
     def mark(self, stage: str, shard: int, stats: dict) -> None:
         write_json(self.marker(stage, shard), stats)
@@ -126,9 +155,9 @@ class RunDir:
         return self.path(MANIFEST)
 
     def read_manifest(self) -> dict | None:
-        if not os.path.exists(self.manifest_path):
-            return None
         try:
+            if not fs.exists(self.manifest_path):
+                return None
             return read_json(self.manifest_path)
         except (OSError, json.JSONDecodeError) as e:
             raise VgrayError(f"{self.manifest_path} is unreadable: {e}") from None
