@@ -41,3 +41,18 @@ def test_tokens_table_round_trip(tmp_path):
     assert list(back) == ["a", "b", "c"]
     for want, got in zip(tokens, back.values()):
         assert got.dtype == np.int32 and np.array_equal(want, got)
+
+
+def test_paths_and_uris(tmp_path):
+    from vgray import fs
+    from vgray.store import RunDir
+
+    assert fs.normalize(f"file://{tmp_path}/x") == str(tmp_path / "x")
+    assert fs.normalize("s3://bucket/run/") == "s3://bucket/run"
+    assert fs.join("s3://bucket/run", "glove", "vectors.npy") == "s3://bucket/run/glove/vectors.npy"
+    assert RunDir("s3://b/r").path("tokens") == "s3://b/r/tokens"
+    run = RunDir(f"file://{tmp_path}/run")
+    run.mark("assign", 3, {"ok": 1})
+    assert run.done("assign", 3) and run.read_marker("assign", 3) == {"ok": 1}
+    assert run.files(".work", "assign", suffix=".json") == [str(tmp_path / "run" / ".work" / "assign" / "00003.json")]
+    assert fs.listdir(str(tmp_path / "missing")) == []
