@@ -60,22 +60,25 @@ def _run(fn, *args, **kwargs):
         _fail(_cause(e))
 
 
-def _dispatch(address, no_wait, quiet, argv, paths, local):
-    """Submit to the Jobs API (http address), or run here on the given/embedded Ray."""
+def _dispatch(address, no_wait, quiet, argv, paths, local, verb):
+    """Submit to the Jobs API (http address), or run here on the given/embedded Ray and print
+    the summary line."""
     from . import pipeline, submit
 
     if submit.is_jobs_address(address):
         def go():
-            echo = _echo(quiet) or (lambda m: None)
-            args = [submit.cluster_path(a, address, echo) if i in paths else a
+            def note(message):  # shown even with -q: it is about where the data must be
+                typer.echo(message, err=True)
+
+            args = [submit.cluster_path(a, address, note) if i in paths else a
                     for i, a in enumerate(argv)]
-            return submit.submit(address, args, wait=not no_wait,
-                                 echo=lambda m: typer.echo(m, err=True))
+            return submit.submit(address, args, wait=not no_wait, echo=note)
+
         _run(go)
-        return None
+        return
     if address:
         _run(pipeline.connect, address)
-    return _run(local)
+    typer.echo(_run(local).line(verb))
 
 
 def _argv(positional: list[str], options: dict, quiet: bool) -> list[str]:
@@ -127,10 +130,18 @@ def train(
     argv = _argv(["train", features, "--out", out]
                  + (["--train-ids", train_ids] if train_ids else []), settings, quiet)
     paths = {1, 3, 5} if train_ids else {1, 3}
-    summary = _dispatch(address, no_wait, quiet, argv, paths,
-                        lambda: pipeline.train(features, out, config, train_ids, echo=_echo(quiet)))
-    if summary is not None:
-        typer.echo(summary.line("embedded"))
+    _dispatch(address, no_wait, quiet, argv, paths,
+              lambda: pipeline.train(features, out, config, train_ids, echo=_echo(quiet)), "embedded")
+
+
+def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait):
+    """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
+    from . import pipeline
+
+    fn = pipeline.assign if command == "assign" else pipeline.embed_corpus
+    argv = _argv([command, run, features, "--out", out], {"workers": workers, "strict": strict}, quiet)
+    _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
+              lambda: fn(run, features, out, workers, strict, _echo(quiet)), verb)
 
 
 @app.command()
@@ -139,13 +150,7 @@ def assign(run: Run, features: Features,
            workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
            address: Address = None, no_wait: NoWait = False):
     """Visual words of every clip of FEATURES with RUN's vocabulary."""
-    from . import pipeline
-
-    argv = _argv(["assign", run, features, "--out", out], {"workers": workers, "strict": strict}, quiet)
-    summary = _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
-                        lambda: pipeline.assign(run, features, out, workers, strict, _echo(quiet)))
-    if summary is not None:
-        typer.echo(summary.line("tokenised"))
+    _apply("assign", "tokenised", run, features, out, workers, strict, quiet, address, no_wait)
 
 
 @app.command()
@@ -154,13 +159,7 @@ def embed(run: Run, features: Features,
           workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
           address: Address = None, no_wait: NoWait = False):
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
-    from . import pipeline
-
-    argv = _argv(["embed", run, features, "--out", out], {"workers": workers, "strict": strict}, quiet)
-    summary = _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
-                        lambda: pipeline.embed_corpus(run, features, out, workers, strict, _echo(quiet)))
-    if summary is not None:
-        typer.echo(summary.line("embedded"))
+    _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait)
 
 
 jobs = typer.Typer(no_args_is_help=True, help="Jobs submitted with --address http://HEAD:8265.")
