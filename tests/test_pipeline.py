@@ -334,3 +334,12 @@ def test_installed_console_script():
     assert done.returncode == 0
     for command in ("train", "assign", "embed", "synth", "demo"):
         assert command in done.stdout
+
+
+def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
+    from vgray.errors import VgrayError
+    from vgray.pipeline import ShardWorker, run_on_actors
+
+    with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):
+        run_on_actors(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")),
+                      2, [0, 1], lambda actor, k: None, lambda *a: None)

@@ -502,15 +502,41 @@ MAX_ATTEMPTS = 4
 
 def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
     """Run every shard on a pool of n actors; a shard whose actor or node is lost is run again
-    on a fresh actor (its outputs are idempotent), up to MAX_ATTEMPTS times."""
-    idle = [make_actor() for _ in range(n)]
-    queue, attempts, inflight, finished = list(shards), {}, {}, 0
+    on a fresh actor (its outputs are idempotent), up to MAX_ATTEMPTS times.
+
+    Shards go only to actors that have started: actors that cannot be placed yet (more workers
+    than CPUs, or a cluster waiting for its autoscaler) hold no work hostage, join when they
+    can, and are dropped when everything is done."""
+    starting: dict = {}  # readiness ref -> actor
+
+    def start():
+        actor = make_actor()
+        starting[actor.__ray_ready__.remote()] = actor
+
+    for _ in range(n):
+        start()
+    idle, queue, attempts, inflight, finished, failed_starts = [], list(shards), {}, {}, 0, 0
     try:
         while queue or inflight:
             while idle and queue:
                 actor, k = idle.pop(), queue.pop(0)
                 inflight[submit(actor, k)] = (actor, k)
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            [ref], _ = ray.wait(list(inflight) + list(starting), num_returns=1)
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except _RETRIABLE as e:
+                    failed_starts += 1
+                    if failed_starts > MAX_ATTEMPTS:  # e.g. its constructor fails every time
+                        last = [line for line in str(e).splitlines() if line.strip()][-1:]
+                        raise VgrayError("shard workers fail to start: "
+                                         + (last[0].strip() if last else type(e).__name__)) from None
+                    log.warning("a shard worker was lost while starting (%s)", type(e).__name__)
+                    start()
+                    continue
+                idle.append(actor)
+                continue
             actor, k = inflight.pop(ref)
             try:
                 stats = ray.get(ref)
@@ -521,22 +547,20 @@ def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> Non
                                      f"{type(e).__name__}") from e
                 log.warning("shard %d lost (%s); running it again", k, type(e).__name__)
                 ray.kill(actor)
-                idle.append(make_actor())
+                start()
                 queue.append(k)
                 continue
             idle.append(actor)
             finished += 1
             on_done(k, stats, finished)
     finally:
-        for actor in idle + [a for a, _ in inflight.values()]:
+        for actor in idle + [a for a, _ in inflight.values()] + list(starting.values()):
             ray.kill(actor)
 
 
 def _workers(cfg: TrainConfig) -> int:
-    """Shard actors to start: --workers, at most one per CPU the cluster has now (an actor that
-    cannot be placed would hold its queued shards forever)."""
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return min(cfg.workers or cpus, cpus)
+    """Shard actors to start: --workers, or one per CPU the cluster has now."""
+    return cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def _gpu_options(device: str) -> dict:
