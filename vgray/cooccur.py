@@ -45,26 +45,34 @@ def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
     X[i, j] = s / scale(window). Each sequence is one video; counts never cross sequences.
     """
     factor = scale(window)
-    seqs = [np.asarray(t, dtype=np.int64) for t in sequences]
-    seqs = [t for t in seqs if len(t) > 1]
+    seqs = [t for t in (np.asarray(t) for t in sequences) if len(t) > 1]
     if not seqs:
         empty = np.zeros(0, np.int64)
         return empty.astype(np.int32), empty.astype(np.int32), empty
-    tokens = np.concatenate(seqs)
-    if tokens.min() < 0 or tokens.max() >= vocab_size:
+    # Videos end to end with `window` padding words (id K) between them: every pair that would
+    # cross a video boundary has the padding word at one end, and its row and column are
+    # dropped. No per-distance masks; one pass over the tokens per distance.
+    pad_id, m = vocab_size, vocab_size + 1
+    pad = np.full(window, pad_id, dtype=np.int64)
+    padded = np.concatenate([x for t in seqs for x in (t, pad)]).astype(np.int64, copy=False)
+    if padded.min() < 0 or padded.max() > pad_id or \
+            np.count_nonzero(padded == pad_id) != window * len(seqs):
         raise ValueError(f"tokens must lie in [0, {vocab_size})")
-    # Position of each token within its own video: pairs at distance d are valid where both
-    # ends belong to the same video, i.e. where the later one's position is at least d.
-    lengths = np.array([len(t) for t in seqs])
-    position = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    left = padded * m
+    if m * m <= _DENSE_LIMIT:
+        totals = np.zeros(m * m, dtype=np.int64)
+        for d in range(1, window + 1):
+            totals += np.bincount(left[:-d] + padded[d:], minlength=m * m) * (factor // d)
+        directed = totals.reshape(m, m)[:vocab_size, :vocab_size]
+        both = directed + directed.T  # X counts p < q in both directions
+        i, j = np.nonzero(both)
+        return i.astype(np.int32), j.astype(np.int32), both[i, j]
     key_parts, value_parts = [], []
     for d in range(1, window + 1):
-        valid = position[d:] >= d
-        if not valid.any():
-            break
-        left = tokens[:-d][valid]
-        right = tokens[d:][valid]
-        keys = np.concatenate([left * vocab_size + right, right * vocab_size + left])
+        a, b = padded[:-d], padded[d:]
+        keep = (a != pad_id) & (b != pad_id)
+        a, b = a[keep], b[keep]
+        keys = np.concatenate([a * vocab_size + b, b * vocab_size + a])
         key_parts.append(keys)
         value_parts.append(np.full(len(keys), factor // d, dtype=np.int64))
     keys, sums = _aggregate(np.concatenate(key_parts), np.concatenate(value_parts),

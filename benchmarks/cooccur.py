@@ -1,0 +1,87 @@
+"""Co-occurrence throughput: vgray.cooccur.count against a Python dict loop (the way the
+original Visual GloVe script counts), on the same synthetic token corpus.
+
+    python benchmarks/cooccur.py [--tokens 10000000] [--vocab 1500] [--window 5]
+
+Prints tokens/s of both and the ratio, checks that both give the same X on the reference
+subset, and writes benchmarks/results/cooccur.json.
+"""
+
+import argparse
+import collections
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from vgray import cooccur
+
+
+def corpus(tokens: int, vocab: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(20, 81, size=tokens // 20)
+    lengths = lengths[np.cumsum(lengths) <= tokens]
+    return [rng.integers(0, vocab, size=n).astype(np.int32) for n in lengths]
+
+
+def dict_loop(seqs, window):
+    """The reference: one dict update per pair, both directions, weight 1/d."""
+    x = collections.defaultdict(float)
+    for seq in seqs:
+        seq = seq.tolist()
+        for p in range(len(seq)):
+            for q in range(p + 1, min(len(seq), p + window + 1)):
+                x[seq[p], seq[q]] += 1.0 / (q - p)
+                x[seq[q], seq[p]] += 1.0 / (q - p)
+    return x
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=10_000_000)
+    ap.add_argument("--reference-tokens", type=int, default=300_000)
+    ap.add_argument("--vocab", type=int, default=1500)
+    ap.add_argument("--window", type=int, default=5)
+    args = ap.parse_args()
+
+    seqs = corpus(args.tokens, args.vocab)
+    n = int(sum(len(s) for s in seqs))
+    cooccur.count(seqs[:100], args.vocab, args.window)  # warm-up
+    t = time.perf_counter()
+    i, j, s = cooccur.count(seqs, args.vocab, args.window)
+    ours = time.perf_counter() - t
+
+    sub, m = [], 0
+    for seq in seqs:
+        if m >= args.reference_tokens:
+            break
+        sub.append(seq)
+        m += len(seq)
+    t = time.perf_counter()
+    ref = dict_loop(sub, args.window)
+    ref_s = time.perf_counter() - t
+    si, sj, ss = cooccur.count(sub, args.vocab, args.window)
+    got = dict(zip(zip(si.tolist(), sj.tolist()), cooccur.weights(ss, args.window).tolist()))
+    exact = got.keys() == ref.keys() and all(abs(got[k] - ref[k]) <= 1e-9 * max(1.0, ref[k]) for k in ref)
+
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "vocab": args.vocab, "window": args.window,
+        "vgray_tokens": n, "vgray_seconds": round(ours, 3),
+        "vgray_tokens_per_s": round(n / ours), "nonzeros": int(len(i)),
+        "reference": "Python dict loop", "reference_tokens": m,
+        "reference_seconds": round(ref_s, 3), "reference_tokens_per_s": round(m / ref_s),
+        "speedup": round((n / ours) / (m / ref_s), 1), "same_x_on_reference_subset": exact,
+    }
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    with open(os.path.join(os.path.dirname(__file__), "results", "cooccur.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
