@@ -79,6 +79,19 @@ def test_sparse_path_matches_dense(monkeypatch):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("block", [1, 2, 5, 13, 64])
+def test_blocks_of_positions_change_nothing(monkeypatch, block):
+    # the dense count walks the positions in blocks; any block size gives the brute-force X
+    rng = np.random.default_rng(block)
+    seqs = [rng.integers(0, 6, size=rng.integers(1, 25)) for _ in range(12)]
+    want = cooccur.count(seqs, 6, 5)
+    monkeypatch.setattr(cooccur, "_BLOCK", block)
+    got = cooccur.count(seqs, 6, 5)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    np.testing.assert_allclose(dense(*got, 6, 5), brute_force(seqs, 6, 5), rtol=1e-12)
+
+
 def test_empty_and_invalid():
     i, j, s = cooccur.count([np.array([1]), np.array([], dtype=int)], 3, 5)
     assert len(i) == len(j) == len(s) == 0

@@ -26,6 +26,18 @@ def test_assign_matches_brute_force(seed):
     assert (got == want).mean() > 0.99
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_torch_path_matches_brute_force(seed):
+    # the path CUDA takes (torch matmul); on CPU float32 goes through numpy's BLAS instead
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(300, 9)) * (seed + 1)
+    c = rng.normal(size=(13, 9))
+    labels, d = nearest(torch.from_numpy(x), torch.from_numpy(c), chunk=64)
+    want, full = brute_nearest(x, c)
+    assert np.array_equal(labels.numpy(), want)
+    np.testing.assert_allclose(d.numpy(), full.min(1), rtol=1e-9, atol=1e-9)
+
+
 def test_nearest_chunks_agree():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(1000, 8)).astype(np.float32))
@@ -61,14 +73,15 @@ def test_kmeanspp_spreads_over_clusters():
     assert len(hit) >= 7  # k-means++ puts (nearly) one seed in each planted cluster
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("seed", range(3))
-def test_inertia_no_worse_than_minibatch_kmeans(seed):
+def test_inertia_no_worse_than_minibatch_kmeans(seed, precision):
     from sklearn.cluster import MiniBatchKMeans
 
     rng = np.random.default_rng(seed)
     x = np.concatenate([rng.normal(loc=rng.normal(size=32) * 2, size=(200, 32)) for _ in range(25)])
     x = x.astype(np.float32)
-    ours = KMeans(30, seed=seed).fit(x).inertia_
+    ours = KMeans(30, seed=seed, precision=precision).fit(x).inertia_
     theirs = MiniBatchKMeans(30, random_state=seed).fit(x).inertia_
     assert ours <= theirs * 1.0001
 
@@ -85,3 +98,39 @@ def test_duplicate_points_fewer_than_k():
     x = np.repeat(np.eye(3, dtype=np.float32), 10, axis=0)
     model = KMeans(5, seed=0).fit(x)
     assert model.inertia_ == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_every_iteration_lowers_the_exact_inertia(precision):
+    # bfloat16 only proposes words; the exact distance decides, so Lloyd's guarantee holds
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(3000, 48)) + 40).astype(np.float32)  # far from the origin: hard for bf16
+    model = KMeans(40, max_iter=30, seed=1, precision=precision, tol=0).fit(x)
+    curve = np.array(model.inertia_curve_)
+    assert len(curve) == model.n_iter_ + 1 and model.n_iter_ >= 3
+    assert np.all(np.diff(curve) <= 1e-6 * curve[:-1])
+    exact = ((x - model.cluster_centers_[model.labels_]) ** 2).sum()
+    assert model.inertia_ == pytest.approx(exact, rel=1e-4)
+    # and the labels it returns are the nearest words to within float32 ties
+    best = brute_nearest(x.astype(np.float64), model.cluster_centers_.astype(np.float64))[1].min(1)
+    own = ((x.astype(np.float64) - model.cluster_centers_[model.labels_]) ** 2).sum(1)
+    assert np.mean(own <= best * (1 + 1e-4) + 1e-6) >= (0.999 if precision == "bfloat16" else 1.0)
+
+
+def test_parts_are_the_same_data_as_one_array():
+    x, _ = planted(k=12, per=60, d=24)
+    whole = KMeans(12, seed=2, precision="float32").fit(x)
+    parts = KMeans(12, seed=2, precision="float32").fit([x[:100], x[100:100], x[100:450], x[450:]])
+    np.testing.assert_allclose(parts.cluster_centers_, whole.cluster_centers_, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(parts.labels_, whole.labels_)
+
+
+def test_stops_early_once_converged():
+    x, _ = planted(k=6, per=80)
+    model = KMeans(6, max_iter=50, seed=0).fit(x)
+    assert model.n_iter_ < 50
+
+
+def test_bad_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        KMeans(3, precision="fp8")

@@ -15,6 +15,7 @@ import numpy as np
 
 MAX_WINDOW = 24  # lcm(1..24) ~ 5.4e9 keeps the scaled int64 counts far from overflow
 _DENSE_LIMIT = 1 << 24  # vocabularies with K*K below this count into one dense array
+_BLOCK = 1 << 22  # token positions per block of the dense count
 
 
 def scale(window: int) -> int:
@@ -61,8 +62,14 @@ def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
     left = padded * m
     if m * m <= _DENSE_LIMIT:
         totals = np.zeros(m * m, dtype=np.int64)
+        buf = np.empty(min(_BLOCK, len(padded)), dtype=np.int64)
+        # In blocks of positions, so the temporaries stay small (and cached) whatever the corpus.
         for d in range(1, window + 1):
-            totals += np.bincount(left[:-d] + padded[d:], minlength=m * m) * (factor // d)
+            pairs = len(padded) - d
+            for a in range(0, pairs, _BLOCK):
+                b = min(a + _BLOCK, pairs)
+                keys = np.add(left[a:b], padded[a + d:b + d], out=buf[:b - a])
+                totals += np.bincount(keys, minlength=m * m) * (factor // d)
         directed = totals.reshape(m, m)[:vocab_size, :vocab_size]
         both = directed + directed.T  # X counts p < q in both directions
         i, j = np.nonzero(both)

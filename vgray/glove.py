@@ -90,11 +90,15 @@ class GloVe:
         log_x[ii, jj] = torch.from_numpy(np.log(x)).float().to(dev)
         f[ii, jj] = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
 
+        pred = torch.empty(k, k, dtype=torch.float32, device=dev)  # buffers reused every epoch
+        fe = torch.empty_like(pred)
+
         def step(params, grads):
             w, wc, b, bc = params
-            pred = torch.addmm(b.unsqueeze(1) + bc.unsqueeze(0), w, wc.T)
-            fe = f * (pred - log_x)  # zero where X is zero, since f is
-            value = float((fe.double() * (pred - log_x).double()).sum()) / n
+            torch.mm(w, wc.T, out=pred)
+            pred.add_(b.unsqueeze(1)).add_(bc.unsqueeze(0)).sub_(log_x)  # the error
+            torch.mul(f, pred, out=fe)  # zero where X is zero, since f is
+            value = float(torch.mul(fe, pred, out=pred).sum(dtype=torch.float64)) / n  # J
             g = fe.mul_(2.0 / n)
             torch.mm(g, wc, out=grads[0])
             torch.mm(g.T, w, out=grads[1])

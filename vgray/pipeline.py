@@ -74,9 +74,12 @@ def resolve_device(device: str) -> str:
 
 
 def _use_all_cores() -> None:
+    """torch and numpy's BLAS on every core of this worker (Ray sets OMP_NUM_THREADS=1)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    threadpool_limits(max(1, os.cpu_count() or 1))
 
 
 def partial_paths(run: RunDir, shard: int, reducers: int) -> list[str]:
@@ -108,8 +111,10 @@ class ShardWorker:
     def __init__(self, streams: str, batch_clips: int, device: str,
                  centroids_path: str | None = None):
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(1)  # one core per actor; also keeps results thread-independent
+        threadpool_limits(1)
         self.streams = streams
         self.batch_clips = batch_clips
         self.device = device
@@ -206,15 +211,15 @@ def fit_vocabulary(config: dict, *samples: np.ndarray) -> dict:
     _use_all_cores()
     cfg = TrainConfig(**config)
     device = resolve_device(cfg.device)
-    sample = np.concatenate(samples)
-    if len(sample) < cfg.vocab_size:
+    clips = sum(len(s) for s in samples)  # the parts are used in place, never concatenated
+    if clips < cfg.vocab_size:
         raise VgrayError(f"--vocab-size {cfg.vocab_size} needs at least that many training clips "
-                         f"in the k-means sample, got {len(sample)}")
+                         f"in the k-means sample, got {clips}")
     t0 = time.perf_counter()
-    model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(sample)
+    model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(list(samples))
     return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
-            "inertia_per_clip": model.inertia_ / len(sample), "sample_clips": int(len(sample)),
-            "iterations": model.n_iter_, "device": device,
+            "inertia_per_clip": model.inertia_ / clips, "sample_clips": int(clips),
+            "iterations": model.n_iter_, "device": device, "precision": model.precision_,
             "kmeans_seconds": round(time.perf_counter() - t0, 3)}
 
 

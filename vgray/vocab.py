@@ -1,8 +1,16 @@
-"""The visual vocabulary: k-means in torch (k-means++ init, Lloyd iterations), CPU or CUDA."""
+"""The visual vocabulary: k-means in torch (k-means++ init, Lloyd iterations), CPU or CUDA.
+
+Lloyd's assignment step is one matrix product per block of clips. Where the hardware multiplies
+bfloat16 natively (AVX512-BF16 / AMX CPUs, CUDA), the product runs in bfloat16 to propose each
+clip's word, and the exact float32 distance decides between that proposal and the clip's current
+word: a clip only moves when it gets exactly closer, so every iteration lowers the exact inertia,
+as plain Lloyd does. The tokens of the pipeline (`nearest`, `assign`) are always exact float32.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -18,14 +26,32 @@ def _sq_norms(x: torch.Tensor) -> torch.Tensor:
 
 def nearest(x: torch.Tensor, centers: torch.Tensor, centers_sq: torch.Tensor | None = None,
             chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest center (squared Euclidean) per row of x, and that squared distance."""
+    """Index of the nearest center (squared Euclidean) per row of x, and that squared distance.
+
+    Exact float32. On CPU the product is numpy's (OpenBLAS), which runs it at the machine's
+    BLAS speed on Intel and AMD alike; on CUDA it is torch's."""
     if centers_sq is None:
         centers_sq = _sq_norms(centers)
     labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     dists = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        xs = x.detach().contiguous().numpy()
+        ct = np.ascontiguousarray(centers.detach().cpu().numpy().T)
+        csq = centers_sq.detach().cpu().numpy()
+        buf = np.empty((min(chunk, len(xs)), ct.shape[1]), dtype=np.float32)
+        out_l, out_d = labels.numpy(), dists.numpy()
+        for s in range(0, len(xs), chunk):
+            block = xs[s:s + chunk]
+            scores = np.matmul(block, ct, out=buf[:len(block)])
+            scores *= -2.0
+            scores += csq  # ||x||^2 is the same for every center: added to the chosen one only
+            index = scores.argmin(axis=1)
+            out_l[s:s + chunk] = index
+            value = scores[np.arange(len(block)), index] + np.einsum("ij,ij->i", block, block)
+            out_d[s:s + chunk] = np.maximum(value, 0)
+        return labels, dists
     for s in range(0, x.shape[0], chunk):
         block = x[s:s + chunk]
-        # ||x||^2 is the same for every center, so it is added only to the chosen distance.
         partial = torch.addmm(centers_sq, block, centers.T, beta=1.0, alpha=-2.0)
         value, index = partial.min(dim=1)
         labels[s:s + chunk] = index
@@ -42,21 +68,25 @@ def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu") -> 
 
 
 def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
-                    n_local_trials: int | None = None) -> torch.Tensor:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn)."""
+                    n_local_trials: int | None = None, bfloat16: bool = False) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
+
+    With bfloat16, the products behind the D^2 sampling weights are taken in bfloat16 (the
+    seeds are still rows of x; only which rows are drawn changes)."""
     n = x.shape[0]
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(k))
     x_sq = _sq_norms(x)
+    low = x.to(torch.bfloat16) if bfloat16 else x
     centers = torch.empty((k, x.shape[1]), dtype=x.dtype, device=x.device)
     first = int(torch.randint(n, (1,), generator=generator, device="cpu"))
     centers[0] = x[first]
 
-    def dist_to(rows: torch.Tensor) -> torch.Tensor:  # [r, n] squared distances
-        out = torch.addmm(x_sq.unsqueeze(0), x[rows], x.T, alpha=-2.0)
-        return out.add_(x_sq[rows].unsqueeze(1)).clamp_min_(0)
+    def dist_to(rows: torch.Tensor) -> torch.Tensor:  # [n, r] squared distances
+        out = torch.mm(low, low[rows].T).to(x.dtype).mul_(-2.0)
+        return out.add_(x_sq.unsqueeze(1)).add_(x_sq[rows].unsqueeze(0)).clamp_min_(0)
 
-    closest = dist_to(torch.tensor([first], device=x.device))[0]
+    closest = dist_to(torch.tensor([first], device=x.device))[:, 0]
     for c in range(1, k):
         pot = closest.sum()
         if float(pot) <= 0:  # fewer distinct points than k: duplicate centers are unavoidable
@@ -65,55 +95,142 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
         rand = torch.rand(n_local_trials, generator=generator, dtype=torch.float64).to(x.device)
         cumulative = torch.cumsum(closest.double(), 0)
         candidates = torch.searchsorted(cumulative, rand * cumulative[-1]).clamp_max_(n - 1)
-        cand_dist = torch.minimum(closest.unsqueeze(0), dist_to(candidates))
-        best = int(torch.argmin(cand_dist.double().sum(dim=1)))
-        closest = cand_dist[best]
+        cand_dist = torch.minimum(closest.unsqueeze(1), dist_to(candidates))
+        best = int(torch.argmin(cand_dist.sum(dim=0, dtype=torch.float64)))
+        closest = cand_dist[:, best].contiguous()
         centers[c] = x[candidates[best]]
     return centers
 
 
-class KMeans:
-    """k-means with k-means++ seeding and Lloyd iterations; scikit-learn-style estimator."""
+def bf16_matmul_is_fast(device: str) -> bool:
+    """Whether this device multiplies bfloat16 matrices natively (else they are emulated)."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
-    def __init__(self, n_clusters: int, max_iter: int = 25, seed: int = 0, device: str = "cpu"):
+
+class KMeans:
+    """k-means: k-means++ seeding on a subsample, then Lloyd; scikit-learn-style estimator.
+
+    Lloyd stops after max_iter iterations, when no clip changes word, or when an iteration
+    lowers the inertia by less than `tol` of it.
+
+    `fit` takes one float [N, D] array or a list of them (parts are never concatenated, so a
+    sample held in several arrays costs no copy). The data are centred on their mean before
+    distances are taken (k-means does not change under translation; bfloat16 does better).
+    """
+
+    def __init__(self, n_clusters: int, max_iter: int = 25, seed: int = 0, device: str = "cpu",
+                 precision: str = "auto", seed_sample: int | None = None, tol: float = 1e-4):
+        if precision not in ("auto", "float32", "bfloat16"):
+            raise ValueError("precision must be auto, float32 or bfloat16")
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.seed = seed
         self.device = device
+        self.precision = precision
+        self.tol = tol  # stop when an iteration lowers the inertia by less than this share
+        self.seed_sample = seed_sample  # None: 8 clips per word (at least 4096) for k-means++
 
-    def fit(self, features: np.ndarray) -> "KMeans":
+    def fit(self, features) -> "KMeans":
         """Fit on float [N, D] (N >= n_clusters); sets cluster_centers_, inertia_, n_iter_."""
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[0] < self.n_clusters:
-            raise ValueError(f"k-means needs at least {self.n_clusters} clips, got {features.shape[0]}")
-        x = torch.from_numpy(features).to(self.device)
+        parts = [features] if isinstance(features, np.ndarray) else list(features)
+        parts = [np.ascontiguousarray(p, dtype=np.float32) for p in parts if len(p)]
+        n = sum(len(p) for p in parts)
+        if n < self.n_clusters or any(p.ndim != 2 for p in parts):
+            raise ValueError(f"k-means needs at least {self.n_clusters} clips, got {n}")
+        dev, k = torch.device(self.device), self.n_clusters
+        self.precision_ = self.precision
+        if self.precision == "auto":
+            self.precision_ = "bfloat16" if bf16_matmul_is_fast(self.device) else "float32"
+        with warnings.catch_warnings():  # parts may be read-only (Ray's shared memory): only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = [torch.from_numpy(p) for p in parts]
+        mean = torch.zeros(parts[0].shape[1], dtype=torch.float64)
+        for t in tensors:
+            mean += t.sum(dim=0, dtype=torch.float64)
+        self._mean = (mean / n).float().to(dev)
+        self._tensors, self._starts = tensors, np.cumsum([0] + [len(p) for p in parts])
+
         generator = torch.Generator().manual_seed(self.seed)
-        centers = kmeans_plusplus(x, self.n_clusters, generator)
-        labels = None
-        self.n_iter_ = 0
-        for it in range(self.max_iter):
-            new_labels, dists = nearest(x, centers)
-            if labels is not None and torch.equal(new_labels, labels):
+        size = min(n, self.seed_sample or max(8 * k, 4096))
+        rows = torch.randperm(n, generator=generator)[:size].sort().values if size < n else torch.arange(n)
+        centers = kmeans_plusplus(self._rows(rows), k, generator, bfloat16=self.precision_ == "bfloat16")
+        labels, inertia = None, math.inf
+        self.n_iter_, self.inertia_curve_ = 0, []  # inertia_curve_[i]: after i updates
+        while True:
+            new_labels, dists, sums, counts = self._pass(centers, labels)
+            new_inertia = float(dists.double().sum())
+            self.inertia_curve_.append(new_inertia)
+            done = labels is not None and (torch.equal(new_labels, labels)
+                                           or inertia - new_inertia <= self.tol * inertia)
+            labels, inertia = new_labels, new_inertia
+            if done or self.n_iter_ == self.max_iter:
                 break
-            labels = new_labels
-            centers = self._update(x, labels, dists, centers)
-            self.n_iter_ = it + 1
-        labels, dists = nearest(x, centers)
-        self.cluster_centers_ = centers.cpu().numpy()
+            centers = self._update(sums, counts, dists, centers)
+            self.n_iter_ += 1
+        self.cluster_centers_ = (centers + self._mean).cpu().numpy()
         self.labels_ = labels.to(torch.int32).cpu().numpy()
-        self.inertia_ = float(dists.double().sum())
+        self.inertia_ = inertia  # exact, of these labels to these centres
+        del self._tensors, self._mean
         return self
 
-    def _update(self, x, labels, dists, centers):
-        k = self.n_clusters
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k)
+    def _rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Centred rows of the data at global positions `index` (sorted or not)."""
+        index = index.cpu().numpy()
+        part = np.searchsorted(self._starts, index, side="right") - 1
+        out = torch.empty((len(index), self._tensors[0].shape[1]), dtype=torch.float32)
+        for p in np.unique(part):
+            sel = np.flatnonzero(part == p)
+            out[torch.from_numpy(sel)] = self._tensors[p][torch.from_numpy(index[sel] - self._starts[p])]
+        return out.to(self._mean.device) - self._mean
+
+    def _pass(self, centers, labels):
+        """One pass over the data: each clip's word, its exact squared distance, and the per-word
+        sums and counts of the next centres."""
+        dev, k = centers.device, self.n_clusters
+        n = int(self._starts[-1])
+        new_labels = torch.empty(n, dtype=torch.int64, device=dev)
+        dists = torch.empty(n, dtype=torch.float32, device=dev)
+        sums = torch.zeros_like(centers)
+        centers_sq = _sq_norms(centers)
+        low = centers.to(torch.bfloat16) if self.precision_ == "bfloat16" else None
+        for t, start in zip(self._tensors, self._starts):
+            for s in range(0, len(t), _CHUNK):
+                block = t[s:s + _CHUNK].to(centers.device) - self._mean
+                at = slice(int(start) + s, int(start) + s + len(block))
+                if low is None:
+                    lab, d = nearest(block, centers, centers_sq)
+                else:
+                    scores = torch.mm(block.to(torch.bfloat16), low.T).float()
+                    proposal = torch.addcmul(centers_sq, scores, torch.tensor(-2.0, device=dev)).argmin(dim=1)
+                    lab, d = self._closer(block, centers, proposal, None if labels is None else labels[at])
+                new_labels[at], dists[at] = lab, d
+                sums.index_add_(0, lab, block)
+        counts = torch.bincount(new_labels, minlength=k)
+        return new_labels, dists, sums, counts
+
+    @staticmethod
+    def _closer(block, centers, proposal, current):
+        """Of the proposed word and the current one, the exactly closer (ties keep the current)."""
+        d = ((block - centers[proposal]) ** 2).sum(dim=1)
+        if current is None:
+            return proposal, d
+        d_now = ((block - centers[current]) ** 2).sum(dim=1)
+        keep = d_now <= d
+        return torch.where(keep, current, proposal), torch.where(keep, d_now, d)
+
+    def _update(self, sums, counts, dists, centers):
         empty = torch.nonzero(counts == 0).flatten()
-        new = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        new = sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype)
         if len(empty):
             # An empty word takes the clip farthest from its current word (as scikit-learn does).
             far = torch.argsort(dists, descending=True, stable=True)[: len(empty)]
-            new[empty] = x[far]
+            new[empty] = self._rows(far)
         return new
 
     def predict(self, features: np.ndarray) -> np.ndarray:

@@ -1,0 +1,133 @@
+"""End to end: `vgray train` on an ActivityNet-sized synthetic corpus, with time and the peak
+memory of every process (driver, Ray's own processes and every worker).
+
+    python benchmarks/e2e.py [--videos 15000] [--scale 4] [--data /tmp/vgray-bench]
+
+Writes a corpus of --videos videos (20 to 73 clips each, ~700k clips at the default, 1024-d rgb
+float32, ~2.9 GB) unless it is already there, runs the real command line
+
+    vgray train FEATURES --out RUN --vocab-size 1500 --window 5 --dim 128
+
+in a subprocess, and reads VmHWM (the kernel's record of peak resident memory, shared pages
+included) of that process and all its descendants every 0.2 s. With --scale S it then does the
+same on a corpus S times larger and reports how much the largest peak grew. Disk: ~6 GB per 700k
+clips of corpus plus output. Writes benchmarks/results/e2e.json.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+from common import machine, write_result
+from vgray.synth import make_corpus
+
+
+def corpus(root: str, videos: int, dim: int) -> str:
+    done = os.path.join(root, "summary.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            if json.load(f).get("videos") == videos:
+                return os.path.join(root, "features")
+        shutil.rmtree(root)
+    t = time.perf_counter()
+    summary = make_corpus(root, videos=videos, dim=dim, words=3000, topics=100, min_clips=20,
+                          max_clips=73, noise=0.5, train_fraction=1.0, seed=0)
+    print(f"wrote {summary['clips']} clips in {time.perf_counter() - t:.0f} s", flush=True)
+    with open(done, "w") as f:
+        json.dump({"videos": videos, "clips": summary["clips"]}, f)
+    return os.path.join(root, "features")
+
+
+def descendants(pid: int) -> set[int]:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def peak_kib(pid: int) -> tuple[int, str] | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+        return int(fields["VmHWM"].split()[0]), cmd
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def run_train(features: str, out: str, extra: list[str]) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "vgray.cli", "train", features, "--out", out, "--vocab-size", "1500",
+           "--window", "5", "--dim", "128", *extra]
+    peaks: dict[int, tuple[int, str]] = {}
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        for p in descendants(proc.pid):
+            got = peak_kib(p)
+            if got and got[0] >= peaks.get(p, (0, ""))[0]:
+                peaks[p] = got
+        time.sleep(0.2)
+    seconds = time.perf_counter() - t
+    reader.join()
+    print("".join(lines), flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"vgray train failed ({proc.returncode})")
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    top = sorted(peaks.values(), reverse=True)[:5]
+    return {"seconds": round(seconds, 1), "peak_process_mb": round(top[0][0] / 1024),
+            "peak_process": top[0][1], "top_peaks_mb": [[round(k / 1024), c] for k, c in top],
+            "processes_seen": len(peaks),
+            "stages": {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()},
+            "clips": manifest.get("corpus", {}).get("clips")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=15_000)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--scale", type=int, default=4, help="also run a corpus this many times larger (1: skip)")
+    ap.add_argument("--data", default="/tmp/vgray-bench")
+    ap.add_argument("--keep", action="store_true", help="keep the run directories")
+    ap.add_argument("extra", nargs="*", help="more `vgray train` options, after --")
+    args = ap.parse_args()
+    result = {"machine": machine(), "videos": args.videos, "dim": args.dim,
+              "command": "vgray train FEATURES --out RUN --vocab-size 1500 --window 5 --dim 128 "
+                         + " ".join(args.extra)}
+    sizes = [1] + ([args.scale] if args.scale > 1 else [])
+    for s in sizes:
+        root = os.path.join(args.data, f"x{s}")
+        features = corpus(root, args.videos * s, args.dim)
+        got = run_train(features, os.path.join(root, "run"), args.extra)
+        result[f"x{s}"] = got
+        print(f"x{s}: {got['seconds']} s, peak {got['peak_process_mb']} MB ({got['peak_process']})", flush=True)
+        if not args.keep:
+            shutil.rmtree(os.path.join(root, "run"), ignore_errors=True)
+    if len(sizes) > 1:
+        result["peak_growth"] = round(result[f"x{args.scale}"]["peak_process_mb"] / result["x1"]["peak_process_mb"] - 1, 3)
+    write_result("e2e", result)
+
+
+if __name__ == "__main__":
+    main()
