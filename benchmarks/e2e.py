@@ -66,7 +66,7 @@ def peak_kib(pid: int) -> tuple[int, str] | None:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
         return int(fields["VmHWM"].split()[0]), cmd
     except (OSError, KeyError, ValueError):
         return None
@@ -85,8 +85,13 @@ def run_train(features: str, out: str, extra: list[str]) -> dict:
     while proc.poll() is None:
         for p in descendants(proc.pid):
             got = peak_kib(p)
-            if got and got[0] >= peaks.get(p, (0, ""))[0]:
-                peaks[p] = got
+            if got is None:
+                continue
+            kib, cmd = got
+            before, name = peaks.get(p, (0, ""))
+            if not name or ("IDLE" in name and "IDLE" not in cmd) or kib > before:
+                name = cmd if (kib > before or not name) and "IDLE" not in cmd else (name or cmd)
+            peaks[p] = (max(kib, before), name)
         time.sleep(0.2)
     seconds = time.perf_counter() - t
     reader.join()

@@ -28,7 +28,7 @@ from .errors import BadVideo, VgrayError
 from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, atomic_path,
                     load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
                     tokens_table, write_table, write_text)
-from .vocab import KMeans, nearest
+from .vocab import Codebook, KMeans
 
 log = logging.getLogger("vgray")
 
@@ -87,16 +87,53 @@ def partial_paths(run: RunDir, shard: int, reducers: int) -> list[str]:
     return [run.path(WORK, "cooccur", f"{shard_name(shard)}-{r:03d}.parquet") for r in range(reducers)]
 
 
-def _tokenize(video: Video, centroids, centroids_sq, streams: str, batch_clips: int, device: str):
+def tokenize(videos: list[Video], codebook: Codebook, streams: str, batch_clips: int,
+             device: str):
+    """(video, int32 tokens or the BadVideo that stopped it) for each video, in order.
+
+    Short videos are gathered into blocks of about `batch_clips` clips so each product is one
+    large matmul; a video longer than that is loaded and assigned block by block on its own, so
+    memory stays bounded by `batch_clips` whatever T is."""
     import torch
 
-    parts = []
-    for start in range(0, video.frames, batch_clips):
-        stop = min(start + batch_clips, video.frames)
-        block = load_clips(video, streams, start, stop)
-        labels, _ = nearest(torch.from_numpy(block).to(device), centroids, centroids_sq)
-        parts.append(labels.to(torch.int32).cpu().numpy())
-    return np.concatenate(parts)
+    def words(block: np.ndarray) -> np.ndarray:
+        labels, _ = codebook.nearest(torch.from_numpy(block).to(device))
+        return labels.to(torch.int32).cpu().numpy()
+
+    pending, rows = [], 0  # (video, clips or BadVideo)
+
+    def flush():
+        loaded = [b for _, b in pending if not isinstance(b, BadVideo)]
+        labels = words(np.concatenate(loaded)) if loaded else np.zeros(0, np.int32)
+        at = 0
+        for v, b in pending:
+            if isinstance(b, BadVideo):
+                yield v, b
+            else:
+                yield v, labels[at:at + len(b)]
+                at += len(b)
+        pending.clear()
+
+    for v in videos:
+        if v.frames > batch_clips:
+            yield from flush()
+            rows = 0
+            try:
+                yield v, np.concatenate([words(load_clips(v, streams, s, min(s + batch_clips, v.frames)))
+                                         for s in range(0, v.frames, batch_clips)])
+            except BadVideo as e:
+                yield v, e
+            continue
+        try:
+            block = load_clips(v, streams, 0, v.frames)
+        except BadVideo as e:
+            block = e
+        pending.append((v, block))
+        rows += 0 if isinstance(block, BadVideo) else len(block)
+        if rows >= batch_clips:
+            yield from flush()
+            rows = 0
+    yield from flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +155,10 @@ class ShardWorker:
         self.streams = streams
         self.batch_clips = batch_clips
         self.device = device
-        self.centroids = self.centroids_sq = None
+        self.codebook = None
         if centroids_path is not None:  # state comes from the constructor so a restart has it
             c = torch.from_numpy(load_npy(centroids_path, np.float32, 2)).to(device)
-            self.centroids, self.centroids_sq = c, (c * c).sum(1)
+            self.codebook = Codebook(c)
 
     def sample(self, videos: list[Video], probability: float, seed: int):
         rows, skips = [], []
@@ -146,16 +183,14 @@ class ShardWorker:
         t0 = time.perf_counter()
         run = RunDir(out)
         ids, seqs, trained, skips = [], [], [], []
-        for v, is_train in zip(videos, train):
-            try:
-                tokens = _tokenize(v, self.centroids, self.centroids_sq, self.streams,
-                                   self.batch_clips, self.device)
-            except BadVideo as e:
-                skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
+        is_train = {v.video_id: t for v, t in zip(videos, train)}
+        for v, tokens in tokenize(videos, self.codebook, self.streams, self.batch_clips, self.device):
+            if isinstance(tokens, BadVideo):
+                skips.append(Skip(v.video_id, v.rgb_path, str(tokens)).to_dict())
                 continue
             ids.append(v.video_id)
             seqs.append(tokens)
-            if is_train:
+            if is_train[v.video_id]:
                 trained.append(tokens)
             if tokens_dir is not None:
                 save_npy(fs.join(tokens_dir, f"{v.video_id}.npy"), tokens)

@@ -24,39 +24,55 @@ def _sq_norms(x: torch.Tensor) -> torch.Tensor:
     return (x * x).sum(dim=1)
 
 
+class Codebook:
+    """Centroids prepared once for many exact float32 nearest-word searches.
+
+    On CPU the product is numpy's (OpenBLAS), which runs at the machine's BLAS speed on Intel and
+    AMD alike; elsewhere it is torch's on the centroids' device."""
+
+    def __init__(self, centers: torch.Tensor | np.ndarray, centers_sq: torch.Tensor | None = None):
+        if isinstance(centers, np.ndarray):
+            centers = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
+        self.centers = centers
+        self.centers_sq = _sq_norms(centers) if centers_sq is None else centers_sq
+        self.numpy = centers.device.type == "cpu" and centers.dtype == torch.float32
+        if self.numpy:
+            self._ct = np.ascontiguousarray(centers.detach().numpy().T)
+            self._csq = self.centers_sq.detach().numpy()
+
+    def nearest(self, x: torch.Tensor, chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index of the nearest center (squared Euclidean) per row of x, and that distance."""
+        labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+        dists = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+        if self.numpy and x.device.type == "cpu" and x.dtype == torch.float32:
+            xs = x.detach().contiguous().numpy()
+            buf = np.empty((min(chunk, len(xs)), self._ct.shape[1]), dtype=np.float32)
+            out_l, out_d = labels.numpy(), dists.numpy()
+            for s in range(0, len(xs), chunk):
+                block = xs[s:s + chunk]
+                scores = np.matmul(block, self._ct, out=buf[:len(block)])
+                scores *= -2.0
+                scores += self._csq  # ||x||^2 is the same for every center: added to the best only
+                index = scores.argmin(axis=1)
+                out_l[s:s + chunk] = index
+                value = scores[np.arange(len(block)), index] + np.einsum("ij,ij->i", block, block)
+                out_d[s:s + chunk] = np.maximum(value, 0)
+            return labels, dists
+        centers, centers_sq = self.centers.to(x.dtype), self.centers_sq.to(x.dtype)
+        for s in range(0, x.shape[0], chunk):
+            block = x[s:s + chunk]
+            partial = torch.addmm(centers_sq, block, centers.T, beta=1.0, alpha=-2.0)
+            value, index = partial.min(dim=1)
+            labels[s:s + chunk] = index
+            dists[s:s + chunk] = (value + _sq_norms(block)).clamp_min_(0)
+        return labels, dists
+
+
 def nearest(x: torch.Tensor, centers: torch.Tensor, centers_sq: torch.Tensor | None = None,
             chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of the nearest center (squared Euclidean) per row of x, and that squared distance.
-
-    Exact float32. On CPU the product is numpy's (OpenBLAS), which runs it at the machine's
-    BLAS speed on Intel and AMD alike; on CUDA it is torch's."""
-    if centers_sq is None:
-        centers_sq = _sq_norms(centers)
-    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    dists = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    if x.device.type == "cpu" and x.dtype == torch.float32:
-        xs = x.detach().contiguous().numpy()
-        ct = np.ascontiguousarray(centers.detach().cpu().numpy().T)
-        csq = centers_sq.detach().cpu().numpy()
-        buf = np.empty((min(chunk, len(xs)), ct.shape[1]), dtype=np.float32)
-        out_l, out_d = labels.numpy(), dists.numpy()
-        for s in range(0, len(xs), chunk):
-            block = xs[s:s + chunk]
-            scores = np.matmul(block, ct, out=buf[:len(block)])
-            scores *= -2.0
-            scores += csq  # ||x||^2 is the same for every center: added to the chosen one only
-            index = scores.argmin(axis=1)
-            out_l[s:s + chunk] = index
-            value = scores[np.arange(len(block)), index] + np.einsum("ij,ij->i", block, block)
-            out_d[s:s + chunk] = np.maximum(value, 0)
-        return labels, dists
-    for s in range(0, x.shape[0], chunk):
-        block = x[s:s + chunk]
-        partial = torch.addmm(centers_sq, block, centers.T, beta=1.0, alpha=-2.0)
-        value, index = partial.min(dim=1)
-        labels[s:s + chunk] = index
-        dists[s:s + chunk] = (value + _sq_norms(block)).clamp_min_(0)
-    return labels, dists
+    """Index of the nearest center (squared Euclidean) per row of x, and that squared distance
+    (exact float32; see Codebook)."""
+    return Codebook(centers, centers_sq).nearest(x, chunk)
 
 
 def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -199,12 +215,13 @@ class KMeans:
         sums = torch.zeros_like(centers)
         centers_sq = _sq_norms(centers)
         low = centers.to(torch.bfloat16) if self.precision_ == "bfloat16" else None
+        book = Codebook(centers, centers_sq) if low is None else None
         for t, start in zip(self._tensors, self._starts):
             for s in range(0, len(t), _CHUNK):
                 block = t[s:s + _CHUNK].to(centers.device) - self._mean
                 at = slice(int(start) + s, int(start) + s + len(block))
                 if low is None:
-                    lab, d = nearest(block, centers, centers_sq)
+                    lab, d = book.nearest(block)
                 else:
                     scores = torch.mm(block.to(torch.bfloat16), low.T).float()
                     proposal = torch.addcmul(centers_sq, scores, torch.tensor(-2.0, device=dev)).argmin(dim=1)
