@@ -1,0 +1,35 @@
+"""The shard worker's tokenizer: short videos gathered into one matmul, long ones block by block,
+bad ones reported in place; every token is the exact nearest word."""
+
+import os
+
+import numpy as np
+import pytest
+
+from vgray.corpus import scan
+from vgray.errors import BadVideo
+from vgray.pipeline import tokenize
+from vgray.store import save_npy
+from vgray.vocab import Codebook
+
+
+@pytest.mark.parametrize("batch_clips", [1, 5, 16, 1000])
+def test_tokens_match_brute_force_in_order(tmp_path, batch_clips):
+    rng = np.random.default_rng(batch_clips)
+    centroids = rng.normal(size=(9, 6)).astype(np.float32)
+    lengths = [3, 40, 1, 7, 2, 25, 4, 4]
+    features = {}
+    for n, t in enumerate(lengths):
+        features[f"v{n}"] = x = rng.normal(size=(t, 6)).astype(np.float32)
+        save_npy(os.path.join(tmp_path, f"v{n}_rgb.npy"), x)
+    videos = scan(str(tmp_path)).videos
+    os.remove(os.path.join(tmp_path, "v3_rgb.npy"))  # gone after the scan: reported, in place
+    got = list(tokenize(videos, Codebook(centroids), "rgb", batch_clips, "cpu"))
+    assert [v.video_id for v, _ in got] == [v.video_id for v in videos]
+    for v, tokens in got:
+        if v.video_id == "v3":
+            assert isinstance(tokens, BadVideo)
+            continue
+        x = features[v.video_id]
+        want = ((x[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(-1).argmin(1)
+        assert tokens.dtype == np.int32 and np.array_equal(tokens, want)
