@@ -9,13 +9,11 @@ subset, and writes benchmarks/results/cooccur.json.
 
 import argparse
 import collections
-import json
-import os
-import platform
 import time
 
 import numpy as np
 
+from common import machine, write_result
 from vgray import cooccur
 
 
@@ -67,7 +65,7 @@ def main():
     exact = got.keys() == ref.keys() and all(abs(got[k] - ref[k]) <= 1e-9 * max(1.0, ref[k]) for k in ref)
 
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "vocab": args.vocab, "window": args.window,
         "vgray_tokens": n, "vgray_seconds": round(ours, 3),
         "vgray_tokens_per_s": round(n / ours), "nonzeros": int(len(i)),
@@ -75,12 +73,7 @@ def main():
         "reference_seconds": round(ref_s, 3), "reference_tokens_per_s": round(m / ref_s),
         "speedup": round((n / ours) / (m / ref_s), 1), "same_x_on_reference_subset": exact,
     }
-    for k, v in result.items():
-        print(f"{k}: {v}")
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "cooccur.json"), "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result("cooccur", result)
 
 
 if __name__ == "__main__":
