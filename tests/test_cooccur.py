@@ -81,7 +81,7 @@ def test_sparse_path_matches_dense(monkeypatch):
 
 @pytest.mark.parametrize("block", [1, 2, 5, 13, 64])
 def test_blocks_of_positions_change_nothing(monkeypatch, block):
-    # the dense count walks the positions in blocks; any block size gives the brute-force X
+    # the dense count takes the videos in groups of about _BLOCK tokens; any size gives the same X
     rng = np.random.default_rng(block)
     seqs = [rng.integers(0, 6, size=rng.integers(1, 25)) for _ in range(12)]
     want = cooccur.count(seqs, 6, 5)

@@ -15,7 +15,7 @@ import numpy as np
 
 MAX_WINDOW = 24  # lcm(1..24) ~ 5.4e9 keeps the scaled int64 counts far from overflow
 _DENSE_LIMIT = 1 << 24  # vocabularies with K*K below this count into one dense array
-_BLOCK = 1 << 22  # token positions per block of the dense count
+_BLOCK = 1 << 21  # tokens per group of videos in the dense count
 
 
 def scale(window: int) -> int:
@@ -50,30 +50,41 @@ def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
     if not seqs:
         empty = np.zeros(0, np.int64)
         return empty.astype(np.int32), empty.astype(np.int32), empty
-    # Videos end to end with `window` padding words (id K) between them: every pair that would
+    # Videos end to end with `window` padding words (id K) after each: every pair that would
     # cross a video boundary has the padding word at one end, and its row and column are
-    # dropped. No per-distance masks; one pass over the tokens per distance.
+    # dropped. No per-distance masks; one pass over the tokens per distance. Videos are taken in
+    # groups of about _BLOCK tokens, so the temporaries stay small and reused whatever the corpus.
     pad_id, m = vocab_size, vocab_size + 1
     pad = np.full(window, pad_id, dtype=np.int64)
-    padded = np.concatenate([x for t in seqs for x in (t, pad)]).astype(np.int64, copy=False)
-    if padded.min() < 0 or padded.max() > pad_id or \
-            np.count_nonzero(padded == pad_id) != window * len(seqs):
-        raise ValueError(f"tokens must lie in [0, {vocab_size})")
-    left = padded * m
+    groups, group, size = [], [], 0
+    for t in seqs:
+        group += [t, pad]
+        size += len(t) + window
+        if size >= _BLOCK:
+            groups.append(group)
+            group, size = [], 0
+    if group:
+        groups.append(group)
+
+    def padded_group(parts):
+        padded = np.concatenate(parts).astype(np.int64, copy=False)
+        if padded.min() < 0 or padded.max() > pad_id or \
+                np.count_nonzero(padded == pad_id) != window * (len(parts) // 2):
+            raise ValueError(f"tokens must lie in [0, {vocab_size})")
+        return padded
+
     if m * m <= _DENSE_LIMIT:
         totals = np.zeros(m * m, dtype=np.int64)
-        buf = np.empty(min(_BLOCK, len(padded)), dtype=np.int64)
-        # In blocks of positions, so the temporaries stay small (and cached) whatever the corpus.
-        for d in range(1, window + 1):
-            pairs = len(padded) - d
-            for a in range(0, pairs, _BLOCK):
-                b = min(a + _BLOCK, pairs)
-                keys = np.add(left[a:b], padded[a + d:b + d], out=buf[:b - a])
-                totals += np.bincount(keys, minlength=m * m) * (factor // d)
+        for parts in groups:
+            padded = padded_group(parts)
+            left = padded * m
+            for d in range(1, window + 1):
+                totals += np.bincount(left[:-d] + padded[d:], minlength=m * m) * (factor // d)
         directed = totals.reshape(m, m)[:vocab_size, :vocab_size]
         both = directed + directed.T  # X counts p < q in both directions
         i, j = np.nonzero(both)
         return i.astype(np.int32), j.astype(np.int32), both[i, j]
+    padded = np.concatenate([padded_group(parts) for parts in groups])
     key_parts, value_parts = [], []
     for d in range(1, window + 1):
         a, b = padded[:-d], padded[d:]
