@@ -280,14 +280,15 @@ def test_stray_npy_in_two_stream_directory_is_skipped(tmp_path):
     assert_good_kept(corpus)
 
 
-def test_hidden_and_non_npy_files_are_ignored(tmp_path):
+def test_non_npy_files_are_ignored_and_hidden_ones_skipped(tmp_path):
     root = good_dir(tmp_path)
     save(os.path.join(root, ".hidden_rgb.npy"), feats(6, RGB_D))
     with open(os.path.join(root, "README.txt"), "w") as f:
         f.write("not a video")
     corpus = scan(root, "rgb")
     assert_good_kept(corpus)
-    assert corpus.skips == []
+    assert [(s.video_id, s.reason) for s in corpus.skips] == [
+        (".hidden", "id starts with '.' (hidden or relative path)")]
 
 
 # ---------------------------------------------------------------------------------------------

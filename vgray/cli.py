@@ -19,6 +19,7 @@ Features = Annotated[str, typer.Argument(help="Directory of {id}_rgb.npy [+ {id}
 Run = Annotated[str, typer.Argument(help="A directory made by `vgray train`.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Shard actors (default: one per CPU of the Ray cluster).")]
 Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first unusable video instead of skipping it.")]
+FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Use symlinks in FEATURES that point to files outside it (skipped otherwise).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
 Address = Annotated[Optional[str], typer.Option(
     "--address", envvar="RAY_ADDRESS",
@@ -109,6 +110,7 @@ def train(
     workers: Workers = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where k-means and GloVe run.")] = D.device,
     strict: Strict = False,
+    follow_symlinks: FollowSymlinks = False,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="Lloyd iterations at most (fewer once an iteration lowers the inertia by < 0.01%).")] = D.kmeans_iters,
     kmeans_sample: Annotated[Optional[int], typer.Option("--kmeans-sample", help="Training clips sampled for k-means (default 256 per word).")] = None,
     shard_clips: Annotated[int, typer.Option("--shard-clips", help="Clips per unit of work.")] = D.shard_clips,
@@ -123,7 +125,8 @@ def train(
 
     settings = dict(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max, alpha=alpha,
                     epochs=epochs, learning_rate=learning_rate, streams=streams, seed=seed,
-                    workers=workers, device=device, strict=strict, kmeans_iters=kmeans_iters,
+                    workers=workers, device=device, strict=strict, follow_symlinks=follow_symlinks,
+                    kmeans_iters=kmeans_iters,
                     kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
                     reducers=reducers)
     config = _run(TrainConfig, **settings)
@@ -134,32 +137,36 @@ def train(
               lambda: pipeline.train(features, out, config, train_ids, echo=_echo(quiet)), "embedded")
 
 
-def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait):
+def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
+           follow_symlinks=False):
     """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
     from . import pipeline
 
     fn = pipeline.assign if command == "assign" else pipeline.embed_corpus
-    argv = _argv([command, run, features, "--out", out], {"workers": workers, "strict": strict}, quiet)
+    argv = _argv([command, run, features, "--out", out],
+                 {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}, quiet)
     _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
-              lambda: fn(run, features, out, workers, strict, _echo(quiet)), verb)
+              lambda: fn(run, features, out, workers, strict, _echo(quiet), follow_symlinks), verb)
 
 
 @app.command()
 def assign(run: Run, features: Features,
            out: Annotated[str, typer.Option("--out", "-o", help="Directory for {id}.npy tokens and tokens.parquet.")],
            workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
-           address: Address = None, no_wait: NoWait = False):
+           address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False):
     """Visual words of every clip of FEATURES with RUN's vocabulary."""
-    _apply("assign", "tokenised", run, features, out, workers, strict, quiet, address, no_wait)
+    _apply("assign", "tokenised", run, features, out, workers, strict, quiet, address, no_wait,
+           follow_symlinks)
 
 
 @app.command()
 def embed(run: Run, features: Features,
           out: Annotated[str, typer.Option("--out", "-o", help="Directory for embeddings/ and concat/.")],
           workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
-          address: Address = None, no_wait: NoWait = False):
+          address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False):
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
-    _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait)
+    _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait,
+           follow_symlinks)
 
 
 jobs = typer.Typer(no_args_is_help=True, help="Jobs submitted with --address http://HEAD:8265.")

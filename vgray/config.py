@@ -25,6 +25,7 @@ class TrainConfig:
     workers: int | None = None  # None: one per CPU of the Ray cluster
     device: str = "auto"
     strict: bool = False
+    follow_symlinks: bool = False  # symlinks in FEATURES to files outside it are used
     kmeans_iters: int = 25
     kmeans_sample: int | None = None  # None: 256 clips per word, as faiss does
     shard_clips: int = 50_000  # clips per unit of work; fixes the shards, not the workers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -189,6 +190,32 @@ def read_train_ids(path: str) -> list[str]:
     return ids
 
 
+MAX_ID_BYTES = 200  # output names add at most a few characters to the id; file names stop at 255
+
+
+def id_problem(video_id: str) -> str | None:
+    """Why an id cannot name output files (it could escape --out or collide), or None."""
+    if not video_id:
+        return "empty video id"
+    if video_id.startswith("."):
+        return "id starts with '.' (hidden or relative path)"
+    if "/" in video_id or "\\" in video_id:
+        return "id contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in video_id):
+        return "id contains a control character"
+    if len(video_id.encode("utf-8", "surrogateescape")) > MAX_ID_BYTES:
+        return f"id longer than {MAX_ID_BYTES} bytes"
+    return None
+
+
+def _outside(path: str, root: str) -> bool:
+    """Whether a local path is a symlink whose target lies outside root."""
+    if fs.is_uri(path) or not os.path.islink(path):
+        return False
+    target, base = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([target, base]) != base
+
+
 def _mode(values: list[int]) -> int | None:
     if not values:
         return None
@@ -203,15 +230,18 @@ def scan(
     train_ids: list[str] | None = None,
     rgb_dim: int | None = None,
     flow_dim: int | None = None,
+    follow_symlinks: bool = False,
 ) -> Corpus:
     """List the videos of FEATURES from their headers; everything unusable becomes a Skip.
 
     `rgb_dim`/`flow_dim` are the widths a trained RUN expects; without them the most common
-    width per stream (over training videos) is the corpus width.
+    width per stream (over training videos) is the corpus width. Ids that could not safely name
+    output files, ids equal but for case, and (unless follow_symlinks) symlinks to files outside
+    FEATURES are skipped with their reason.
     """
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
-    names = sorted(n for n in fs.listdir(root) if n.endswith(NPY_SUFFIX) and not n.startswith("."))
+    names = sorted(n for n in fs.listdir(root) if n.endswith(NPY_SUFFIX))
     layout = TWO_STREAM if any(n.endswith(RGB_SUFFIX) for n in names) else SINGLE_STREAM
     if layout == SINGLE_STREAM and streams != "rgb":
         raise VgrayError(f"--streams {streams} needs {{id}}_flow.npy files, but FEATURES has the "
@@ -221,6 +251,13 @@ def scan(
     flow: dict[str, str] = {}
     for name in names:
         path = fs.join(root, name)
+        if not follow_symlinks and _outside(path, root):
+            stem = name[: -len(NPY_SUFFIX)]
+            for suffix in (RGB_SUFFIX, FLOW_SUFFIX) if layout == TWO_STREAM else ():
+                stem = name[: -len(suffix)] if name.endswith(suffix) else stem
+            skips.append(Skip(stem, path, "symlink to a file outside FEATURES (--follow-symlinks "
+                                          "uses it)"))
+            continue
         if layout == SINGLE_STREAM:
             rgb[name[: -len(NPY_SUFFIX)]] = path
         elif name.endswith(RGB_SUFFIX):
@@ -232,8 +269,28 @@ def scan(
                               "not named {id}_rgb.npy or {id}_flow.npy in a two-stream FEATURES"))
     for vid in sorted(set(flow) - set(rgb)):
         skips.append(Skip(vid, flow[vid], "flow file without an rgb file"))
+    seen: dict[str, str] = {}
+    for vid in sorted(rgb):  # ids that cannot name output files, or that collide but for case
+        problem = id_problem(vid)
+        if problem is None and vid.casefold() in seen:
+            problem = (f"id differs from {seen[vid.casefold()]!r} only in case (their outputs "
+                       "would collide on a case-insensitive filesystem)")
+        if problem is not None:
+            skips.append(Skip(vid, rgb.pop(vid), problem))
+            if vid in flow:
+                skips.append(Skip(vid, flow.pop(vid), problem))
+        else:
+            seen[vid.casefold()] = vid
 
-    wanted = set(train_ids) if train_ids is not None else None
+    wanted = None
+    if train_ids is not None:
+        wanted = set()
+        for tid in train_ids:
+            problem = id_problem(tid)
+            if problem is None:
+                wanted.add(tid)
+            else:
+                skips.append(Skip(tid, None, f"training id rejected: {problem}"))
     candidates = []
     for vid in sorted(rgb):
         try:

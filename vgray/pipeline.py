@@ -425,9 +425,10 @@ class Job:
 
     # --- scanning -------------------------------------------------------------------------
     def scan(self, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
-             rgb_dim: int | None = None, flow_dim: int | None = None) -> Corpus:
+             rgb_dim: int | None = None, flow_dim: int | None = None,
+             follow_symlinks: bool = False) -> Corpus:
         t = time.perf_counter()
-        corpus = scan(features, streams, train_ids, rgb_dim, flow_dim)
+        corpus = scan(features, streams, train_ids, rgb_dim, flow_dim, follow_symlinks)
         if strict and corpus.skips:
             s = corpus.skips[0]
             raise VgrayError(f"{s.video_id}: {s.reason} ({s.path}) [--strict]")
@@ -624,7 +625,7 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
               "train_ids_file": fs.normalize(train_ids) if train_ids else None,
               "config": config.to_dict()}, settings)
     run, cfg = job.run, config
-    corpus = job.scan(features, cfg.streams, cfg.strict, ids)
+    corpus = job.scan(features, cfg.streams, cfg.strict, ids, follow_symlinks=cfg.follow_symlinks)
     if not corpus.train_videos:
         raise VgrayError("none of the --train-ids has usable features")
     shards = make_shards(corpus.videos, cfg.shard_clips)
@@ -757,11 +758,12 @@ def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.nda
 
 
 def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
-           strict: bool, echo) -> Summary:
+           strict: bool, echo, follow_symlinks: bool = False) -> Summary:
     """`vgray assign` / `vgray embed`: a trained RUN applied to any corpus."""
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
     features = fs.normalize(features)
-    cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict})
+    cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
+                         "follow_symlinks": follow_symlinks})
     connect()
     job = Job(out, echo)
     if job.run.root == RunDir(run_dir).root:
@@ -772,7 +774,8 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
     corpus = job.scan(features, cfg.streams, strict, None,
-                      dims["rgb_dim"] if uses_rgb else None, dims["flow_dim"] if uses_flow else None)
+                      dims["rgb_dim"] if uses_rgb else None, dims["flow_dim"] if uses_flow else None,
+                      follow_symlinks)
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:
         raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "
@@ -799,12 +802,12 @@ def _merge_tokens(parts: list[str], target: str) -> None:
 
 
 def assign(run_dir: str, features: str, out: str, workers: int | None = None,
-           strict: bool = False, echo=None) -> Summary:
+           strict: bool = False, echo=None, follow_symlinks: bool = False) -> Summary:
     """Tokens of any corpus with a trained vocabulary: OUT/{id}.npy and OUT/tokens.parquet."""
-    return _apply(run_dir, features, out, "assign", workers, strict, echo)
+    return _apply(run_dir, features, out, "assign", workers, strict, echo, follow_symlinks)
 
 
 def embed_corpus(run_dir: str, features: str, out: str, workers: int | None = None,
-                 strict: bool = False, echo=None) -> Summary:
+                 strict: bool = False, echo=None, follow_symlinks: bool = False) -> Summary:
     """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN."""
-    return _apply(run_dir, features, out, "embed", workers, strict, echo)
+    return _apply(run_dir, features, out, "embed", workers, strict, echo, follow_symlinks)
