@@ -248,3 +248,22 @@ def test_a_mistyped_features_does_not_poison_the_out_dir(ray_session, tmp_path):
     result = CliRunner().invoke(app, ["train", str(empty), "--out", out, *ARGS])
     assert result.exit_code == 1
     assert "no usable videos" in result.output, result.output
+
+
+def test_a_second_train_on_the_same_out_is_refused(ray_session, tmp_path):
+    from vgray.store import RunLock
+
+    info = make_corpus(str(tmp_path / "c"), videos=6, dim=8, words=4, topics=2)
+    out = str(tmp_path / "run")
+    os.makedirs(out)
+    holder = RunLock(out)
+    holder.acquire()  # as a vgray that is running on this --out holds it
+    try:
+        result = CliRunner().invoke(app, ["train", info["features"], "--out", out, *ARGS])
+        assert result.exit_code == 1
+        assert result.output.count("\n") == 1 and "is in use by another vgray (pid" in result.output
+        assert not os.path.exists(os.path.join(out, "manifest.json"))
+    finally:
+        holder.release()
+    result = CliRunner().invoke(app, ["train", info["features"], "--out", out, *ARGS])
+    assert result.exit_code == 0, result.output

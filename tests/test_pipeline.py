@@ -1,5 +1,6 @@
 """End to end on a small local Ray: the output contract, resumption, and worker independence."""
 
+import contextlib
 import glob
 import json
 import os
@@ -208,6 +209,56 @@ def test_driver_killed_mid_run_resumes(tmp_path):
     clean = str(tmp_path / "clean")
     subprocess.run(args + ["--out", clean], env=env, check=True, timeout=300, capture_output=True)
     assert_same_results(clean, crashed)
+
+
+def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path):
+    """SIGINT to the whole foreground group, as Ctrl-C sends it: a message, exit 130 within
+    seconds, Ray's processes gone, the lock released; the re-run finishes the rest."""
+    import signal
+    import time
+
+    from vgray.synth import make_corpus
+
+    info = make_corpus(str(tmp_path / "c"), videos=80, dim=8, words=6, topics=2, min_clips=40,
+                       max_clips=60)
+    args = [sys.executable, os.path.join(ROOT, "cli.py"), "train", info["features"],
+            "--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "50",
+            "--workers", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen(args + ["--out", out], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    markers = os.path.join(out, ".work", "assign")
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.isdir(markers) and len(os.listdir(markers)) >= 2:
+                break
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.time()
+        _, err = proc.communicate(timeout=30)
+        took = time.time() - sent
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "interrupted; run the same command again to resume" in err
+    assert took < 20
+    for _ in range(100):  # every process of the group (Ray's included) ends
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the interrupted run are still alive")
+    assert not os.path.exists(os.path.join(out, ".lock"))
+    done_before = len([m for m in os.listdir(markers) if m.endswith(".json")])
+    subprocess.run(args + ["--out", out, "-q"], env=env, check=True, timeout=300, capture_output=True)
+    total = len(os.listdir(markers))
+    work = json.load(open(os.path.join(out, "manifest.json")))["last_invocation"]["work"]
+    assert done_before < total and work["assign_shards"] == total - done_before
 
 
 def assert_same_results(a_dir, b_dir):

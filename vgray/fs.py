@@ -30,6 +30,24 @@ def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
+def dirname(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if is_uri(path) else os.path.dirname(path)
+
+
+def remove(path: str) -> None:
+    """Delete one file; FileNotFoundError if it is not there."""
+    if not is_uri(path):
+        os.remove(path)
+        return
+    fs, inner = resolve(path)
+    try:
+        fs.delete_file(inner)
+    except OSError as e:
+        if "not found" in str(e).lower() or "does not exist" in str(e).lower():
+            raise FileNotFoundError(path) from None
+        raise
+
+
 def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     if is_uri(path):
         return pafs.FileSystem.from_uri(path)

@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .corpus import Corpus, Skip, Video, load_clips, load_rows, read_train_ids, scan
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
-from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, atomic_path,
+from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, RunLock, atomic_path,
                     load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
                     tokens_table, write_table, write_text)
 from .vocab import Codebook, KMeans
@@ -388,10 +388,19 @@ class Job:
         self.t0 = time.perf_counter()
         self.work: dict[str, int] = {}
         self.manifest: dict = {}
+        self.lock = RunLock(self.run.root)
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
 
     # --- manifest -------------------------------------------------------------------------
     def open(self, header: dict, must_match: dict) -> None:
-        """Start or resume: a RUN made with other result-changing settings is refused."""
+        """Start or resume: a RUN in use by another vgray, or made with other result-changing
+        settings, is refused."""
+        self.lock.acquire()
         old = self.run.read_manifest()
         if old is not None:
             for key, value in must_match.items():
@@ -618,7 +627,12 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     connect()
-    job = Job(out, echo)
+    with Job(out, echo) as job:
+        return _train(job, features, config, train_ids, ids)
+
+
+def _train(job: "Job", features: str, config: TrainConfig, train_ids: str | None,
+           ids: list[str] | None) -> Summary:
     settings = {k: getattr(config, k) for k in TrainConfig.RESULT_KEYS}
     settings.update(features=features, train_ids=_digest(ids))
     job.open({"command": "train", "features": features,
@@ -765,9 +779,16 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
     cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
                          "follow_symlinks": follow_symlinks})
     connect()
-    job = Job(out, echo)
-    if job.run.root == RunDir(run_dir).root:
-        raise VgrayError("--out must be another directory than RUN")
+    with Job(out, echo) as job:
+        if job.run.root == RunDir(run_dir).root:
+            raise VgrayError("--out must be another directory than RUN")
+        return _apply_job(job, run_dir, features, command, cfg, strict, manifest, centroids,
+                          vectors, follow_symlinks)
+
+
+def _apply_job(job: "Job", run_dir: str, features: str, command: str, cfg: TrainConfig,
+               strict: bool, manifest: dict, centroids: np.ndarray, vectors, follow_symlinks: bool
+               ) -> Summary:
     job.open({"command": command, "features": features, "run": fs.normalize(run_dir)},
              {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
               "shard_clips": cfg.shard_clips})

@@ -11,7 +11,10 @@ import contextlib
 import io
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
 import uuid
 
 import numpy as np
@@ -73,6 +76,12 @@ def write_text(path: str, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def write_json(path: str, data) -> None:
@@ -164,3 +173,113 @@ class RunDir:
 
     def write_manifest(self, manifest: dict) -> None:
         write_json(self.manifest_path, manifest)
+
+
+class RunLock:
+    """One vgray invocation at a time per output directory: RUN/.lock.
+
+    Locally the lock file is created atomically (O_EXCL) and names its host, pid and start. It is
+    taken over when its process is gone (same host) or when its heartbeat (the file is touched
+    every HEARTBEAT s while held) is older than STALE s, so a crashed run never leaves it stuck.
+    On object storage there is no atomic create: the same check is best effort.
+    """
+
+    HEARTBEAT = 20.0
+    STALE = 120.0
+
+    def __init__(self, root: str):
+        self.path = fs.join(root, ".lock")
+        self._stop = None
+
+    def _holder(self) -> tuple[dict, float] | None:
+        """The lock's content and age in seconds, or None if there is no lock."""
+        try:
+            if fs.is_uri(self.path):
+                info = fs.info(self.path)
+                if info.type == fs.pafs.FileType.NotFound:
+                    return None
+                age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
+                data = fs.read_bytes(self.path)
+            else:
+                age = time.time() - os.path.getmtime(self.path)
+                with open(self.path, "rb") as f:
+                    data = f.read()
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data.decode("utf-8")), age
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}, age  # being written: held if fresh
+
+    def _stale(self, holder: dict, age: float) -> bool:
+        if age > self.STALE:
+            return True
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def acquire(self) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        body = json.dumps(me).encode("utf-8")
+        for _ in range(3):
+            held = self._holder()
+            if held is not None:
+                holder, age = held
+                if not self._stale(holder, age):
+                    who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+                           if holder else "another process")
+                    raise VgrayError(f"{fs.dirname(self.path)} is in use by another vgray "
+                                     f"({who}); wait for it to end or stop it")
+                self._remove_stale()
+                continue
+            if fs.is_uri(self.path):
+                write_bytes(self.path, body)
+                break
+            fs.makedirs(fs.dirname(self.path))
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                continue  # someone else was faster: look again
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            break
+        else:
+            raise VgrayError(f"could not lock {self.path}")
+        self._stop = threading.Event()
+        threading.Thread(target=self._beat, args=(self._stop, body), daemon=True).start()
+
+    def _remove_stale(self) -> None:
+        try:
+            if fs.is_uri(self.path):
+                fs.remove(self.path)
+            else:  # rename first: of two processes taking over, only one succeeds
+                aside = f"{self.path}.stale-{uuid.uuid4().hex}"
+                os.rename(self.path, aside)
+                os.remove(aside)
+        except FileNotFoundError:
+            pass
+
+    def _beat(self, stop: threading.Event, body: bytes) -> None:
+        while not stop.wait(self.HEARTBEAT):
+            with contextlib.suppress(OSError):
+                if fs.is_uri(self.path):
+                    write_bytes(self.path, body)
+                else:
+                    os.utime(self.path)
+
+    def release(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._stop = None
+        with contextlib.suppress(OSError):
+            if fs.is_uri(self.path):
+                fs.remove(self.path)
+            else:
+                os.remove(self.path)
