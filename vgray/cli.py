@@ -55,10 +55,18 @@ def _run(fn, *args, **kwargs):
     except typer.Exit:
         raise
     except KeyboardInterrupt:
+        _quiet_ray()
         typer.echo("interrupted; run the same command again to resume", err=True)
         raise typer.Exit(130)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
+        _quiet_ray()
         _fail(_cause(e))
+
+
+def _quiet_ray() -> None:
+    """After a failure is reported in one line, Ray should not add a traceback for each shard
+    still in flight that failed the same way (it checks this variable at the time)."""
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
 
 
 def _dispatch(address, no_wait, quiet, argv, paths, local, verb):

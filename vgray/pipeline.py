@@ -7,6 +7,7 @@ This is the only module that talks to Ray. The driver holds video metadata and s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -391,10 +392,14 @@ class Job:
         self.lock = RunLock(self.run.root)
 
     def __enter__(self) -> "Job":
+        self._created = not fs.is_uri(self.run.root) and not os.path.exists(self.run.root)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self.lock.release()
+        if kind is not None and self._created:  # a run that failed before writing anything
+            with contextlib.suppress(OSError):    # leaves no empty --out behind
+                os.rmdir(self.run.root)
 
     # --- manifest -------------------------------------------------------------------------
     def open(self, header: dict, must_match: dict) -> None:

@@ -69,6 +69,8 @@ def load_npy(path: str, dtype=None, ndim: int | None = None) -> np.ndarray:
         raise VgrayError(f"{path} should be {ndim}-D, is {array.ndim}-D")
     if dtype is not None and array.dtype != dtype:
         raise VgrayError(f"{path} should be {np.dtype(dtype)}, is {array.dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise VgrayError(f"{path} holds non-finite values (NaN or inf): the model is corrupt")
     return array
 
 
