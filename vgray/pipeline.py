@@ -305,19 +305,19 @@ def embed_shard(out: str, shard: int, videos: list[Video], tokens_part: str,
 def _write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
                   batch_clips: int) -> None:
     """[features, emb] of one stream file, read and written in blocks (bounded memory for long
-    videos); the output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy)."""
+    videos); the output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy).
+
+    The .npy header goes first, then each block's bytes with plain writes (a memory map of the
+    output would keep every written page in this process's resident memory)."""
     frames = emb.shape[0]
-    with atomic_path(target) as tmp:
-        array = None
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
         for start in range(0, frames, batch_clips):
             stop = min(start + batch_clips, frames)
             block = concat(load_rows(source, start, stop), emb[start:stop], two_streams)
-            if array is None:
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                  shape=(frames, block.shape[1]))
-            array[start:stop] = block
-        array.flush()
-        del array
+            if start == 0:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f4", "fortran_order": False, "shape": (frames, block.shape[1])})
+            f.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
 
 
 # ---------------------------------------------------------------------------------------------
