@@ -39,11 +39,11 @@ def s3(tmp_path_factory):
             except Exception:
                 time.sleep(0.5)
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+               "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
-                               access_key="testing", secret_key="testing", region="us-east-1",
+                               access_key="testing", secret_key=SECRET, region="us-east-1",
                                allow_bucket_creation=True)
         fs.create_dir("vgray-test")
         yield {"env": {**os.environ, **env, "PYTHONWARNINGS": "ignore"}, "fs": fs}
@@ -55,6 +55,9 @@ def s3(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+SECRET = "vgray-secret-0f3a9c71"  # must never show up in output, logs, errors or the run
 
 
 def upload_tree(fs, local, bucket_path):
@@ -96,7 +99,14 @@ def test_train_from_s3_to_s3_matches_local(ray_session, s3, tmp_path):
             with s3["fs"].open_input_file(entry.path) as f:
                 (remote / rel).write_bytes(f.read())
     assert "manifest.json" in names and "glove/vectors.npy" in names
-    assert not [n for n in names if ".tmp-" in n]
+    assert not [n for n in names if ".tmp-" in n or n == ".lock"]
+    assert SECRET not in done.stdout + done.stderr
+    assert not [n for n in names if SECRET.encode() in (remote / n).read_bytes()]
+    failed = subprocess.run(  # an error about the storage names no credential either
+        [sys.executable, "-m", "vgray.cli", "train", "s3://no-such-bucket/features", "--out",
+         "s3://vgray-test/run2", *args], env=s3["env"], capture_output=True, text=True, timeout=400)
+    assert failed.returncode == 1 and failed.stderr.startswith("error: ")
+    assert SECRET not in failed.stdout + failed.stderr
     a, b = tokens_of(str(local)), tokens_of(str(remote))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     ca, cb = cooccur_of(str(local)), cooccur_of(str(remote))
