@@ -211,8 +211,25 @@ def test_driver_killed_mid_run_resumes(tmp_path):
     assert_same_results(clean, crashed)
 
 
+@pytest.fixture(scope="module")
+def interrupted_corpus(tmp_path_factory):
+    """A corpus, the command that trains on it, and its uninterrupted run."""
+    from vgray.synth import make_corpus
+
+    root = tmp_path_factory.mktemp("ctrlc")
+    info = make_corpus(str(root / "c"), videos=80, dim=8, words=6, topics=2, min_clips=40,
+                       max_clips=60)
+    args = [sys.executable, os.path.join(ROOT, "cli.py"), "train", info["features"],
+            "--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "50",
+            "--workers", "1"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    clean = str(root / "clean")
+    subprocess.run(args + ["--out", clean, "-q"], env=env, check=True, timeout=300, capture_output=True)
+    return args, env, clean
+
+
 @pytest.mark.parametrize("stage", ["vocab", "assign", "embed"])
-def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage):
+def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, interrupted_corpus):
     """SIGINT to the whole foreground group, as Ctrl-C sends it, during a stage: a message, exit
     130 within seconds, Ray's processes gone, the lock released; the re-run finishes the rest
     and gives the results of an uninterrupted run."""
@@ -220,14 +237,7 @@ def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage):
     import threading
     import time
 
-    from vgray.synth import make_corpus
-
-    info = make_corpus(str(tmp_path / "c"), videos=80, dim=8, words=6, topics=2, min_clips=40,
-                       max_clips=60)
-    args = [sys.executable, os.path.join(ROOT, "cli.py"), "train", info["features"],
-            "--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "50",
-            "--workers", "1"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args, env, clean = interrupted_corpus
     out = str(tmp_path / "run")
     proc = subprocess.Popen(args + ["--out", out], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -265,8 +275,6 @@ def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage):
     for path in glob.glob(os.path.join(out, "**", "*.npy"), recursive=True):
         np.load(path)  # nothing partial under a final name
     subprocess.run(args + ["--out", out, "-q"], env=env, check=True, timeout=300, capture_output=True)
-    clean = str(tmp_path / "clean")
-    subprocess.run(args + ["--out", clean, "-q"], env=env, check=True, timeout=300, capture_output=True)
     assert_same_results(clean, out)
 
 
