@@ -1,3 +1,11 @@
 """vgray: Visual GloVe on Ray: per-clip video features -> visual words -> GloVe embeddings."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # `from vgray import VisualGlove` without importing torch up front
+    if name == "VisualGlove":
+        from .model import VisualGlove
+
+        return VisualGlove
+    raise AttributeError(f"module 'vgray' has no attribute {name!r}")

@@ -177,6 +177,20 @@ def embed(run: Run, features: Features,
            follow_symlinks)
 
 
+@app.command()
+def export(run: Run,
+           fmt: Annotated[str, typer.Option("--format", "-f", help="glove-text, word2vec, projector or parquet.")],
+           out: Annotated[str, typer.Option("--out", "-o", help="Directory to write the export into.")],
+           quiet: Quiet = False):
+    """RUN's vectors as GloVe text, word2vec text, TensorBoard projector TSVs, or per-clip Parquet."""
+    from .export import export as run_export
+
+    written = _run(run_export, run, fmt, out)
+    if not quiet:
+        for path in written:
+            typer.echo(path)
+
+
 jobs = typer.Typer(no_args_is_help=True, help="Jobs submitted with --address http://HEAD:8265.")
 app.add_typer(jobs, name="jobs")
 JobId = Annotated[str, typer.Argument(help="The id printed when the job was submitted.")]

@@ -29,6 +29,7 @@ from .errors import BadVideo, VgrayError
 from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir, RunLock, atomic_path,
                     load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
                     tokens_table, write_table, write_text)
+from .model import load_run
 from .vocab import Codebook, KMeans
 
 log = logging.getLogger("vgray")
@@ -748,32 +749,6 @@ def _glove_stage(job: Job, cfg: TrainConfig, gpu: dict) -> None:
 
 def _remove_tree(path: str) -> None:
     fs.remove_tree(path)
-
-
-def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.ndarray | None]:
-    """The manifest, centroids and (optionally) vectors of a finished RUN, checked before use."""
-    run = RunDir(run_dir)
-    manifest = run.read_manifest()
-    if manifest is None or manifest.get("command") != "train":
-        raise VgrayError(f"{run_dir} is not a vgray train run (no manifest.json)")
-    stages = manifest.get("stages", {})
-    needed = ("vocab", "glove") if need_vectors else ("vocab",)
-    missing = [s for s in needed if stages.get(s, {}).get("status") != "done"]
-    if missing:
-        raise VgrayError(f"{run_dir} is incomplete (stage {missing[0]} not done); finish it "
-                         "with vgray train first")
-    cfg = manifest["config"]
-    centroids = load_npy(run.path("vocab", "centroids.npy"), np.float32, 2)
-    if centroids.shape[0] != cfg["vocab_size"]:
-        raise VgrayError(f"{run.path('vocab', 'centroids.npy')} has {centroids.shape[0]} words, "
-                         f"the manifest says {cfg['vocab_size']}")
-    vectors = None
-    if need_vectors:
-        vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-        if vectors.shape != (cfg["vocab_size"], cfg["dim"]):
-            raise VgrayError(f"{run.path('glove', 'vectors.npy')} has shape {vectors.shape}, "
-                             f"expected {(cfg['vocab_size'], cfg['dim'])}")
-    return manifest, centroids, vectors
 
 
 def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
