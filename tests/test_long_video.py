@@ -74,15 +74,11 @@ def test_long_video_in_bounded_memory(tmp_path):
     for k in range(3):
         np.save(features / f"short{k}_rgb.npy", words[rng.integers(0, 8, 30)])
     video_mb = T * D * 4 / 2**20
-    short = tmp_path / "short"
-    short.mkdir()
-    for k in range(3):
-        os.link(features / f"short{k}_rgb.npy", short / f"short{k}_rgb.npy")
-    baseline, _ = train(short, tmp_path / "baseline")  # the same run without the long video
     largest, name = train(features, tmp_path / "run")
-    print(f"largest process {largest:.0f} MB ({name}); without the long video {baseline:.0f} MB")
-    assert largest < baseline + 0.25 * video_mb, (
-        f"{name} reached {largest:.0f} MB for a {video_mb:.0f} MB video (without it: {baseline:.0f} MB)")
+    print(f"largest process {largest:.0f} MB ({name})")
+    # a Ray worker with torch loaded peaks at ~450 MB here on short videos alone; holding the
+    # video whole would add its 781 MB
+    assert largest < 0.75 * video_mb, f"{name} reached {largest:.0f} MB for a {video_mb:.0f} MB video"
     out = tmp_path / "run"
     emb = np.load(out / "embeddings" / "long.npy", mmap_mode="r")
     concat = np.load(out / "concat" / "long_rgb.npy", mmap_mode="r")

@@ -119,6 +119,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where k-means and GloVe run.")] = D.device,
     strict: Strict = False,
     follow_symlinks: FollowSymlinks = False,
+    with_report: Annotated[bool, typer.Option("--report", help="Write RUN/report/ at the end (see `vgray report`).")] = False,
     kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="Lloyd iterations at most (fewer once an iteration lowers the inertia by < 0.01%).")] = D.kmeans_iters,
     kmeans_sample: Annotated[Optional[int], typer.Option("--kmeans-sample", help="Training clips sampled for k-means (default 256 per word).")] = None,
     shard_clips: Annotated[int, typer.Option("--shard-clips", help="Clips per unit of work.")] = D.shard_clips,
@@ -140,9 +141,18 @@ def train(
     config = _run(TrainConfig, **settings)
     argv = _argv(["train", features, "--out", out]
                  + (["--train-ids", train_ids] if train_ids else []), settings, quiet)
+    argv += ["--report"] if with_report else []
     paths = {1, 3, 5} if train_ids else {1, 3}
-    _dispatch(address, no_wait, quiet, argv, paths,
-              lambda: pipeline.train(features, out, config, train_ids, echo=_echo(quiet)), "embedded")
+
+    def local():
+        summary = pipeline.train(features, out, config, train_ids, echo=_echo(quiet))
+        if with_report:
+            from .report import report as write_report
+
+            typer.echo(f"report: {write_report(out)}", err=True)
+        return summary
+
+    _dispatch(address, no_wait, quiet, argv, paths, local, "embedded")
 
 
 def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
@@ -175,6 +185,16 @@ def embed(run: Run, features: Features,
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
     _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait,
            follow_symlinks)
+
+
+@app.command()
+def report(run: Run, quiet: Quiet = False):
+    """RUN/report/index.html (opens offline) and PNGs: loss, vocabulary usage and map, neighbours."""
+    from .report import report as write_report
+
+    index = _run(write_report, run)
+    if not quiet:
+        typer.echo(index)
 
 
 @app.command()

@@ -127,7 +127,8 @@ def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
             block = _read_remote_rows(path, start, stop)
         else:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-            block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy, not the map
+            with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+                block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy, not the map
     except BadVideo:
         raise
     except OSError as e:
@@ -136,7 +137,7 @@ def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         raise BadVideo(f"not a valid .npy file: {e}") from None
     if not np.isfinite(block).all():
         bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
-        raise BadVideo(f"non-finite value (NaN or inf) in clip {bad}")
+        raise BadVideo(f"non-finite value (NaN or inf, or beyond float32's range) in clip {bad}")
     return block
 
 
@@ -154,7 +155,8 @@ def _read_remote_rows(path: str, start: int, stop: int | None) -> np.ndarray:
             f.seek(head.offset + start * dim * item)
             data = f.read((stop - start) * dim * item)
             array = np.frombuffer(data, dtype=head.dtype).reshape((stop - start, dim))
-    return np.array(array, dtype=np.float32, order="C")
+    with np.errstate(over="ignore"):
+        return np.array(array, dtype=np.float32, order="C")
 
 
 def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -30,6 +30,7 @@ from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir,
                     load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
                     tokens_table, write_table, write_text)
 from .model import load_run
+from .progress import Progress
 from .vocab import Codebook, KMeans
 
 log = logging.getLogger("vgray")
@@ -82,6 +83,10 @@ def _use_all_cores() -> None:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     threadpool_limits(max(1, os.cpu_count() or 1))
+
+
+def _clips(videos: list[Video]) -> int:
+    return sum(v.frames for v in videos)
 
 
 def partial_paths(run: RunDir, shard: int, reducers: int) -> list[str]:
@@ -491,16 +496,18 @@ class Job:
                     self.run.root, k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
                     tokens_part(k), counts, tokens_dir)
 
+            progress = Progress(self.echo, "assign", sum(_clips(shards[k]) for k in todo), "clips")
+
             def on_done(k, stats, finished):
                 if cfg.strict and stats["skips"]:
                     s = stats["skips"][0]
                     raise VgrayError(f"{s['video_id']}: {s['reason']} ({s['path']}) [--strict]")
-                self.echo(f"assign: shard {finished}/{len(todo)} ({stats['videos']} videos, "
-                          f"{stats['clips']} clips)")
+                progress.advance(_clips(shards[k]))
 
             run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu",
                                                      centroids_path),
                           min(_workers(cfg), len(todo)), todo, submit, on_done)
+            progress.close()
         markers = [self.run.read_marker("assign", k) for k in range(len(shards))]
         clips = sum(m["clips"] for m in markers)
         self.finish_stage("assign", time.perf_counter() - t, shards=len(shards),
@@ -515,12 +522,15 @@ class Job:
         t = time.perf_counter()
         if todo:
             ref = ray.put(vectors)
-            pending = [embed_shard.remote(self.run.root, k, shards[k], tokens_part(k), ref,
-                                          batch_clips) for k in todo]
-            for n in range(len(pending)):
+            shard_of = {embed_shard.remote(self.run.root, k, shards[k], tokens_part(k), ref,
+                                           batch_clips): k for k in todo}
+            pending = list(shard_of)
+            progress = Progress(self.echo, "embed", sum(len(shards[k]) for k in todo), "videos")
+            while pending:
                 ready, pending = ray.wait(pending)
                 ray.get(ready)
-                self.echo(f"embed: shard {n + 1}/{len(todo)}")
+                progress.advance(len(shards[shard_of[ready[0]]]))
+            progress.close()
         markers = [self.run.read_marker("embed", k) for k in range(len(shards))]
         videos = sum(m["videos"] for m in markers)
         self.finish_stage("embed", time.perf_counter() - t, shards=len(shards), videos=videos,
@@ -680,9 +690,11 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
         if cfg.strict and skips:
             raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
                              f"({skips[0]['path']}) [--strict]")
+        progress.advance(_clips(train_shards[k]))
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
         samples = {}
+        progress = Progress(job.echo, "vocab: sampling", sum(map(_clips, train_shards)), "clips")
 
         def submit(actor, k):
             samples[k], skips = actor.sample.options(num_returns=2).remote(
@@ -693,6 +705,7 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
         run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu"),
                       min(_workers(cfg), len(train_shards)), list(range(len(train_shards))),
                       submit, on_done)
+        progress.close()
         ordered = [samples[k] for k in range(len(train_shards))]  # shard order, not finish order
         try:
             result = ray.get(fit_vocabulary.options(**gpu).remote(cfg.to_dict(), *ordered))
