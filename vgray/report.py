@@ -103,10 +103,10 @@ def _neighbours(vectors: np.ndarray, counts: np.ndarray, run: RunDir) -> list[tu
     for part in run.files("cooccur", suffix=".parquet"):
         t = read_table(part, schema=COOCCUR_SCHEMA)
         i, j, x = (t.column(c).to_numpy() for c in ("i", "j", "x"))
-        np.add.at(total, i, x)
-        for a, b, v in zip(i, j, x):
-            if a in wanted:
-                mass[int(a)][int(b)] = float(v)
+        total += np.bincount(i, weights=x, minlength=k)
+        keep = np.isin(i, list(wanted))
+        for a, b, v in zip(i[keep].tolist(), j[keep].tolist(), x[keep].tolist()):
+            mass[a][b] = v
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     rows = []
     for w in words:
