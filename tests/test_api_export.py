@@ -82,10 +82,12 @@ def parse_lines(lines, dim):
     return words, np.array(rows, np.float32)
 
 
-def export(run, fmt, out):
+def export(run, fmt, out, progress=None):
     result = CliRunner().invoke(app, ["export", run["run"], "--format", fmt, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return result.output.split()
+    if progress is not None:
+        progress.extend(result.stderr.splitlines())
+    return result.stdout.split()
 
 
 def test_glove_text_and_word2vec(run, tmp_path):
@@ -112,8 +114,12 @@ def test_projector(run, tmp_path):
     assert [int(c) for _, c in meta[1:]] == counts.tolist()
 
 
-def test_parquet_has_every_clip(run, tmp_path):
-    (path,) = export(run, "parquet", tmp_path / "q")
+def test_parquet_has_every_clip(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("VGRAY_PROGRESS_EVERY", "0")
+    lines = []
+    (path,) = export(run, "parquet", tmp_path / "q", progress=lines)
+    shards = len(glob.glob(os.path.join(run["run"], "tokens", "part-*.parquet")))
+    assert lines[-1].startswith(f"export: {shards}/{shards} shards (100%)")
     table = pq.read_table(path)
     assert table.schema.field("embedding").type.list_size == 4
     assert table.num_rows == sum(len(t) for t in run["tokens"].values())

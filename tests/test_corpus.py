@@ -537,3 +537,11 @@ def test_skips_are_sorted_and_serialisable(tmp_path):
     for s in corpus.skips:
         record = json.loads(json.dumps(s.to_dict()))
         assert set(record) == {"video_id", "path", "reason"} and record["reason"]
+
+
+def test_scan_reports_every_header_read_in_order(corpus):
+    seen = []
+    found = scan(os.path.join(corpus["root"], "features"), "rgb+flow",
+                 on_video=lambda done, total: seen.append((done, total)))
+    n = len(found.videos) + len({s.video_id for s in found.skips})
+    assert seen == [(k, n) for k in range(1, n + 1)]

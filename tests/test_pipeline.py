@@ -352,7 +352,7 @@ def test_single_stream_layout_and_rgb_flow(ray_session, tmp_path):
 
 def test_python_cli_py_subprocess(tmp_path):
     """`python cli.py` from a checkout runs the same app, with its own embedded Ray."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "VGRAY_PROGRESS_EVERY": "0"}
     subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "synth", str(tmp_path / "c"),
                     "--videos", "8", "--dim", "4", "--words", "3", "--topics", "1"],
                    check=True, env=env, capture_output=True)
@@ -363,6 +363,11 @@ def test_python_cli_py_subprocess(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("embedded 8 videos")
     assert "vocab:" in done.stderr and "glove:" in done.stderr
+    # the live progress of the k-means and GloVe tasks, reported from inside them
+    assert "\nvocab: seeding: 3/3 words (100%)" in done.stderr
+    assert "\nglove: 5/5 epochs (100%)" in done.stderr and ", loss " in done.stderr
+    assert "\ncooccur: reduce: 4/4 partitions (100%)" in done.stderr
+    assert done.stderr.startswith("scan: 1/8 videos") and "\nscan: 8/8 videos (100%)" in done.stderr
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train",
                           str(tmp_path / "nope"), "--out", str(tmp_path / "r2")],
                          env=env, capture_output=True, text=True, timeout=300)

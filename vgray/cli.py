@@ -205,7 +205,7 @@ def export(run: Run,
     """RUN's vectors as GloVe text, word2vec text, TensorBoard projector TSVs, or per-clip Parquet."""
     from .export import export as run_export
 
-    written = _run(run_export, run, fmt, out)
+    written = _run(run_export, run, fmt, out, _echo(quiet))
     if not quiet:
         for path in written:
             typer.echo(path)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from . import fs
 from .errors import VgrayError
 from .model import load_run
+from .progress import Progress
 from .store import TOKENS_SCHEMA, RunDir, atomic_path, read_table, write_text
 
 FORMATS = ("glove-text", "word2vec", "projector", "parquet")
@@ -47,8 +48,9 @@ def usage(run: RunDir, vocab_size: int) -> np.ndarray:
     return counts
 
 
-def export(run_dir: str, fmt: str, out: str) -> list[str]:
-    """Write RUN's vectors as `fmt` into directory OUT; return the files written."""
+def export(run_dir: str, fmt: str, out: str, echo=None) -> list[str]:
+    """Write RUN's vectors as `fmt` into directory OUT; return the files written. The parquet
+    export shows its progress through `echo`."""
     if fmt not in FORMATS:
         raise VgrayError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     _, _, vectors = load_run(run_dir, need_vectors=True)
@@ -65,7 +67,7 @@ def export(run_dir: str, fmt: str, out: str) -> list[str]:
         files = {"vectors.tsv": "".join("\t".join(f"{v:.8g}" for v in row) + "\n" for row in vectors),
                  "metadata.tsv": "word\tclips\n" + "".join(f"{word_name(w)}\t{counts[w]}\n" for w in range(k))}
     else:
-        return [_clips_parquet(run, vectors, fs.join(out, "clips.parquet"))]
+        return [_clips_parquet(run, vectors, fs.join(out, "clips.parquet"), echo)]
     written = []
     for name, text in files.items():
         write_text(fs.join(out, name), text)
@@ -73,13 +75,14 @@ def export(run_dir: str, fmt: str, out: str) -> list[str]:
     return written
 
 
-def _clips_parquet(run: RunDir, vectors: np.ndarray, target: str) -> str:
+def _clips_parquet(run: RunDir, vectors: np.ndarray, target: str, echo=None) -> str:
     dim = vectors.shape[1]
     schema = pa.schema([("video_id", pa.string()), ("clip", pa.int32()), ("token", pa.int32()),
                         ("embedding", pa.list_(pa.float32(), dim))])
     parts = token_parts(run)
     if not parts:
         raise VgrayError(f"{run.root} has no tokens/part-*.parquet")
+    progress = Progress(echo, "export", len(parts), "shards")
     with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for part in parts:
             table = read_table(part, schema=TOKENS_SCHEMA)
@@ -90,4 +93,6 @@ def _clips_parquet(run: RunDir, vectors: np.ndarray, target: str) -> str:
             clip = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]) if len(lengths) else np.zeros(0, np.int32)
             emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors[tokens].reshape(-1)), dim)
             writer.write_table(pa.table([pa.array(ids, pa.string()), clip, tokens, emb], schema=schema))
+            progress.advance(1)
+    progress.close()
     return target

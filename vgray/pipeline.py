@@ -30,6 +30,7 @@ from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir,
                     load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
                     tokens_table, write_table, write_text)
 from .model import load_run
+from .live import Reporter, get_with_progress, start_board
 from .progress import Progress
 from .vocab import Codebook, KMeans
 
@@ -221,7 +222,7 @@ class ShardWorker:
 class GloveTrainer:
     """The one actor that trains GloVe (placed on a GPU node when the cluster has GPUs)."""
 
-    def fit(self, out: str, config: dict) -> dict:
+    def fit(self, out: str, config: dict, board=None) -> dict:
         from .glove import GloVe
 
         _use_all_cores()
@@ -232,8 +233,11 @@ class GloveTrainer:
         table = pa.concat_tables([read_table(p, schema=COOCCUR_SCHEMA)
                                   for p in run.files("cooccur", suffix=".parquet")])
         i, j, x = (table.column(c).to_numpy() for c in ("i", "j", "x"))
+        report = Reporter(board)
         model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
-                      device).fit(i, j, x, cfg.vocab_size)
+                      device).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
+                          "glove", e, cfg.epochs, "epochs", f"loss {value:.5g}"))
+        report.flush()
         np_state = {"w": model.w_, "w_context": model.w_context_, "b": model.b_,
                     "b_context": model.b_context_}
         with atomic_path(run.path("glove", "state.npz")) as tmp:
@@ -248,8 +252,9 @@ class GloveTrainer:
 
 
 @ray.remote(num_cpus=1)
-def fit_vocabulary(config: dict, *samples: np.ndarray) -> dict:
-    """k-means on the concatenated sample (in shard order, so independent of the workers)."""
+def fit_vocabulary(config: dict, board, *samples: np.ndarray) -> dict:
+    """k-means on the concatenated sample (in shard order, so independent of the workers);
+    seeding and iterations are posted to `board` as they go."""
     _use_all_cores()
     cfg = TrainConfig(**config)
     device = resolve_device(cfg.device)
@@ -258,7 +263,10 @@ def fit_vocabulary(config: dict, *samples: np.ndarray) -> dict:
         raise VgrayError(f"--vocab-size {cfg.vocab_size} needs at least that many training clips "
                          f"in the k-means sample, got {clips}")
     t0 = time.perf_counter()
-    model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(list(samples))
+    report = Reporter(board)
+    model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(list(samples),
+                                                                           progress=report)
+    report.flush()
     return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
             "inertia_per_clip": model.inertia_ / clips, "sample_clips": int(clips),
             "iterations": model.n_iter_, "device": device, "precision": model.precision_,
@@ -396,12 +404,25 @@ class Job:
         self.work: dict[str, int] = {}
         self.manifest: dict = {}
         self.lock = RunLock(self.run.root)
+        self._board = None
+
+    def board(self):
+        """The actor that a long remote task posts its progress to: started on first use,
+        emptied for each task."""
+        if self._board is None:
+            self._board = start_board()
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(self._board.clear.remote(), timeout=10)
+        return self._board
 
     def __enter__(self) -> "Job":
         self._created = not fs.is_uri(self.run.root) and not os.path.exists(self.run.root)
         return self
 
     def __exit__(self, kind, *exc) -> None:
+        if self._board is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._board)
         self.lock.release()
         if kind is not None and self._created:  # a run that failed before writing anything
             with contextlib.suppress(OSError):    # leaves no empty --out behind
@@ -448,7 +469,16 @@ class Job:
              rgb_dim: int | None = None, flow_dim: int | None = None,
              follow_symlinks: bool = False) -> Corpus:
         t = time.perf_counter()
-        corpus = scan(features, streams, train_ids, rgb_dim, flow_dim, follow_symlinks)
+        progress = None
+
+        def on_video(done: int, total: int) -> None:
+            nonlocal progress
+            progress = progress or Progress(self.echo, "scan", total, "videos")
+            progress.advance(1)
+
+        corpus = scan(features, streams, train_ids, rgb_dim, flow_dim, follow_symlinks, on_video)
+        if progress is not None:
+            progress.close()
         if strict and corpus.skips:
             s = corpus.skips[0]
             raise VgrayError(f"{s.video_id}: {s.reason} ({s.path}) [--strict]")
@@ -708,7 +738,10 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
         progress.close()
         ordered = [samples[k] for k in range(len(train_shards))]  # shard order, not finish order
         try:
-            result = ray.get(fit_vocabulary.options(**gpu).remote(cfg.to_dict(), *ordered))
+            board = job.board()
+            result = get_with_progress(
+                fit_vocabulary.options(**gpu).remote(cfg.to_dict(), board, *ordered), board,
+                job.echo)
             break
         except _RETRIABLE as e:  # a sample was lost with its node: draw it again
             if attempt == MAX_ATTEMPTS:
@@ -732,8 +765,14 @@ def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centr
     job.assign(shards, cfg, centroids_path, tokens_part, counts, need_partials=bool(todo))
     t = time.perf_counter()
     job.work["reduce_parts"] = len(todo)
-    ray.get([reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
-                                     cfg.window) for r in todo])
+    pending = [reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
+                                       cfg.window) for r in todo]
+    progress = Progress(job.echo, "cooccur: reduce", len(pending), "partitions")
+    while pending:
+        ready, pending = ray.wait(pending)
+        ray.get(ready)
+        progress.advance(len(ready))
+    progress.close()
     nonzeros = sum(parquet_rows(p) for p in run.files("cooccur", suffix=".parquet"))
     _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
     if todo or not job.stage_done("cooccur"):
@@ -751,7 +790,9 @@ def _glove_stage(job: Job, cfg: TrainConfig, gpu: dict) -> None:
     job.invalidate(job.run.path(WORK, "embed"))  # embeddings of older vectors
     t = time.perf_counter()
     trainer = GloveTrainer.options(**gpu).remote()
-    result = ray.get(trainer.fit.remote(job.run.root, cfg.to_dict()))
+    board = job.board()
+    result = get_with_progress(trainer.fit.remote(job.run.root, cfg.to_dict(), board), board,
+                               job.echo)
     ray.kill(trainer)
     job.work["glove"] = 1
     job.finish_stage("glove", time.perf_counter() - t, **result)

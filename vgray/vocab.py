@@ -84,11 +84,13 @@ def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu") -> 
 
 
 def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
-                    n_local_trials: int | None = None, bfloat16: bool = False) -> torch.Tensor:
+                    n_local_trials: int | None = None, bfloat16: bool = False,
+                    on_center=None) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
 
     With bfloat16, the products behind the D^2 sampling weights are taken in bfloat16 (the
-    seeds are still rows of x; only which rows are drawn changes)."""
+    seeds are still rows of x; only which rows are drawn changes). on_center(c) is called with
+    the number of centres chosen so far."""
     n = x.shape[0]
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(k))
@@ -115,6 +117,10 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
         best = int(torch.argmin(cand_dist.sum(dim=0, dtype=torch.float64)))
         closest = cand_dist[:, best].contiguous()
         centers[c] = x[candidates[best]]
+        if on_center is not None:
+            on_center(c + 1)
+    if on_center is not None:
+        on_center(k)
     return centers
 
 
@@ -152,8 +158,11 @@ class KMeans:
         self.tol = tol  # stop when an iteration lowers the inertia by less than this share
         self.seed_sample = seed_sample  # None: 8 clips per word (at least 4096) for k-means++
 
-    def fit(self, features) -> "KMeans":
-        """Fit on float [N, D] (N >= n_clusters); sets cluster_centers_, inertia_, n_iter_."""
+    def fit(self, features, progress=None) -> "KMeans":
+        """Fit on float [N, D] (N >= n_clusters); sets cluster_centers_, inertia_, n_iter_.
+
+        progress(phase, done, total, unit, note), if given, is called as seeding picks centres
+        and after every Lloyd pass (vgray.live.Reporter shows it from a remote task)."""
         parts = [features] if isinstance(features, np.ndarray) else list(features)
         parts = [np.ascontiguousarray(p, dtype=np.float32) for p in parts if len(p)]
         n = sum(len(p) for p in parts)
@@ -175,7 +184,10 @@ class KMeans:
         generator = torch.Generator().manual_seed(self.seed)
         size = min(n, self.seed_sample or max(8 * k, 4096))
         rows = torch.randperm(n, generator=generator)[:size].sort().values if size < n else torch.arange(n)
-        centers = kmeans_plusplus(self._rows(rows), k, generator, bfloat16=self.precision_ == "bfloat16")
+        report = progress or (lambda *state: None)
+        centers = kmeans_plusplus(self._rows(rows), k, generator,
+                                  bfloat16=self.precision_ == "bfloat16",
+                                  on_center=lambda c: report("vocab: seeding", c, k, "words"))
         labels, inertia = None, math.inf
         self.n_iter_, self.inertia_curve_ = 0, []  # inertia_curve_[i]: after i updates
         while True:
@@ -185,6 +197,8 @@ class KMeans:
             done = labels is not None and (torch.equal(new_labels, labels)
                                            or inertia - new_inertia <= self.tol * inertia)
             labels, inertia = new_labels, new_inertia
+            report("vocab: k-means", self.n_iter_, self.max_iter, "iterations",
+                   f"inertia/clip {inertia / n:.5g}")
             if done or self.n_iter_ == self.max_iter:
                 break
             centers = self._update(sums, counts, dists, centers)
