@@ -231,11 +231,11 @@ def test_kmeans_sample_uses_a_video_whole_or_not_at_all(ray_session, tmp_path):
     corpus = scan(str(tmp_path), "rgb")
     worker = ShardWorker.remote("rgb", 8192, "cpu")
     try:
-        sample, skips = ray.get(list(worker.sample.options(num_returns=2).remote(
+        sample, info = ray.get(list(worker.sample.options(num_returns=2).remote(
             corpus.videos, 1.0, 0)))
     finally:
         ray.kill(worker)
-    assert [s["video_id"] for s in skips] == ["x"]
+    assert [s["video_id"] for s in info["skips"]] == ["x"]
     assert len(sample) == 0
 
 

@@ -40,13 +40,12 @@ def stage_requests():
         return getattr(remote, "_default_options", None) or remote.__ray_metadata__.__dict__
 
     requests = {}
-    for name in ("ShardWorker", "GloveTrainer", "fit_vocabulary", "reduce_partition", "embed_shard"):
+    for name in ("ShardWorker", "Trainer", "reduce_partition", "embed_shard"):
         remote = getattr(pipeline, name)
         o = opts(remote)
         requests[name] = {"CPU": o.get("num_cpus", 1) or 0, "GPU": o.get("num_gpus", 0) or 0}
-    # k-means and GloVe also run with num_gpus=1 when the cluster has GPUs.
-    requests["fit_vocabulary (GPU)"] = {**requests["fit_vocabulary"], "GPU": 1}
-    requests["GloveTrainer (GPU)"] = {**requests["GloveTrainer"], "GPU": 1}
+    # k-means and GloVe (the Trainer) run with num_gpus=1 when the cluster can provide a GPU.
+    requests["Trainer (GPU)"] = {**requests["Trainer"], "GPU": 1}
     return requests
 
 
@@ -63,3 +62,16 @@ def test_no_port_open_to_the_world(config):
     assert "0.0.0.0/0" not in text and "::/0" not in text
     rules = config["provider"]["security_group"]["IpPermissions"]
     assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+
+
+def test_what_a_run_plans_on_it(config):
+    """Read as vgray reads the autoscaler's copy of it on the head: shard work may grow to every
+    CPU of the CPU type, and k-means and GloVe ask for the GPU type, from zero nodes."""
+    from vgray.cluster import Capacity, node_types, plan_gpu
+
+    types, head = node_types(config, {})
+    cap = Capacity(0, 0, True, tuple(types), head)
+    cpu = config["available_node_types"]["cpu_worker"]
+    assert cap.cpus() == cpu["max_workers"] * cpu["resources"]["CPU"] == 128
+    plan = plan_gpu("auto", cap)
+    assert plan.request and plan.wait_s == 600 and "gpu_worker (CPU 8, GPU 1)" in plan.where

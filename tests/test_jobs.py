@@ -1,12 +1,11 @@
 """`vgray … --address http://HEAD:8265` through the Ray Jobs API, against a head this test starts
-(`ray start --head --block` on loopback, token authentication on) and stops by its pid."""
+(`ray start --head --block` on loopback, token authentication on) and stops by its process
+group."""
 
 import glob
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,8 @@ import pytest
 
 from vgray.synth import make_corpus
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from raycluster import free_port, own_ports
+from raycluster import head as started_head
 
 
 @pytest.fixture(scope="module")
@@ -34,47 +30,22 @@ def head(tmp_path_factory):
                    capture_output=True, timeout=120)
     token = (home / ".ray" / "auth_token").read_text().strip()
     assert len(token) >= 16
-    current = "/tmp/ray/ray_current_cluster"
-    had_current = os.path.exists(current)
     dashboard = free_port()
-    log = open(home / "head.log", "w")
-    proc = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--port", str(free_port()),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         # Ports of its own: another Ray on this machine (the tests' own) holds the defaults.
-         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                            "--metrics-export-port", "--ray-client-server-port",
-                            "--runtime-env-agent-port", "--node-manager-port",
-                            "--object-manager-port")
-           for arg in (flag, str(free_port()))],
-         "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "true"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
     url = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                request = urllib.request.Request(url + "/api/version",
-                                                 headers={"Authorization": f"Bearer {token}"})
-                urllib.request.urlopen(request, timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail("the Ray head did not come up: " + (home / "head.log").read_text()[-2000:])
-                time.sleep(1)
-        yield {"url": url, "env": env, "token": token, "home": home}
-    finally:
-        # Stop what this test started, by its process group: the head and its children.
+
+    def ready():
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-        if not had_current and os.path.exists(current):
-            os.remove(current)
+            request = urllib.request.Request(url + "/api/version",
+                                             headers={"Authorization": f"Bearer {token}"})
+            urllib.request.urlopen(request, timeout=5)
+            return True
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    args = ["--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+            str(dashboard), *own_ports(), "--num-cpus", "2", "--include-dashboard", "true"]
+    with started_head(args, env, home / "head.log", ready, grace=3):
+        yield {"url": url, "env": env, "token": token, "home": home}
 
 
 @pytest.fixture(scope="module")

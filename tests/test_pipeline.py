@@ -413,7 +413,8 @@ def test_installed_console_script():
 
 def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
     from vgray.errors import VgrayError
-    from vgray.pipeline import ShardWorker, run_on_actors
+    from vgray.cluster import run_on_actors
+    from vgray.pipeline import ShardWorker
 
     with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):
         run_on_actors(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")),

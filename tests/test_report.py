@@ -40,6 +40,10 @@ def test_report_files_and_content(reported):
     assert page.count('src="data:image/png;base64,') == 3  # self-contained: opens offline
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "t-SNE" in page and re.search(r"w\d+ \(-?[01]\.\d\d, \d+\.\d%\)", page)
+    # Where the stages ran and the node-seconds per node type (a local Ray's node has no type).
+    assert ">Node-seconds by node type<" in page
+    assert re.search(r"<tr><td>vocab</td><td>[\d.]+</td><td>1 × \(CPU 2\) \(cpu\)</td></tr>", page)
+    assert re.search(r"<tr><td>\(CPU 2\)</td><td>1</td><td>\d+\.\d</td></tr>", page)
 
 
 def test_report_command_rewrites_it(reported):

@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 Features = Annotated[str, typer.Argument(help="Directory of {id}_rgb.npy [+ {id}_flow.npy] or {id}.npy, each [T, D].")]
 Run = Annotated[str, typer.Argument(help="A directory made by `vgray train`.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Shard actors (default: one per CPU of the Ray cluster).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Shard actors (default: as many as the shards need, up to the CPUs the Ray cluster has or its autoscaler can add).")]
 Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first unusable video instead of skipping it.")]
 FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Use symlinks in FEATURES that point to files outside it (skipped otherwise).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
@@ -72,7 +72,7 @@ def _quiet_ray() -> None:
 def _dispatch(address, no_wait, quiet, argv, paths, local, verb):
     """Submit to the Jobs API (http address), or run here on the given/embedded Ray and print
     the summary line."""
-    from . import pipeline, submit
+    from . import cluster, submit
 
     if submit.is_jobs_address(address):
         def go():
@@ -86,7 +86,7 @@ def _dispatch(address, no_wait, quiet, argv, paths, local, verb):
         _run(go)
         return
     if address:
-        _run(pipeline.connect, address)
+        _run(cluster.connect, address)
     typer.echo(_run(local).line(verb))
 
 
@@ -117,6 +117,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the k-means sample and init and of GloVe's init.")] = D.seed,
     workers: Workers = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where k-means and GloVe run.")] = D.device,
+    gpu_wait: Annotated[Optional[float], typer.Option("--gpu-wait", help="Seconds a GPU stage waits for a GPU node to join before running on CPU (auto) or failing (cuda). Default: 600 where a node type has a GPU, 120 where the node types cannot be read.")] = None,
     strict: Strict = False,
     follow_symlinks: FollowSymlinks = False,
     with_report: Annotated[bool, typer.Option("--report", help="Write RUN/report/ at the end (see `vgray report`).")] = False,
@@ -134,7 +135,8 @@ def train(
 
     settings = dict(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max, alpha=alpha,
                     epochs=epochs, learning_rate=learning_rate, streams=streams, seed=seed,
-                    workers=workers, device=device, strict=strict, follow_symlinks=follow_symlinks,
+                    workers=workers, device=device, gpu_wait=gpu_wait, strict=strict,
+                    follow_symlinks=follow_symlinks,
                     kmeans_iters=kmeans_iters,
                     kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
                     reducers=reducers)

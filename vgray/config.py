@@ -22,8 +22,9 @@ class TrainConfig:
     learning_rate: float = 0.05
     streams: str = "rgb"
     seed: int = 0
-    workers: int | None = None  # None: one per CPU of the Ray cluster
+    workers: int | None = None  # None: as the work needs, up to the CPUs the cluster can grow to
     device: str = "auto"
+    gpu_wait: float | None = None  # None: 600 s where a node type has a GPU, 120 s where unknown
     strict: bool = False
     follow_symlinks: bool = False  # symlinks in FEATURES to files outside it are used
     kmeans_iters: int = 25
@@ -44,6 +45,7 @@ class TrainConfig:
             (self.streams in STREAMS, f"--streams must be one of {', '.join(STREAMS)}"),
             (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+            (self.gpu_wait is None or self.gpu_wait >= 0, "--gpu-wait must be at least 0"),
             (self.kmeans_iters >= 1, "--kmeans-iters must be at least 1"),
             (self.kmeans_sample is None or self.kmeans_sample >= self.vocab_size,
              "--kmeans-sample must be at least --vocab-size"),

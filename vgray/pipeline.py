@@ -1,13 +1,16 @@
-"""The stages of a run on Ray: shard actors, reducers, the GloVe actor and the embedding fan-out.
+"""The stages of a run on Ray: shard actors, reducers, the k-means and GloVe actor and the
+embedding fan-out, and the run's bookkeeping.
 
-This is the only module that talks to Ray. The driver holds video metadata and small results
-(centroids, vectors, per-shard stats), never the corpus: shard actors load features in blocks of
+What the cluster can provide, asking its autoscaler, placing the GPU stages and the retrying
+actor pool live in cluster.py. The driver holds video metadata and small results (centroids,
+vectors, per-shard stats), never the corpus: shard actors load features in blocks of
 `batch_clips` clips and write their outputs themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +25,9 @@ import pyarrow.parquet as pq
 import ray
 
 from . import __version__, cooccur, fs
+from .cluster import (MAX_ATTEMPTS, RETRIABLE, Capacity, Demand, GpuPlan, actor_start, avoiding,
+                      capacity, connect, here, node_usage, on_one_actor, pick_device, plan_gpu,
+                      run_on_actors, usage_by_type, usage_line)
 from .config import TrainConfig
 from .corpus import Corpus, Skip, Video, load_clips, load_rows, read_train_ids, scan
 from .embed import concat, embed
@@ -65,16 +71,6 @@ def sample_mask(video_id: str, frames: int, probability: float, seed: int) -> np
         return np.ones(frames, dtype=bool)
     rng = np.random.default_rng([seed, zlib.crc32(video_id.encode("utf-8"))])
     return rng.random(frames) < probability
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VgrayError("--device cuda, but this worker has no CUDA device")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _use_all_cores() -> None:
@@ -154,10 +150,11 @@ class ShardWorker:
     """Loads a shard's features in bounded blocks: samples clips, assigns words, counts pairs."""
 
     def __init__(self, streams: str, batch_clips: int, device: str,
-                 centroids_path: str | None = None):
+                 centroids_path: str | None = None, submitted: float | None = None):
         import torch
         from threadpoolctl import threadpool_limits
 
+        self._born = actor_start(submitted or time.time())
         torch.set_num_threads(1)  # one core per actor; also keeps results thread-independent
         threadpool_limits(1)
         self.streams = streams
@@ -168,7 +165,15 @@ class ShardWorker:
             c = torch.from_numpy(load_npy(centroids_path, np.float32, 2)).to(device)
             self.codebook = Codebook(c)
 
+    def _began(self) -> float:
+        """When this call's work began: the actor's start for its first call (starting it is
+        work on the node too), else now."""
+        began, self._born = (self._born if self._born is not None else time.time()), None
+        return began
+
     def sample(self, videos: list[Video], probability: float, seed: int):
+        """(the sampled clips, {skips, where}) of a shard's training videos."""
+        began = self._began()
         rows, skips = [], []
         for v in videos:
             mask = sample_mask(v.video_id, v.frames, probability, seed)
@@ -182,13 +187,13 @@ class ShardWorker:
             rows.extend(picked)
         dim = videos[0].stream_dim(self.streams)
         sample = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
-        return sample, skips
+        return sample, {"skips": skips, "where": here(began)}
 
     def assign(self, out: str, shard: int, videos: list[Video], train: list[bool],
                tokens_part: str, counts: dict | None, tokens_dir: str | None) -> dict:
         """Tokens of a shard -> tokens part (+ per-video .npy); partial counts of its
         training videos -> one file per reducer; then the shard's marker."""
-        t0 = time.perf_counter()
+        t0, began = time.perf_counter(), self._began()
         run = RunDir(out)
         ids, seqs, trained, skips = [], [], [], []
         is_train = {v.video_id: t for v, t in zip(videos, train)}
@@ -210,24 +215,55 @@ class ShardWorker:
             for r, rows in enumerate(cooccur.partition(i, counts["reducers"])):
                 table = pa.table([i[rows], j[rows], s[rows]], schema=PARTIAL_SCHEMA)
                 write_table(partial_paths(run, shard, counts["reducers"])[r], table)
-        stats = {"shard": shard, "node": ray.get_runtime_context().get_node_id(),
+        where = here(began)
+        stats = {"shard": shard, "node": where["node"],
                  "videos": len(ids), "clips": int(sum(len(t) for t in seqs)),
                  "train_videos": len(trained), "pairs": pairs, "skips": skips,
-                 "seconds": round(time.perf_counter() - t0, 3)}
+                 "seconds": round(time.perf_counter() - t0, 3), "where": where}
         run.mark("assign", shard, stats)
         return stats
 
 
 @ray.remote(num_cpus=1)
-class GloveTrainer:
-    """The one actor that trains GloVe (placed on a GPU node when the cluster has GPUs)."""
+class Trainer:
+    """k-means or GloVe on one node: on its GPU when Ray gave it one that torch can use, else on
+    every core of the node. One fresh actor per stage, killed after it, so that nothing of vgray
+    stays on a GPU node once its stage is over."""
 
-    def fit(self, out: str, config: dict, board=None) -> dict:
+    def __init__(self, submitted: float):
+        self.born = actor_start(submitted)
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def kmeans(self, config: dict, board, *samples: np.ndarray) -> dict:
+        """k-means on the concatenated sample (in shard order, so independent of the workers);
+        seeding and iterations are posted to `board` as they go."""
+        _use_all_cores()
+        cfg = TrainConfig(**config)
+        device, note = pick_device(cfg.device)
+        clips = sum(len(s) for s in samples)  # the parts are used in place, never concatenated
+        if clips < cfg.vocab_size:
+            raise VgrayError(f"--vocab-size {cfg.vocab_size} needs at least that many training "
+                             f"clips in the k-means sample, got {clips}")
+        t0 = time.perf_counter()
+        report = Reporter(board)
+        model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(list(samples),
+                                                                               progress=report)
+        report.flush()
+        return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
+                "inertia_per_clip": model.inertia_ / clips, "sample_clips": int(clips),
+                "iterations": model.n_iter_, "device": device, "device_note": note,
+                "precision": model.precision_,
+                "kmeans_seconds": round(time.perf_counter() - t0, 3), "where": here(self.born)}
+
+    def glove(self, out: str, config: dict, board=None) -> dict:
+        """GloVe on the merged counts of RUN; writes glove/."""
         from .glove import GloVe
 
         _use_all_cores()
         cfg = TrainConfig(**config)
-        device = resolve_device(cfg.device)
+        device, note = pick_device(cfg.device)
         run = RunDir(out)
         t0 = time.perf_counter()
         table = pa.concat_tables([read_table(p, schema=COOCCUR_SCHEMA)
@@ -245,38 +281,17 @@ class GloveTrainer:
         write_text(run.path("glove", "loss.csv"),
                    "epoch,loss\n" + "".join(f"{e},{v!r}\n" for e, v in enumerate(model.loss_)))
         save_npy(run.path("glove", "vectors.npy"), model.vectors_)
-        return {"device": device, "nonzeros": int(len(x)), "epochs": cfg.epochs,
-                "initial_loss": model.loss_[0], "final_loss": model.loss_[-1],
-                "train_seconds": round(time.perf_counter() - t0, 3)}
-
-
-
-@ray.remote(num_cpus=1)
-def fit_vocabulary(config: dict, board, *samples: np.ndarray) -> dict:
-    """k-means on the concatenated sample (in shard order, so independent of the workers);
-    seeding and iterations are posted to `board` as they go."""
-    _use_all_cores()
-    cfg = TrainConfig(**config)
-    device = resolve_device(cfg.device)
-    clips = sum(len(s) for s in samples)  # the parts are used in place, never concatenated
-    if clips < cfg.vocab_size:
-        raise VgrayError(f"--vocab-size {cfg.vocab_size} needs at least that many training clips "
-                         f"in the k-means sample, got {clips}")
-    t0 = time.perf_counter()
-    report = Reporter(board)
-    model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(list(samples),
-                                                                           progress=report)
-    report.flush()
-    return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
-            "inertia_per_clip": model.inertia_ / clips, "sample_clips": int(clips),
-            "iterations": model.n_iter_, "device": device, "precision": model.precision_,
-            "kmeans_seconds": round(time.perf_counter() - t0, 3)}
+        return {"device": device, "device_note": note, "nonzeros": int(len(x)),
+                "epochs": cfg.epochs, "initial_loss": model.loss_[0],
+                "final_loss": model.loss_[-1],
+                "train_seconds": round(time.perf_counter() - t0, 3), "where": here(self.born)}
 
 
 @ray.remote(num_cpus=1)
 def reduce_partition(out: str, partition: int, shards: int, reducers: int, vocab_size: int,
                      window: int) -> dict:
     """Exact sum of every shard's partial counts for rows i with i mod R == partition."""
+    began = time.time()
     run = RunDir(out)
     paths = [partial_paths(run, k, reducers)[partition] for k in range(shards)]
     parts = []
@@ -286,14 +301,14 @@ def reduce_partition(out: str, partition: int, shards: int, reducers: int, vocab
     i, j, s = cooccur.merge(parts, vocab_size)
     table = pa.table([i, j, cooccur.weights(s, window)], schema=COOCCUR_SCHEMA)
     write_table(run.path("cooccur", f"part-{partition:05d}.parquet"), table)
-    return {"partition": partition, "nonzeros": int(len(i))}
+    return {"partition": partition, "nonzeros": int(len(i)), "where": here(began)}
 
 
 @ray.remote(num_cpus=1)
 def embed_shard(out: str, shard: int, videos: list[Video], tokens_part: str,
                 vectors: np.ndarray, batch_clips: int) -> dict:
     """Embeddings and concatenations of one shard's videos, written block by block."""
-    t0 = time.perf_counter()
+    t0, began = time.perf_counter(), time.time()
     run = RunDir(out)
     tokens = read_tokens([tokens_part])
     written, skips = 0, []
@@ -311,7 +326,7 @@ def embed_shard(out: str, shard: int, videos: list[Video], tokens_part: str,
         save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
         written += 1
     stats = {"shard": shard, "videos": written, "skips": skips,
-             "seconds": round(time.perf_counter() - t0, 3)}
+             "seconds": round(time.perf_counter() - t0, 3), "where": here(began)}
     run.mark("embed", shard, stats)
     return stats
 
@@ -336,18 +351,6 @@ def _write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
 
 # ---------------------------------------------------------------------------------------------
 # The driver
-
-def connect(address: str | None = None) -> None:
-    """Use the Ray already initialised in this process; else attach to `address` (or the
-    RAY_ADDRESS that a Ray job runs with); else start an embedded local Ray, never picking up
-    some other cluster that happens to run on this machine."""
-    if ray.is_initialized():
-        return
-    env = os.environ.get("RAY_ADDRESS", "")
-    address = address or (env if env and not env.startswith(("http://", "https://")) else "local")
-    kwargs = {"include_dashboard": False} if address == "local" else {}
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **kwargs)
-
 
 def _versions() -> dict:
     import pyarrow
@@ -405,6 +408,10 @@ class Job:
         self.manifest: dict = {}
         self.lock = RunLock(self.run.root)
         self._board = None
+        self.capacity: Capacity | None = None
+        self.demand: Demand | None = None
+        self.gpu = GpuPlan(False, False, 0.0)  # train sets it; assign and embed use no GPU
+        self.hold_gpu = False  # a GPU stage is still to come: keep asking for its node
 
     def board(self):
         """The actor that a long remote task posts its progress to: started on first use,
@@ -417,9 +424,12 @@ class Job:
 
     def __enter__(self) -> "Job":
         self._created = not fs.is_uri(self.run.root) and not os.path.exists(self.run.root)
+        self.capacity = capacity()
+        self.demand = Demand(self.capacity)
         return self
 
     def __exit__(self, kind, *exc) -> None:
+        self.demand.clear()  # every node may go back once idle
         if self._board is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self._board)
@@ -460,9 +470,38 @@ class Job:
         for path in paths:
             _remove_tree(path)
 
-    def finish_stage(self, name: str, seconds: float, **figures) -> None:
-        self.manifest["stages"][name] = {"status": "done", "seconds": round(seconds, 3), **figures}
+    def finish_stage(self, name: str, seconds: float, where: list | None = None,
+                     **figures) -> None:
+        """Record a finished stage; `where` is [(kind of work, here() of it)] for its nodes."""
+        stage = {"status": "done", "seconds": round(seconds, 3), **figures}
+        if where is not None:
+            stage["nodes"] = node_usage([(kind, w) for kind, w in where if w])
+        self.manifest["stages"][name] = stage
         self.save()
+
+    # --- the cluster ----------------------------------------------------------------------
+    def workers(self, stage: str, requested: int | None, units: int) -> int:
+        """Workers for `units` shards: --workers, else as many as the work needs up to the CPUs
+        the cluster has or its autoscaler can add; the autoscaler is asked for them."""
+        cpus = self.capacity.cpus()
+        n = requested or max(1, int(cpus) if cpus is not None else units)
+        n = max(1, min(n, units))
+        self.demand.ask(stage, cpus=n, gpu=self.hold_gpu)
+        return n
+
+    def on_trainer(self, what: str, call, where: list) -> dict:
+        """call(actor) on a fresh Trainer, placed as the GPU plan says (see on_one_actor); its
+        node and those of attempts lost with their node are added to `where`."""
+        def make(gpus, avoid):
+            return Trainer.options(num_gpus=gpus, **avoiding(avoid)).remote(time.time())
+
+        lost = []
+        try:
+            result = on_one_actor(make, self.gpu, call, what, self.echo, lost)
+        finally:
+            where += [(f"{what} (lost)", w) for w in lost]
+        where.append((what, result.pop("where")))
+        return result
 
     # --- scanning -------------------------------------------------------------------------
     def scan(self, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
@@ -535,12 +574,14 @@ class Job:
                 progress.advance(_clips(shards[k]))
 
             run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu",
-                                                     centroids_path),
-                          min(_workers(cfg), len(todo)), todo, submit, on_done)
+                                                     centroids_path, time.time()),
+                          self.workers("assign", cfg.workers, len(todo)), todo, submit,
+                          on_done)
             progress.close()
         markers = [self.run.read_marker("assign", k) for k in range(len(shards))]
         clips = sum(m["clips"] for m in markers)
-        self.finish_stage("assign", time.perf_counter() - t, shards=len(shards),
+        self.finish_stage("assign", time.perf_counter() - t,
+                          [("assign", m.get("where")) for m in markers], shards=len(shards),
                           videos=sum(m["videos"] for m in markers), clips=clips,
                           skipped=sum(len(m["skips"]) for m in markers))
         self.echo(f"assign: {clips} clips tokenised ({time.perf_counter() - t:.1f} s)")
@@ -551,6 +592,7 @@ class Job:
         self.work["embed_shards"] = len(todo)
         t = time.perf_counter()
         if todo:
+            self.workers("embed", None, len(todo))  # what the autoscaler is asked for
             ref = ray.put(vectors)
             shard_of = {embed_shard.remote(self.run.root, k, shards[k], tokens_part(k), ref,
                                            batch_clips): k for k in todo}
@@ -563,7 +605,9 @@ class Job:
             progress.close()
         markers = [self.run.read_marker("embed", k) for k in range(len(shards))]
         videos = sum(m["videos"] for m in markers)
-        self.finish_stage("embed", time.perf_counter() - t, shards=len(shards), videos=videos,
+        self.finish_stage("embed", time.perf_counter() - t,
+                          [("embed", m.get("where")) for m in markers], shards=len(shards),
+                          videos=videos,
                           skipped=sum(len(m["skips"]) for m in markers))
         self.echo(f"embed: {videos} videos ({time.perf_counter() - t:.1f} s)")
 
@@ -584,87 +628,15 @@ class Job:
         self.manifest["counts"] = {"videos": stage["videos"], "skipped": len(skips),
                                    "clips": self.manifest["stages"]["assign"]["clips"]}
         self.manifest["last_invocation"] = {"seconds": round(seconds, 3), "work": self.work}
+        self.demand.clear()  # the run's work is over: every node may go back once idle
+        self.manifest["nodes"] = usage_by_type(self.manifest["stages"])
+        self.manifest["cluster"] = {**self.capacity.to_dict(), "gpu": dataclasses.asdict(self.gpu),
+                                    "asked": self.demand.history}
         self.save()
+        if self.manifest["nodes"]:
+            self.echo(usage_line(self.manifest["nodes"]))
         return Summary(self.run.root, stage["videos"], self.manifest["counts"]["clips"],
                        len(skips), seconds, dict(self.work))
-
-
-# Failures of the machinery, not of vgray's code: the shard is run again on a fresh actor.
-_RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-              ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
-              ray.exceptions.NodeDiedError)
-MAX_ATTEMPTS = 4
-
-
-def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
-    """Run every shard on a pool of n actors; a shard whose actor or node is lost is run again
-    on a fresh actor (its outputs are idempotent), up to MAX_ATTEMPTS times.
-
-    Shards go only to actors that have started: actors that cannot be placed yet (more workers
-    than CPUs, or a cluster waiting for its autoscaler) hold no work hostage, join when they
-    can, and are dropped when everything is done."""
-    starting: dict = {}  # readiness ref -> actor
-
-    def start():
-        actor = make_actor()
-        starting[actor.__ray_ready__.remote()] = actor
-
-    for _ in range(n):
-        start()
-    idle, queue, attempts, inflight, finished, failed_starts = [], list(shards), {}, {}, 0, 0
-    try:
-        while queue or inflight:
-            while idle and queue:
-                actor, k = idle.pop(), queue.pop(0)
-                inflight[submit(actor, k)] = (actor, k)
-            [ref], _ = ray.wait(list(inflight) + list(starting), num_returns=1)
-            if ref in starting:
-                actor = starting.pop(ref)
-                try:
-                    ray.get(ref)
-                except _RETRIABLE as e:
-                    failed_starts += 1
-                    if failed_starts > MAX_ATTEMPTS:  # e.g. its constructor fails every time
-                        last = [line for line in str(e).splitlines() if line.strip()][-1:]
-                        raise VgrayError("shard workers fail to start: "
-                                         + (last[0].strip() if last else type(e).__name__)) from None
-                    log.warning("a shard worker was lost while starting (%s)", type(e).__name__)
-                    start()
-                    continue
-                idle.append(actor)
-                continue
-            actor, k = inflight.pop(ref)
-            try:
-                stats = ray.get(ref)
-            except _RETRIABLE as e:
-                attempts[k] = attempts.get(k, 1) + 1
-                if attempts[k] > MAX_ATTEMPTS:
-                    raise VgrayError(f"shard {k} failed {MAX_ATTEMPTS} times; last: "
-                                     f"{type(e).__name__}") from e
-                log.warning("shard %d lost (%s); running it again", k, type(e).__name__)
-                ray.kill(actor)
-                start()
-                queue.append(k)
-                continue
-            idle.append(actor)
-            finished += 1
-            on_done(k, stats, finished)
-    finally:
-        for actor in idle + [a for a, _ in inflight.values()] + list(starting.values()):
-            ray.kill(actor)
-
-
-def _workers(cfg: TrainConfig) -> int:
-    """Shard actors to start: --workers, or one per CPU the cluster has now."""
-    return cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def _gpu_options(device: str) -> dict:
-    """num_gpus=1 for the GPU stages when the cluster has GPUs (and --device allows them)."""
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    if device == "cuda" and not has_gpu:
-        raise VgrayError("--device cuda, but the Ray cluster has no GPU")
-    return {"num_gpus": 1} if has_gpu and device != "cpu" else {}
 
 
 def train(features: str, out: str, config: TrainConfig, train_ids: str | None = None,
@@ -685,17 +657,21 @@ def _train(job: "Job", features: str, config: TrainConfig, train_ids: str | None
               "train_ids_file": fs.normalize(train_ids) if train_ids else None,
               "config": config.to_dict()}, settings)
     run, cfg = job.run, config
+    job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)  # fails here if cuda cannot be had
     corpus = job.scan(features, cfg.streams, cfg.strict, ids, follow_symlinks=cfg.follow_symlinks)
     if not corpus.train_videos:
         raise VgrayError("none of the --train-ids has usable features")
     shards = make_shards(corpus.videos, cfg.shard_clips)
-    gpu = _gpu_options(cfg.device)
+    # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while clips are
+    # sampled, and is not given back and launched again between k-means and GloVe.
+    job.hold_gpu = job.gpu.request and not job.stage_done("glove")
 
     centroids_path = run.path("vocab", "centroids.npy")
-    _vocab_stage(job, cfg, corpus, shards, gpu, centroids_path)
+    _vocab_stage(job, cfg, corpus, shards, centroids_path)
     tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
     _cooccur_stages(job, cfg, shards, centroids_path, tokens_part)
-    _glove_stage(job, cfg, gpu)
+    _glove_stage(job, cfg)
+    job.hold_gpu = False
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
     job.embed(shards, vectors, tokens_part, cfg.batch_clips)
     summary = job.finish(shards, embedded=True)
@@ -703,9 +679,17 @@ def _train(job: "Job", features: str, config: TrainConfig, train_ids: str | None
     return summary
 
 
+def _device_line(result: dict) -> str:
+    """Where a GPU stage computed; why not on the GPU it was given is a warning of its own."""
+    if result.get("device_note"):
+        log.warning("%s; it ran on CPU", result["device_note"])
+        return f"on {result['device']} (its GPU is not usable by torch)"
+    return f"on {result['device']}"
+
+
 def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Video]],
-                 gpu: dict, centroids_path: str) -> None:
-    """Shard actors sample training clips; one k-means task fits the codebook."""
+                 centroids_path: str) -> None:
+    """Shard actors sample training clips; one k-means actor fits the codebook."""
     job.work["vocab"] = 0
     if job.stage_done("vocab") and fs.exists(centroids_path):
         return
@@ -716,43 +700,50 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
     train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
     train_shards = [s for s in train_shards if s]
 
-    def on_done(k, skips, finished):
+    def on_done(k, info, finished):
+        skips = info["skips"]
         if cfg.strict and skips:
             raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
                              f"({skips[0]['path']}) [--strict]")
+        where.append(("sample", info["where"]))
         progress.advance(_clips(train_shards[k]))
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        samples = {}
+        samples, where = {}, []
         progress = Progress(job.echo, "vocab: sampling", sum(map(_clips, train_shards)), "clips")
 
         def submit(actor, k):
-            samples[k], skips = actor.sample.options(num_returns=2).remote(
+            samples[k], info = actor.sample.options(num_returns=2).remote(
                 train_shards[k], probability, cfg.seed)
-            return skips
+            return info
 
-        # The actors are gone once this returns, which frees their CPUs for the k-means task.
-        run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu"),
-                      min(_workers(cfg), len(train_shards)), list(range(len(train_shards))),
-                      submit, on_done)
+        # The actors are gone once this returns, which frees their CPUs for the k-means actor.
+        run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu", None,
+                                                 time.time()),
+                      job.workers("vocab", cfg.workers, len(train_shards)),
+                      list(range(len(train_shards))), submit, on_done)
         progress.close()
         ordered = [samples[k] for k in range(len(train_shards))]  # shard order, not finish order
-        try:
+        job.demand.ask("vocab: k-means", gpu=job.gpu.request)  # CPU nodes may go back meanwhile
+
+        def fit(actor):
             board = job.board()
-            result = get_with_progress(
-                fit_vocabulary.options(**gpu).remote(cfg.to_dict(), board, *ordered), board,
-                job.echo)
+            return get_with_progress(actor.kmeans.remote(cfg.to_dict(), board, *ordered), board,
+                                     job.echo)
+
+        try:
+            result = job.on_trainer("kmeans", fit, where)
             break
-        except _RETRIABLE as e:  # a sample was lost with its node: draw it again
+        except RETRIABLE as e:  # a sample was lost with its node: draw it again
             if attempt == MAX_ATTEMPTS:
                 raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
             log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
     save_npy(centroids_path, result.pop("centroids"))
     job.work["vocab"] = 1
-    job.finish_stage("vocab", time.perf_counter() - t, **result)
+    job.finish_stage("vocab", time.perf_counter() - t, where, **result)
     job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
-             f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations "
-             f"({time.perf_counter() - t:.1f} s)")
+             f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations, "
+             f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
 
 
 def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centroids_path: str,
@@ -768,37 +759,42 @@ def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centr
     pending = [reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
                                        cfg.window) for r in todo]
     progress = Progress(job.echo, "cooccur: reduce", len(pending), "partitions")
+    where = []
     while pending:
         ready, pending = ray.wait(pending)
-        ray.get(ready)
+        where += [("reduce", r["where"]) for r in ray.get(ready)]
         progress.advance(len(ready))
     progress.close()
     nonzeros = sum(parquet_rows(p) for p in run.files("cooccur", suffix=".parquet"))
     _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
     if todo or not job.stage_done("cooccur"):
         job.invalidate(run.path("glove"))
-        job.finish_stage("cooccur", time.perf_counter() - t, nonzeros=nonzeros,
+        job.finish_stage("cooccur", time.perf_counter() - t, where, nonzeros=nonzeros,
                          reducers=cfg.reducers)
     job.echo(f"cooccur: {nonzeros} non-zeros ({time.perf_counter() - t:.1f} s)")
 
 
-def _glove_stage(job: Job, cfg: TrainConfig, gpu: dict) -> None:
+def _glove_stage(job: Job, cfg: TrainConfig) -> None:
     """The GloVe actor trains on the merged counts and writes glove/."""
     job.work["glove"] = 0
     if job.stage_done("glove") and fs.exists(job.run.path("glove", "vectors.npy")):
         return
     job.invalidate(job.run.path(WORK, "embed"))  # embeddings of older vectors
     t = time.perf_counter()
-    trainer = GloveTrainer.options(**gpu).remote()
-    board = job.board()
-    result = get_with_progress(trainer.fit.remote(job.run.root, cfg.to_dict(), board), board,
-                               job.echo)
-    ray.kill(trainer)
+    job.demand.ask("glove", gpu=job.gpu.request)  # the CPU nodes may go back meanwhile
+
+    def fit(actor):
+        board = job.board()
+        return get_with_progress(actor.glove.remote(job.run.root, cfg.to_dict(), board), board,
+                                 job.echo)
+
+    where = []
+    result = job.on_trainer("glove", fit, where)
     job.work["glove"] = 1
-    job.finish_stage("glove", time.perf_counter() - t, **result)
+    job.finish_stage("glove", time.perf_counter() - t, where, **result)
     job.echo(f"glove: {result['epochs']} epochs on {result['nonzeros']} non-zeros, loss "
-             f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g} "
-             f"({time.perf_counter() - t:.1f} s)")
+             f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g}, "
+             f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
 
 
 def _remove_tree(path: str) -> None:

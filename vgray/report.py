@@ -118,6 +118,15 @@ def _neighbours(vectors: np.ndarray, counts: np.ndarray, run: RunDir) -> list[tu
     return rows
 
 
+def _where(stage: dict) -> str:
+    """The nodes a stage ran on, by type, and its device where it has one."""
+    from .cluster import node_label
+
+    types = collections.Counter(node_label(n) for n in (stage.get("nodes") or {}).values())
+    where = ", ".join(f"{n} × {t}" for t, n in sorted(types.items()))
+    return where + (f" ({stage['device']})" if stage.get("device") else "")
+
+
 def report(run_dir: str) -> str:
     """Write RUN/report/ and return the path of its index.html."""
     import matplotlib
@@ -166,8 +175,10 @@ img{{max-width:100%}}</style></head><body>
 <h2>Corpus</h2><table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)}</table>
 <h3>Skipped, by reason</h3><table><tr><th>reason</th><th>inputs</th></tr>
 {"".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in skipped.most_common()) or "<tr><td>none</td><td>0</td></tr>"}</table>
-<h3>Stages</h3><table><tr><th>stage</th><th>seconds</th></tr>
-{"".join(f"<tr><td>{esc(s)}</td><td>{v.get('seconds', '')}</td></tr>" for s, v in stages.items())}</table>
+<h3>Stages</h3><table><tr><th>stage</th><th>seconds</th><th>where</th></tr>
+{"".join(f"<tr><td>{esc(s)}</td><td>{v.get('seconds', '')}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
+<h3>Node-seconds by node type</h3><table><tr><th>node type</th><th>nodes</th><th>node-seconds</th></tr>
+{"".join(f"<tr><td>{esc(t)}</td><td>{u['nodes']}</td><td>{u['node_seconds']:.1f}</td></tr>" for t, u in manifest.get("nodes", {}).items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>
 <h2>GloVe loss</h2>{img("loss.png", "GloVe loss by epoch")}
 <h2>Vocabulary usage</h2>{img("usage.png", "clips per visual word")}
 <h2>Vocabulary map</h2>{img("vocabulary-map.png", f"{how} map of the visual vocabulary")}

@@ -1,0 +1,177 @@
+"""What the cluster can grow to, the GPU plan, bounded GPU waits, retries and node-seconds
+(pure where possible; the fake autoscaling cluster itself is in test_autoscaling.py)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+
+from vgray.cluster import (Capacity, GpuPlan, _flag, _monitor_argv, avoiding, node_alive,
+                           node_types, node_usage, on_one_actor, pick_device, plan_gpu,
+                           union_length, usage_by_type, usage_line)
+from vgray.errors import VgrayError
+
+CONFIG = {"max_workers": 3, "head_node_type": "head", "available_node_types": {
+    "head": {"resources": {"CPU": 0}, "max_workers": 0},
+    "cpu": {"resources": {"CPU": 8}, "max_workers": 2},
+    "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 2}}}
+
+
+def grown(config, running, cpus_now=0.0, gpus_now=0.0):
+    types, head = node_types(config, running)
+    return Capacity(cpus_now, gpus_now, any(t.room > 0 for t in types), tuple(types), head)
+
+
+def test_room_of_each_type_within_the_cluster_limit():
+    types, head = node_types(CONFIG, {"cpu": 1})
+    assert head == "head"
+    assert {t.name: t.room for t in types} == {"cpu": 1, "gpu": 2}
+    types, _ = node_types(CONFIG, {"cpu": 2, "gpu": 1})  # 3 of max_workers 3 are up
+    assert {t.name: t.room for t in types} == {"cpu": 0, "gpu": 0}
+    # A type without max_workers may grow to the cluster's max_workers.
+    types, _ = node_types({"max_workers": 4, "available_node_types": {"w": {"resources": {}}}}, {})
+    assert [t.room for t in types] == [4]
+
+
+def test_cpus_the_shard_work_may_grow_to():
+    cap = grown(CONFIG, {"cpu": 1}, cpus_now=8)
+    assert cap.autoscaling and cap.cpus() == 16  # one more CPU node; GPU nodes are not counted
+    assert cap.can_get_gpu() is True
+    gpu_only = {"max_workers": 2, "available_node_types": {
+        "gpu": {"resources": {"CPU": 4, "GPU": 1}, "max_workers": 2}}}
+    assert grown(gpu_only, {}).cpus() == 8  # no CPU-only type: the GPU type's CPUs count
+    full = grown(CONFIG, {"cpu": 2, "gpu": 1}, cpus_now=24, gpus_now=1)
+    assert not full.autoscaling and full.cpus() == 24 and full.can_get_gpu() is True
+    fixed = Capacity(2, 0, False, None)  # a fixed cluster or the embedded local Ray
+    assert fixed.cpus() == 2 and fixed.can_get_gpu() is False
+    unknown = Capacity(0, 0, True, None)  # KubeRay: an autoscaler whose types cannot be read
+    assert unknown.cpus() is None and unknown.can_get_gpu() is None
+    no_resources = {"max_workers": 2, "available_node_types": {"w": {"max_workers": 2}}}
+    assert grown(no_resources, {}).cpus() is None and grown(no_resources, {}).can_get_gpu() is None
+
+
+def test_gpu_plan():
+    cpu_only = {"max_workers": 2, "head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 0}}, "cpu": {"resources": {"CPU": 2}, "max_workers": 2}}}
+    with pytest.raises(VgrayError, match=r"^--device cuda, but the Ray cluster has no GPU and "
+                       r"cannot launch one \(node types: head \(head\), cpu \(CPU 2\)\)$"):
+        plan_gpu("cuda", grown(cpu_only, {}))
+    assert plan_gpu("auto", grown(cpu_only, {})).request is False
+    with pytest.raises(VgrayError, match="no GPU and cannot launch one$"):
+        plan_gpu("cuda", Capacity(2, 0, False, None))
+    assert plan_gpu("auto", grown(CONFIG, {})) == GpuPlan(True, False, 600.0, grown(
+        CONFIG, {}).describe_types())
+    assert plan_gpu("cuda", grown(CONFIG, {}), 30).wait_s == 30 and plan_gpu(
+        "cuda", grown(CONFIG, {})).required
+    unknown = plan_gpu("cuda", Capacity(0, 0, True, None))  # only trying tells: a bounded wait
+    assert unknown.request and unknown.required and unknown.wait_s == 120
+    assert plan_gpu("cpu", Capacity(8, 1, False, None)).request is False
+    assert plan_gpu("auto", Capacity(8, 1, False, None)).request is True  # a GPU present now
+
+
+def test_node_seconds():
+    assert union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4
+    assert union_length([]) == 0
+    a = {"node": "a", "node_type": "cpu", "resources": {"CPU": 8.0}}
+    b = {"node": "b", "node_type": None, "resources": {"CPU": 2.0}}
+    usage = node_usage([("assign", {**a, "span": [0, 2]}), ("assign", {**a, "span": [1, 3]}),
+                        ("assign", {**b, "span": [0, 1]})])
+    assert usage == {"a": {"node_type": "cpu", "resources": {"CPU": 8.0}, "seconds": 3.0,
+                           "work": {"assign": 2}},
+                     "b": {"node_type": None, "resources": {"CPU": 2.0}, "seconds": 1.0,
+                           "work": {"assign": 1}}}
+    later = node_usage([("embed", {**a, "span": [10, 11.5]})])
+    by_type = usage_by_type({"assign": {"nodes": usage}, "embed": {"nodes": later},
+                             "scan": {"seconds": 1}})
+    assert by_type == {"(CPU 2)": {"nodes": 1, "node_seconds": 1.0},
+                       "cpu": {"nodes": 1, "node_seconds": 4.5}}
+    assert usage_line(by_type) == "nodes: 1 × (CPU 2): 1.0 node-s; 1 × cpu: 4.5 node-s"
+
+
+def test_the_monitor_config_is_read_only_from_this_clusters_monitor(tmp_path):
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                             str(tmp_path / "monitor.py"), "--gcs-address=10.0.0.1:6379",
+                             "--autoscaling-config", "/etc/cluster.yaml"])
+    try:
+        deadline = time.time() + 30
+        while _monitor_argv(fake.pid, "6379") is None and time.time() < deadline:
+            time.sleep(0.05)  # until the child has exec'd
+        argv = _monitor_argv(fake.pid, "6379")
+        assert _flag(argv, "--autoscaling-config") == "/etc/cluster.yaml"
+        assert _flag(argv, "--gcs-address") == "10.0.0.1:6379"
+        assert _monitor_argv(fake.pid, "6380") is None  # another cluster's monitor
+    finally:
+        fake.kill()
+        fake.wait()
+    assert _monitor_argv(os.getpid(), "6379") is None  # not a monitor
+    assert _monitor_argv(fake.pid, "6379") is None  # gone
+    assert _monitor_argv(None, "6379") is None
+
+
+def test_avoiding():
+    assert avoiding(()) == {}
+    assert avoiding(("a", "b")) == {"label_selector": {"ray.io/node-id": "!in(a, b)"}}
+
+
+@ray.remote(num_cpus=1)
+class Probe:
+    """Stands in for the Trainer: dies once (its process exits) if told to."""
+
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, flag):
+        if flag and not os.path.exists(flag):
+            open(flag, "w").close()
+            os._exit(1)
+        return {"gpus": ray.get_gpu_ids(), "device": pick_device("auto")}
+
+
+def make_probe(gpus, avoid):
+    return Probe.options(num_gpus=gpus, **avoiding(avoid)).remote()
+
+
+def test_a_gpu_that_never_comes_is_waited_for_within_the_bound(ray_session, caplog):
+    start = time.time()
+    result = on_one_actor(make_probe, GpuPlan(True, False, 2.0, "node types: x"),
+                          lambda a: ray.get(a.run.remote(None)), "glove", print, [])
+    assert result["gpus"] == [] and tuple(result["device"]) == ("cpu", None)
+    assert time.time() - start < 60
+    assert "glove: no GPU node joined within 2 s (node types: x); running on CPU" in caplog.text
+    with pytest.raises(VgrayError, match=r"^--device cuda, but no GPU node joined within 2 s "
+                       r"\(node types: x\)$"):
+        on_one_actor(make_probe, GpuPlan(True, True, 2.0, "node types: x"),
+                     lambda a: ray.get(a.run.remote(None)), "glove", print, [])
+
+
+def test_a_lost_worker_is_run_again(ray_session, tmp_path):
+    said, lost = [], []
+    flag = str(tmp_path / "died-once")
+    result = on_one_actor(make_probe, GpuPlan(False, False, 0.0), lambda a: ray.get(
+        a.run.remote(flag)), "glove", said.append, lost)
+    assert result["gpus"] == [] and os.path.exists(flag)
+    assert len(said) == 1 and said[0].startswith("glove: its worker or node was lost")
+    # Only the process died: its time is recorded as lost work, and the node, still alive, is
+    # used again (on this one-node Ray there is no other).
+    [record] = lost
+    assert record["node"] == ray.get_runtime_context().get_node_id()
+    assert record["span"][1] >= record["span"][0]
+
+
+def test_node_alive(ray_session):
+    assert node_alive(ray.get_runtime_context().get_node_id())
+    assert not node_alive("ab" * 28, timeout=2)  # no such node
+
+
+def test_pick_device_on_a_machine_without_cuda(ray_session):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert ray.get(ray.remote(lambda: pick_device("auto")).remote()) == ("cpu", None)
+    assert ray.get(ray.remote(lambda: pick_device("cpu")).remote()) == ("cpu", None)
+    with pytest.raises(Exception, match="--device cuda, but node .* has no GPU for this task"):
+        ray.get(ray.remote(lambda: pick_device("cuda")).remote())

@@ -1,0 +1,590 @@
+"""The Ray cluster as a run sees it: connecting, what it has and can grow to, asking its
+autoscaler for that, placing the GPU stages, the retrying actor pool, and where work ran.
+
+An autoscaling cluster starts its worker types from zero, so what it *has* says little about what
+it *can* provide. The node types and their maximum counts are read from the autoscaler's own
+config (the monitor's `--autoscaling-config` on the head, or the launcher's
+`~/ray_bootstrap_config.yaml`); where that cannot be read (KubeRay runs its autoscaler in another
+container) vgray still asks, and bounds how long it waits for a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import ray
+
+from .errors import VgrayError
+
+log = logging.getLogger("vgray")
+
+# Failures of the machinery, not of vgray's code: the work is run again on a fresh actor.
+RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+             ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+             ray.exceptions.NodeDiedError)
+# The same, but only a lost worker or node (its inputs are still there).
+LOST_WORKER = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+               ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
+MAX_ATTEMPTS = 4
+
+GPU_WAIT_KNOWN_S = 600.0    # a node type with a GPU exists: cloud GPU nodes take minutes to boot
+GPU_WAIT_UNKNOWN_S = 120.0  # node types not readable: no way to tell an infeasible request
+
+
+def connect(address: str | None = None) -> None:
+    """Use the Ray already initialised in this process; else attach to `address` (or the
+    RAY_ADDRESS that a Ray job runs with); else start an embedded local Ray, never picking up
+    some other cluster that happens to run on this machine."""
+    if ray.is_initialized():
+        return
+    env = os.environ.get("RAY_ADDRESS", "")
+    address = address or (env if env and not env.startswith(("http://", "https://")) else "local")
+    kwargs = {"include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the cluster has and can grow to
+
+@dataclass(frozen=True)
+class NodeType:
+    """A worker type the autoscaler may launch: its resources (None if the config does not say)
+    and how many more of it may join."""
+
+    name: str
+    resources: dict | None
+    room: int
+
+    def gpus(self) -> float | None:
+        return None if self.resources is None else float(self.resources.get("GPU", 0))
+
+    def cpus(self) -> float | None:
+        return None if self.resources is None else float(self.resources.get("CPU", 0))
+
+    def describe(self) -> str:
+        if self.resources is None:
+            return f"{self.name} (resources not stated)"
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(self.resources.items())
+                          if k in ("CPU", "GPU") or not k.startswith(("memory", "object_store")))
+        return f"{self.name} ({shown or 'no CPU or GPU'})"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the cluster has now and what its autoscaler can add."""
+
+    cpus_now: float
+    gpus_now: float
+    autoscaling: bool               # an autoscaler that can add nodes
+    types: tuple | None             # NodeType of every worker type (None: not readable)
+    head_type: str | None = None
+    source: str | None = None       # where the types were read
+
+    def cpus(self) -> float | None:
+        """CPUs for shard work once grown: those present plus those of the CPU-only types the
+        autoscaler may still add (GPU types count only on a cluster without CPU-only types, so
+        that CPU work never asks for GPU nodes). None where the growth cannot be known."""
+        if not self.autoscaling:
+            return self.cpus_now
+        if self.types is None or any(t.resources is None for t in self.types):
+            return None
+        cpu_only = [t for t in self.types if not t.gpus()]
+        return self.cpus_now + sum(t.room * t.cpus() for t in (cpu_only or self.types))
+
+    def can_get_gpu(self) -> bool | None:
+        """True: a GPU is present or a type with one may be launched; False: neither; None: the
+        node types cannot be read, so only trying tells."""
+        if self.gpus_now > 0:
+            return True
+        if not self.autoscaling:
+            return False
+        if self.types is None:
+            return None
+        if any(t.room > 0 and t.gpus() for t in self.types):
+            return True
+        return None if any(t.resources is None and t.room > 0 for t in self.types) else False
+
+    def to_dict(self) -> dict:
+        return {"autoscaling": self.autoscaling, "cpus_now": self.cpus_now,
+                "gpus_now": self.gpus_now, "autoscaler_config": self.source,
+                "node_types": None if self.types is None else [
+                    {"name": t.name, "resources": t.resources, "room": t.room} for t in self.types]}
+
+    def describe_types(self) -> str:
+        if self.types is None:
+            return "node types unknown"
+        names = ([f"{self.head_type} (head)"] if self.head_type else []) + [
+            t.describe() for t in self.types]
+        return "node types: " + (", ".join(names) if names else "none")
+
+
+def capacity() -> Capacity:
+    """Read what the connected cluster has and, from its autoscaler, what it can add."""
+    have = ray.cluster_resources()
+    status = _autoscaler_status()
+    config, source = _autoscaler_config(status)
+    if config is not None:
+        running = _running_by_type(status)
+        types, head = node_types(config, running)
+        return Capacity(have.get("CPU", 0), have.get("GPU", 0), any(t.room > 0 for t in types),
+                        tuple(types), head, source)
+    # No readable config: an autoscaler is there on KubeRay (v2) or where its monitor reports;
+    # a plain `ray start --head` reports nothing that can add nodes.
+    v2 = _kv("__autoscaler_v2_enabled") in (b"1", b"true")
+    kuberay = "KUBERAY_GEN_RAY_START_CMD" in os.environ
+    return Capacity(have.get("CPU", 0), have.get("GPU", 0), v2 or kuberay, None)
+
+
+def node_types(config: dict, running: dict[str, int]) -> tuple[list[NodeType], str | None]:
+    """Worker types of an autoscaler config with the room each has left: its max_workers less
+    those running, within the cluster's max_workers overall."""
+    available = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    total = config.get("max_workers")
+    workers = {name: t for name, t in available.items() if name != head}
+    left = None if total is None else max(0, int(total) - sum(running.get(n, 0) for n in workers))
+    types = []
+    for name, spec in sorted(workers.items()):
+        limit = spec.get("max_workers", total if total is not None else 0)
+        room = max(0, int(limit) - running.get(name, 0))
+        if left is not None:
+            room = min(room, left)
+        resources = spec.get("resources")
+        types.append(NodeType(name, dict(resources) if resources is not None else None, room))
+    return types, head
+
+
+def _kv(key: str) -> bytes | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        return _internal_kv_get(key)
+    except Exception:  # noqa: BLE001 - no KV, no autoscaler facts
+        return None
+
+
+def _autoscaler_status() -> dict:
+    raw = _kv("__autoscaling_status")
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+
+
+def _running_by_type(status: dict) -> dict[str, int]:
+    """Nodes of each type that are up or being launched."""
+    report = status.get("autoscaler_report") or {}
+    running = dict(report.get("active_nodes") or {})
+    for name, n in (report.get("idle_nodes") or {}).items():
+        running[name] = running.get(name, 0) + n
+    for entry in report.get("pending_nodes") or []:  # [ip, type, status]
+        if len(entry) >= 2:
+            running[entry[1]] = running.get(entry[1], 0) + 1
+    for name, n in (report.get("pending_launches") or {}).items():
+        running[name] = running.get(name, 0) + n
+    return running
+
+
+def _autoscaler_config(status: dict) -> tuple[dict | None, str | None]:
+    """The autoscaler's config: the file its monitor was started with, where the monitor runs on
+    this machine (a monitor without one is a fixed cluster's); else, on the head, the cluster
+    launcher's bootstrap config."""
+    argv = _monitor_argv(status.get("monitor_pid"), _gcs_port())
+    if argv is not None:
+        path = _flag(argv, "--autoscaling-config")
+    else:
+        candidate = os.path.expanduser("~/ray_bootstrap_config.yaml")
+        path = candidate if os.path.exists(candidate) and _on_head() else None
+    if path is None:
+        return None, None
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        log.warning("cannot read the autoscaler's config %s: %s", path, e)
+        return None, None
+    return (config, path) if isinstance(config, dict) else (None, None)
+
+
+def _gcs_port() -> str | None:
+    try:
+        return ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _monitor_argv(pid, gcs_port: str | None) -> list[str] | None:
+    """The command line of the Ray monitor with this pid, if it is this cluster's monitor and
+    runs on this machine (a pid of another machine names some other process here)."""
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except (OSError, ValueError, TypeError):
+        return None
+    if not any(a.endswith("monitor.py") for a in argv):
+        return None
+    gcs = _flag(argv, "--gcs-address")
+    if gcs_port is not None and (gcs is None or gcs.rsplit(":", 1)[-1] != gcs_port):
+        return None
+    return argv
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for k, a in enumerate(argv):
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+        if a == name and k + 1 < len(argv):
+            return argv[k + 1]
+    return None
+
+
+def _on_head() -> bool:
+    try:
+        me = ray.get_runtime_context().get_node_id()
+        return any(n["NodeID"] == me and "node:__internal_head__" in n.get("Resources", {})
+                   for n in ray.nodes() if n.get("Alive"))
+    except Exception:  # noqa: BLE001 - a client without a node of its own
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking the autoscaler, and placing the GPU stages
+
+class Demand:
+    """The capacity this run asks the autoscaler for (`request_resources`): a floor that makes
+    nodes boot before work waits for them. Replaced stage by stage, cleared when the run ends so
+    that every node can go back once idle. Does nothing on a cluster that cannot grow."""
+
+    def __init__(self, cap: Capacity):
+        self.enabled = cap.autoscaling
+        self.asked: list[dict] = []
+        self.history: list[dict] = []  # what was asked, in order, for the manifest
+
+    def ask(self, stage: str, cpus: int = 0, gpu: bool = False) -> None:
+        bundles = [{"CPU": 1}] * int(cpus) + ([{"CPU": 1, "GPU": 1}] if gpu else [])
+        if not self.enabled or bundles == self.asked:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+        self.asked = bundles
+        self.history.append({"stage": stage, "cpus": int(cpus), "gpu": bool(gpu)})
+
+    def clear(self) -> None:
+        if self.enabled and self.asked:
+            from ray.autoscaler.sdk import request_resources
+
+            try:
+                request_resources(bundles=[])
+            except Exception as e:  # noqa: BLE001 - Ray may already be gone (Ctrl-C)
+                log.warning("could not clear the autoscaler request: %s", e)
+            self.asked = []
+            self.history.append({"stage": "end", "cpus": 0, "gpu": False})
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """Whether the GPU stages (k-means, GloVe) ask Ray for a GPU, and how long they wait for one
+    to join before running on CPU (`--device auto`) or failing (`--device cuda`)."""
+
+    request: bool
+    required: bool
+    wait_s: float
+    where: str = ""  # the node types, for messages
+
+
+def plan_gpu(device: str, cap: Capacity, wait_s: float | None = None) -> GpuPlan:
+    """--device cpu: never; cuda: always, failing at once where no GPU can come; auto: whenever
+    the cluster has a GPU or may launch one (and tries, within a bound, where it cannot tell)."""
+    if device == "cpu":
+        return GpuPlan(False, False, 0.0)
+    can = cap.can_get_gpu()
+    where = cap.describe_types()
+    if can is False:
+        if device == "cuda":
+            raise VgrayError("--device cuda, but the Ray cluster has no GPU and cannot launch one"
+                             + (f" ({where})" if cap.types is not None else ""))
+        return GpuPlan(False, False, 0.0, where)
+    if wait_s is None:
+        wait_s = GPU_WAIT_KNOWN_S if can else GPU_WAIT_UNKNOWN_S
+    return GpuPlan(True, device == "cuda", float(wait_s), where)
+
+
+def gpu_problem() -> str | None:
+    """Why torch cannot use the GPU this process was given, or None if it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"torch {torch.__version__} is built without CUDA"
+    try:
+        torch.cuda.init()
+    except Exception as e:  # noqa: BLE001 - its message is the reason
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return "torch sees no CUDA device"
+
+
+def pick_device(device: str) -> tuple[str, str | None]:
+    """(device to compute on, why a GPU this task was given is not used). With --device cuda a
+    GPU that torch cannot use is an error; with auto the task runs on CPU and says why."""
+    if device == "cpu":
+        return "cpu", None
+    given = bool(ray.get_gpu_ids()) if ray.is_initialized() else False
+    problem = gpu_problem()
+    if problem is None:
+        return "cuda", None
+    here = where_facts()
+    node = f"node {here['node'][:12]}" + (f" ({here['node_type']})" if here["node_type"] else "")
+    if given:
+        note = f"the GPU of {node} is not usable by torch: {problem}"
+        if device == "cuda":
+            raise VgrayError(f"--device cuda, but {note}")
+        return "cpu", note
+    if device == "cuda":
+        raise VgrayError(f"--device cuda, but {node} has no GPU for this task ({problem})")
+    return "cpu", None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running work on actors
+
+def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
+    """Run every shard on a pool of n actors; a shard whose actor or node is lost is run again
+    on a fresh actor (its outputs are idempotent), up to MAX_ATTEMPTS times.
+
+    Shards go only to actors that have started: actors that cannot be placed yet (more workers
+    than CPUs, or a cluster waiting for its autoscaler) hold no work hostage, join when they
+    can, and are dropped when everything is done."""
+    starting: dict = {}  # readiness ref -> actor
+
+    def start():
+        actor = make_actor()
+        starting[actor.__ray_ready__.remote()] = actor
+
+    for _ in range(n):
+        start()
+    idle, queue, attempts, inflight, finished, failed_starts = [], list(shards), {}, {}, 0, 0
+    try:
+        while queue or inflight:
+            while idle and queue:
+                actor, k = idle.pop(), queue.pop(0)
+                inflight[submit(actor, k)] = (actor, k)
+            [ref], _ = ray.wait(list(inflight) + list(starting), num_returns=1)
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except RETRIABLE as e:
+                    failed_starts += 1
+                    if failed_starts > MAX_ATTEMPTS:  # e.g. its constructor fails every time
+                        raise VgrayError("shard workers fail to start: " + last_line(e)) from None
+                    log.warning("a shard worker was lost while starting (%s)", type(e).__name__)
+                    start()
+                    continue
+                idle.append(actor)
+                continue
+            actor, k = inflight.pop(ref)
+            try:
+                stats = ray.get(ref)
+            except RETRIABLE as e:
+                attempts[k] = attempts.get(k, 1) + 1
+                if attempts[k] > MAX_ATTEMPTS:
+                    raise VgrayError(f"shard {k} failed {MAX_ATTEMPTS} times; last: "
+                                     f"{type(e).__name__}") from e
+                log.warning("shard %d lost (%s); running it again", k, type(e).__name__)
+                ray.kill(actor)
+                start()
+                queue.append(k)
+                continue
+            idle.append(actor)
+            finished += 1
+            on_done(k, stats, finished)
+    finally:
+        for actor in idle + [a for a, _ in inflight.values()] + list(starting.values()):
+            ray.kill(actor)
+
+
+def last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def on_one_actor(make_actor, plan: GpuPlan, call, what: str, echo, lost: list) -> dict:
+    """call(actor) on a fresh actor from make_actor(num_gpus, avoid), killed when done so that
+    nothing stays on its node. The actor needs a `node()` method. Attempts lost with their node
+    are appended to `lost` as here() records (their time on the node is paid for too).
+
+    With plan.request the actor asks for a GPU and waits plan.wait_s to be placed; then it runs
+    on CPU (--device auto) or fails (cuda). A lost worker or node (a preempted spot GPU) runs it
+    again on a fresh actor, up to MAX_ATTEMPTS times, never on a node already lost: Ray may
+    take seconds to notice a node is gone and would otherwise place the retry there."""
+    gpu, losses, avoid = plan.request, 0, []
+    while True:
+        actor, node = make_actor(1 if gpu else 0, tuple(avoid)), None
+        try:
+            if gpu:
+                ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=plan.wait_s)
+                if not ready:
+                    message = (f"no GPU node joined within {plan.wait_s:.0f} s"
+                               + (f" ({plan.where})" if plan.where else ""))
+                    if plan.required:
+                        raise VgrayError(f"--device cuda, but {message}")
+                    log.warning("%s: %s; running on CPU", what, message)
+                    gpu = False
+                    continue
+            node, placed = ray.get(actor.node.remote()), time.time()
+            return call(actor)
+        except LOST_WORKER as e:
+            losses += 1
+            if node:
+                lost.append({"node": node, **node_facts(node), "span": [placed, time.time()]})
+                if not node_alive(node):
+                    avoid.append(node)
+            if losses >= MAX_ATTEMPTS:
+                raise VgrayError(f"{what} failed {losses} times; last: {type(e).__name__}") from e
+            echo(f"{what}: its worker or node was lost ({type(e).__name__}); running it again")
+        finally:
+            ray.kill(actor)
+
+
+def node_alive(node: str, timeout: float = 10.0) -> bool:
+    """Whether a node still runs work: a no-CPU probe pinned to it answers within `timeout`.
+    (Ray takes seconds to declare a lost node dead, and meanwhile would place work there.)"""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = _probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    ref = probe.remote()
+    ready, _ = ray.wait([ref], timeout=timeout)
+    try:
+        return bool(ready) and ray.get(ref) is True
+    except ray.exceptions.RayError:
+        return False
+    finally:
+        if not ready:
+            ray.cancel(ref, force=True)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _probe() -> bool:
+    return True
+
+
+def avoiding(nodes: tuple) -> dict:
+    """Ray options that keep an actor off these nodes."""
+    return {"label_selector": {"ray.io/node-id": f"!in({', '.join(nodes)})"}} if nodes else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Where work ran
+
+@functools.lru_cache(maxsize=None)
+def _node_facts(node_id: str, own_type: str | None) -> tuple:
+    """(node type, {CPU, GPU}) of a node, from Ray's node table and the autoscaler."""
+    node_type = own_type
+    if not node_type:
+        mapping = (_autoscaler_status().get("autoscaler_report") or {}).get("node_type_mapping")
+        node_type = (mapping or {}).get(node_id)
+    if node_type == f"node_{node_id}":  # the name Ray makes up for a node of no declared type
+        node_type = None
+    resources = {}
+    try:
+        for n in ray.nodes():
+            if n["NodeID"] == node_id:
+                resources = {k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")}
+    except Exception:  # noqa: BLE001 - facts are nice to have
+        pass
+    return node_type, tuple(sorted(resources.items()))
+
+
+def node_facts(node_id: str, own_type: str | None = None) -> dict:
+    """A node's type and resources (own_type: what the node says of itself)."""
+    node_type, resources = _node_facts(node_id, own_type)
+    return {"node_type": node_type, "resources": dict(resources)}
+
+
+def where_facts() -> dict:
+    """This worker's node: its id, type and resources."""
+    node = ray.get_runtime_context().get_node_id()
+    # RAY_NODE_TYPE_NAME is set on the nodes that the autoscaler's launchers start.
+    return {"node": node, **node_facts(node, os.environ.get("RAY_NODE_TYPE_NAME") or None)}
+
+
+def actor_start(submitted: float) -> float:
+    """When this actor began to cost its node: its process's start (on Linux), but not before the
+    driver asked for the actor (Ray may hand it an older, idle process)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(submitted, time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK")))
+    except (OSError, ValueError, IndexError):
+        return submitted
+
+
+def here(since: float) -> dict:
+    """Where and when a piece of work ran (wall-clock span on its node), for the manifest."""
+    return {**where_facts(), "span": [round(since, 3), round(time.time(), 3)]}
+
+
+def node_usage(records: list[tuple[str, dict]]) -> dict:
+    """Per node id: type, resources, seconds with vgray work on it (the union of the spans of
+    the work done there) and how many pieces of each kind of work ran there."""
+    nodes: dict = {}
+    for kind, where in records:
+        node = nodes.setdefault(where["node"], {"node_type": where.get("node_type"),
+                                                "resources": where.get("resources") or {},
+                                                "seconds": 0.0, "work": {}, "_spans": []})
+        node["work"][kind] = node["work"].get(kind, 0) + 1
+        node["_spans"].append(tuple(where["span"]))
+    for node in nodes.values():
+        node["seconds"] = round(union_length(node.pop("_spans")), 3)
+    return dict(sorted(nodes.items()))
+
+
+def union_length(spans: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end] intervals."""
+    total, end = 0.0, -float("inf")
+    for a, b in sorted(spans):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def node_label(node: dict) -> str:
+    """The node's type, or its resources where it has no declared type."""
+    if node.get("node_type"):
+        return node["node_type"]
+    res = node.get("resources") or {}
+    return "(" + (", ".join(f"{k} {v:g}" for k, v in sorted(res.items())) or "no CPU") + ")"
+
+
+def usage_by_type(stages: dict) -> dict:
+    """Node-seconds per node type over every stage: {type: {nodes, node_seconds}}."""
+    out: dict = {}
+    seen: dict = {}
+    for stage in stages.values():
+        for node_id, node in (stage.get("nodes") or {}).items():
+            label = node_label(node)
+            entry = out.setdefault(label, {"nodes": 0, "node_seconds": 0.0})
+            entry["node_seconds"] = round(entry["node_seconds"] + node["seconds"], 3)
+            if node_id not in seen.setdefault(label, set()):
+                seen[label].add(node_id)
+                entry["nodes"] += 1
+    return dict(sorted(out.items()))
+
+
+def usage_line(by_type: dict) -> str:
+    """One line: nodes and node-seconds of vgray work per node type."""
+    return "nodes: " + "; ".join(f"{u['nodes']} × {label}: {u['node_seconds']:.1f} node-s"
+                                 for label, u in by_type.items())
