@@ -32,6 +32,7 @@ LOST_WORKER = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableErro
                ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
 MAX_ATTEMPTS = 4
 
+UNKNOWN_GROWTH_CPUS = 256  # shard actors at most where the autoscaler's node types are unknown
 GPU_WAIT_KNOWN_S = 600.0    # a node type with a GPU exists: cloud GPU nodes take minutes to boot
 GPU_WAIT_UNKNOWN_S = 120.0  # node types not readable: no way to tell an infeasible request
 
@@ -85,14 +86,15 @@ class Capacity:
     head_type: str | None = None
     source: str | None = None       # where the types were read
 
-    def cpus(self) -> float | None:
+    def cpus(self) -> float:
         """CPUs for shard work once grown: those present plus those of the CPU-only types the
         autoscaler may still add (GPU types count only on a cluster without CPU-only types, so
-        that CPU work never asks for GPU nodes). None where the growth cannot be known."""
+        that CPU work never asks for GPU nodes); UNKNOWN_GROWTH_CPUS where the growth cannot be
+        known."""
         if not self.autoscaling:
             return self.cpus_now
         if self.types is None or any(t.resources is None for t in self.types):
-            return None
+            return max(self.cpus_now, UNKNOWN_GROWTH_CPUS)
         cpu_only = [t for t in self.types if not t.gpus()]
         return self.cpus_now + sum(t.room * t.cpus() for t in (cpu_only or self.types))
 
@@ -133,8 +135,8 @@ def capacity() -> Capacity:
         types, head = node_types(config, running)
         return Capacity(have.get("CPU", 0), have.get("GPU", 0), any(t.room > 0 for t in types),
                         tuple(types), head, source)
-    # No readable config: an autoscaler is there on KubeRay (v2) or where its monitor reports;
-    # a plain `ray start --head` reports nothing that can add nodes.
+    # No readable config. KubeRay (autoscaler v2, in a container of its own) can still add
+    # nodes; otherwise (the embedded local Ray, a plain `ray start --head`) the cluster is fixed.
     v2 = _kv("__autoscaler_v2_enabled") in (b"1", b"true")
     kuberay = "KUBERAY_GEN_RAY_START_CMD" in os.environ
     return Capacity(have.get("CPU", 0), have.get("GPU", 0), v2 or kuberay, None)

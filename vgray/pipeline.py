@@ -483,9 +483,7 @@ class Job:
     def workers(self, stage: str, requested: int | None, units: int) -> int:
         """Workers for `units` shards: --workers, else as many as the work needs up to the CPUs
         the cluster has or its autoscaler can add; the autoscaler is asked for them."""
-        cpus = self.capacity.cpus()
-        n = requested or max(1, int(cpus) if cpus is not None else units)
-        n = max(1, min(n, units))
+        n = max(1, min(requested or int(self.capacity.cpus()), units))
         self.demand.ask(stage, cpus=n, gpu=self.hold_gpu)
         return n
 
