@@ -176,6 +176,8 @@ class TestCpuAndGpuTypes:
         assert len(lines) == 1 and "Traceback" not in done.stderr
         assert "--device cuda, but the GPU of node" in lines[0]
         assert "(gpu_worker) is not usable by torch" in lines[0]
+        # The failed run's request to the autoscaler is cleared too: every node goes back.
+        assert cluster["watch"].wait_for(only_head, 120), cluster["watch"].snapshots()[-1]
 
     def test_gpu_node_lost_during_glove(self, cluster, corpus, local_run, tmp_path):
         """A preempted GPU node: GloVe runs again on another node, a GPU node the autoscaler
