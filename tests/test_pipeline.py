@@ -239,9 +239,11 @@ def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, interrupted_
 
     args, env, clean = interrupted_corpus
     out = str(tmp_path / "run")
+    # SIGINT as a terminal has it, even where this test runs in the background (which ignores it).
     proc = subprocess.Popen(args + ["--out", out], env={**env, "VGRAY_PROGRESS_EVERY": "0"},
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
