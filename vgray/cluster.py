@@ -343,8 +343,8 @@ def pick_device(device: str) -> tuple[str, str | None]:
     problem = gpu_problem()
     if problem is None:
         return "cuda", None
-    here = where_facts()
-    node = f"node {here['node'][:12]}" + (f" ({here['node_type']})" if here["node_type"] else "")
+    facts = where_facts()
+    node = f"node {facts['node'][:12]}" + (f" ({facts['node_type']})" if facts["node_type"] else "")
     if given:
         note = f"the GPU of {node} is not usable by torch: {problem}"
         if device == "cuda":
