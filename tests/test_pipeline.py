@@ -118,14 +118,39 @@ def test_quality_on_planted_corpus(trained, corpus):
     assert q["neighbour_topic_agreement"] >= 0.9
 
 
-def test_rerun_does_no_work(trained, corpus):
+def test_rerun_does_no_work(trained, corpus, monkeypatch):
+    """A complete RUN is recognised from its manifest, markers and outputs: no Ray work, and not
+    one file of RUN written again (sync tools copy whatever was rewritten)."""
+    import vgray.pipeline
+
     run, _ = trained
-    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "*", "*"))}
-    cli("train", corpus["features"], "--out", run, "--train-ids", corpus["train_ids"], *ARGS)
-    manifest = json.load(open(os.path.join(run, "manifest.json")))
-    assert manifest["last_invocation"]["work"] == {
-        "vocab": 0, "assign_shards": 0, "reduce_parts": 0, "glove": 0, "embed_shards": 0}
-    assert {p: os.stat(p).st_mtime_ns for p in files} == files
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "**"), recursive=True)}
+    assert os.path.join(run, "manifest.json") in files and os.path.join(run, "skipped.jsonl") in files
+    monkeypatch.setattr(vgray.pipeline, "connect", lambda *a: pytest.fail("Ray was used"))
+    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",
+                                      corpus["train_ids"], *ARGS[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "is complete: nothing to do" in result.output
+    assert result.stdout.strip().splitlines()[-1].startswith("embedded 60 videos")
+    assert {p: os.stat(p).st_mtime_ns
+            for p in glob.glob(os.path.join(run, "**"), recursive=True)} == files
+    # The library call says the same, with no work done.
+    summary = vgray.pipeline.train(corpus["features"], run, vgray.pipeline.TrainConfig(
+        vocab_size=12, dim=8, epochs=200, shard_clips=200), corpus["train_ids"])
+    assert set(summary.work.values()) == {0} and summary.videos == 60
+
+
+def test_resumed_run_leaves_an_unchanged_skip_list_alone(trained, corpus, tmp_path):
+    """A re-run that has work to do rewrites skipped.jsonl only if its content changes."""
+    run, _ = trained
+    copy = str(tmp_path / "resumed")
+    shutil.copytree(run, copy)
+    os.remove(os.path.join(copy, ".work", "embed", "00000.json"))
+    before = os.stat(os.path.join(copy, "skipped.jsonl")).st_mtime_ns
+    cli("train", corpus["features"], "--out", copy, "--train-ids", corpus["train_ids"], *ARGS)
+    work = json.load(open(os.path.join(copy, "manifest.json")))["last_invocation"]["work"]
+    assert work["embed_shards"] == 1
+    assert os.stat(os.path.join(copy, "skipped.jsonl")).st_mtime_ns == before
 
 
 def test_changed_setting_is_refused(trained, corpus):

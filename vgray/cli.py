@@ -131,8 +131,6 @@ def train(
     no_wait: NoWait = False,
 ):
     """Learn a visual vocabulary and Visual GloVe vectors, and embed every clip of FEATURES."""
-    from . import pipeline
-
     settings = dict(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max, alpha=alpha,
                     epochs=epochs, learning_rate=learning_rate, streams=streams, seed=seed,
                     workers=workers, device=device, gpu_wait=gpu_wait, strict=strict,
@@ -147,7 +145,14 @@ def train(
     paths = {1, 3, 5} if train_ids else {1, 3}
 
     def local():
-        summary = pipeline.train(features, out, config, train_ids, echo=_echo(quiet))
+        from .resume import complete_train
+
+        # A complete RUN is told from its manifest before torch or Ray is loaded.
+        summary = complete_train(features, out, config, train_ids, _echo(quiet))
+        if summary is None:
+            from . import pipeline
+
+            summary = pipeline.train(features, out, config, train_ids, echo=_echo(quiet))
         if with_report:
             from .report import report as write_report
 

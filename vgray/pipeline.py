@@ -17,7 +17,6 @@ import os
 import platform
 import time
 import zlib
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +35,7 @@ from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, TOKENS_SCHEMA, WORK, RunDir,
                     load_npy, parquet_rows, read_table, read_tokens, save_npy, shard_name,
                     tokens_table, write_table, write_text)
 from .model import load_run
+from .resume import Summary, complete_train, fingerprint, make_shards, train_settings
 from .live import Reporter, get_with_progress, start_board
 from .progress import Progress
 from .vocab import Codebook, KMeans
@@ -45,24 +45,6 @@ log = logging.getLogger("vgray")
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers (no Ray)
-
-def make_shards(videos: list[Video], shard_clips: int) -> list[list[Video]]:
-    """Cut the sorted videos into contiguous shards of about `shard_clips` clips.
-
-    Shards depend on the corpus and shard_clips only, never on the number of workers, so
-    results and completion markers are the same however many workers run them.
-    """
-    shards, current, clips = [], [], 0
-    for v in videos:
-        if current and clips + v.frames > shard_clips:
-            shards.append(current)
-            current, clips = [], 0
-        current.append(v)
-        clips += v.frames
-    if current:
-        shards.append(current)
-    return shards
-
 
 def sample_mask(video_id: str, frames: int, probability: float, seed: int) -> np.ndarray:
     """Which clips of a video go into the k-means sample: a per-video seeded draw, so the sample
@@ -361,42 +343,6 @@ def _versions() -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
 
 
-def _digest(ids: list[str] | None) -> str | None:
-    """A short fingerprint of a list of training ids (the list itself may be long)."""
-    if ids is None:
-        return None
-    import hashlib
-
-    return f"{len(set(ids))} ids, sha256 " + hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()[:16]
-
-
-def _fingerprint(corpus: Corpus) -> str:
-    h = zlib.crc32(corpus.layout.encode())
-    for v in corpus.videos:
-        h = zlib.crc32(f"{v.video_id}|{v.frames}|{v.rgb_dim}|{v.flow_dim}".encode(), h)
-    for s in corpus.skips:
-        h = zlib.crc32(f"{s.video_id}|{s.reason}".encode(), h)
-    return f"{h:08x}"
-
-
-@dataclass
-class Summary:
-    """What a command did: counts for its one-line summary, and where its outputs are."""
-
-    out: str
-    videos: int
-    clips: int
-    skipped: int
-    seconds: float
-    work: dict = field(default_factory=dict)  # units of work computed by this invocation
-    figures: dict = field(default_factory=dict)
-
-    def line(self, what: str = "embedded") -> str:
-        return (f"{what} {self.videos} videos ({self.clips} clips), skipped {self.skipped} "
-                f"(see {fs.join(self.out, 'skipped.jsonl')}), manifest "
-                f"{fs.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
-
-
 class Job:
     """One invocation over one output directory: scans, shards, runs stages, keeps the manifest."""
 
@@ -522,9 +468,9 @@ class Job:
         if not corpus.videos:
             raise VgrayError(f"no usable videos in {features}"
                              + (f" (first problem: {corpus.skips[0].reason})" if corpus.skips else ""))
-        fingerprint = _fingerprint(corpus)
+        made_from = fingerprint(corpus)
         before = self.manifest.get("corpus", {}).get("fingerprint")
-        if before is not None and before != fingerprint:
+        if before is not None and before != made_from:
             raise VgrayError(f"FEATURES {features} changed since {self.run.root} was started; "
                              "use another --out (or delete it to start over)")
         self.manifest["corpus"] = {
@@ -532,7 +478,7 @@ class Job:
             "clips": int(sum(v.frames for v in corpus.videos)),
             "train_videos": len(corpus.train_videos), "rgb_dim": corpus.rgb_dim,
             "flow_dim": corpus.flow_dim, "skipped_at_scan": len(corpus.skips),
-            "missing_train_ids": len(corpus.missing_train_ids), "fingerprint": fingerprint}
+            "missing_train_ids": len(corpus.missing_train_ids), "fingerprint": made_from}
         self.finish_stage("scan", time.perf_counter() - t, videos=len(corpus.videos),
                           skipped=len(corpus.skips))
         self.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
@@ -619,7 +565,10 @@ class Job:
         skips.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
                      for vid in self.corpus.missing_train_ids)
         skips.sort(key=lambda s: (s["video_id"], s["path"] or ""))
-        write_text(self.run.path("skipped.jsonl"), "".join(json.dumps(s) + "\n" for s in skips))
+        text = "".join(json.dumps(s) + "\n" for s in skips)
+        path = self.run.path("skipped.jsonl")
+        if not fs.exists(path) or fs.read_bytes(path) != text.encode("utf-8"):
+            write_text(path, text)  # unchanged, it is left alone (sync tools copy what changes)
         stage = self.manifest["stages"]["embed" if embedded else "assign"]
         seconds = time.perf_counter() - self.t0
         self.manifest["status"] = "complete"
@@ -640,6 +589,9 @@ class Job:
 def train(features: str, out: str, config: TrainConfig, train_ids: str | None = None,
           echo=None) -> Summary:
     """Every stage of `vgray train`: scan, vocab, assign + partial counts, reduce, GloVe, embed."""
+    done = complete_train(features, out, config, train_ids, echo)
+    if done is not None:  # nothing to do: no Ray, no file written
+        return done
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     connect()
@@ -649,8 +601,7 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
 
 def _train(job: "Job", features: str, config: TrainConfig, train_ids: str | None,
            ids: list[str] | None) -> Summary:
-    settings = {k: getattr(config, k) for k in TrainConfig.RESULT_KEYS}
-    settings.update(features=features, train_ids=_digest(ids))
+    settings = train_settings(config, features, ids)
     job.open({"command": "train", "features": features,
               "train_ids_file": fs.normalize(train_ids) if train_ids else None,
               "config": config.to_dict()}, settings)
