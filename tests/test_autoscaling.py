@@ -136,10 +136,11 @@ class TestCpuAndGpuTypes:
         # Shard work followed the shards up to what the cluster can grow to: 4 CPUs of the CPU
         # type (the GPU type's CPU is kept for GPU work), and a GPU while k-means and GloVe are
         # still to come; all cleared at the end.
-        assert m["cluster"]["asked"][0] == {"stage": "vocab", "cpus": 4, "gpu": True}
-        assert {"stage": "glove", "cpus": 0, "gpu": True} in m["cluster"]["asked"]
-        assert {"stage": "embed", "cpus": 4, "gpu": False} in m["cluster"]["asked"]
-        assert m["cluster"]["asked"][-1] == {"stage": "end", "cpus": 0, "gpu": False}
+        # The shard workers and the GPU are asked for from the sampling to GloVe (the workers are
+        # kept to the end), the GPU no more for the embedding, nothing at the end.
+        assert m["cluster"]["asked"] == [{"stage": "vocab", "cpus": 4, "gpu": True},
+                                         {"stage": "embed", "cpus": 4, "gpu": False},
+                                         {"stage": "end", "cpus": 0, "gpu": False}]
 
         cpu_nodes = {node for stage, work in (("vocab", "sample"), ("assign", "assign"),
                                               ("embed", "embed"))
@@ -190,7 +191,7 @@ class TestCpuAndGpuTypes:
                                      "--address", cluster["address"]],
                                     stdout=subprocess.DEVNULL, stderr=err, env=cluster["env"])
             try:
-                worker = wait_for_process("ray::Trainer.glove", proc, 300)
+                worker = wait_for_process("ray::ShardWorker.glove", proc, 300)
                 killed = kill_node_of(worker)  # in the middle of its epochs
                 proc.wait(timeout=400)
             finally:

@@ -175,3 +175,58 @@ def test_pick_device_on_a_machine_without_cuda(ray_session):
     assert ray.get(ray.remote(lambda: pick_device("cpu")).remote()) == ("cpu", None)
     with pytest.raises(Exception, match="--device cuda, but node .* has no GPU for this task"):
         ray.get(ray.remote(lambda: pick_device("cuda")).remote())
+
+
+@ray.remote(num_cpus=0)
+class Hand:
+    """A worker that says who did each unit; a dying one exits on its first."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+
+    def work(self, k):
+        if self.name == "dying":
+            os._exit(1)
+        return self.name
+
+
+def test_the_pool_keeps_its_workers_across_stages_and_lends_extra_ones(ray_session):
+    from vgray.cluster import Pool
+
+    made = []
+
+    def make():
+        made.append(Hand.remote(f"pool{len(made)}"))
+        return made[-1]
+
+    pool = Pool(make)
+    try:
+        gpu, done = Hand.remote("gpu"), {}
+
+        def record(k, who, finished):
+            done[k] = who
+
+        back = pool.run(2, list(range(30)), lambda a, k: a.work.remote(k), record, extra=[gpu])
+        assert sorted(done) == list(range(30)) and "gpu" in done.values()
+        assert back == [gpu] and len(pool) == 2 and len(made) == 2
+        # A later stage runs on the same actors: none is started again.
+        done.clear()
+        pool.run(1, [0, 1, 2], lambda a, k: a.work.remote(k), record)
+        assert sorted(done) == [0, 1, 2] and set(done.values()) <= {"pool0", "pool1"}
+        assert len(made) == 2
+        # A lent actor that is lost is not handed back; its unit is done by the pool's.
+        done.clear()
+        back = pool.run(2, [0, 1], lambda a, k: a.work.remote(k), record,
+                        extra=[Hand.remote("dying")])
+        assert back == [] and sorted(done) == [0, 1] and set(done.values()) <= {"pool0", "pool1"}
+        # take/give: the first worker, for a call of its own.
+        first = pool.take()
+        assert ray.get(first.work.remote(0)) == "pool0" and len(pool.ready) == 1
+        pool.give(first)
+        assert len(pool) == 2
+    finally:
+        pool.close()
+    assert pool.ready == [] and pool.starting == {}

@@ -36,22 +36,16 @@ def test_node_types(config):
 
 def stage_requests():
     """What each Ray piece of the pipeline asks for, read from the pieces themselves."""
-    def opts(remote):
-        return getattr(remote, "_default_options", None) or remote.__ray_metadata__.__dict__
-
-    requests = {}
-    for name in ("ShardWorker", "Trainer", "reduce_partition", "embed_shard"):
-        remote = getattr(pipeline, name)
-        o = opts(remote)
-        requests[name] = {"CPU": o.get("num_cpus", 1) or 0, "GPU": o.get("num_gpus", 0) or 0}
-    # k-means and GloVe (the Trainer) run with num_gpus=1 when the cluster can provide a GPU.
-    requests["Trainer (GPU)"] = {**requests["Trainer"], "GPU": 1}
-    return requests
+    o = pipeline.ShardWorker._default_options
+    cpu = {"CPU": o.get("num_cpus", 1) or 0, "GPU": o.get("num_gpus", 0) or 0}
+    # k-means and GloVe run on the GPU worker when the cluster can provide a GPU.
+    gpu = {"CPU": pipeline.GPU_WORKER["num_cpus"], "GPU": pipeline.GPU_WORKER["num_gpus"]}
+    return {"ShardWorker": cpu, "ShardWorker (GPU worker)": gpu}
 
 
 @pytest.mark.parametrize("stage,request_", sorted(stage_requests().items()))
 def test_every_stage_fits_some_node_type(config, stage, request_):
-    assert request_["CPU"] >= 1  # sanity: the options were read
+    assert request_["CPU"] + request_["GPU"] >= 1  # sanity: the options were read
     fits = [name for name, t in config["available_node_types"].items()
             if all(t["resources"].get(r, 0) >= n for r, n in request_.items())]
     assert fits, f"{stage} asks for {request_}, which no node type has"

@@ -338,6 +338,39 @@ def test_one_worker_and_two_workers_identical(trained, corpus, tmp_path):
     assert_same_results(run, many)
 
 
+def test_a_worker_on_the_gpu_path_writes_the_same_shard(trained, corpus, tmp_path):
+    """What a GPU worker writes for a shard (its products in torch, run here on CPU tensors)
+    equals a CPU worker's: tokens and partial counts."""
+    import ray
+
+    from vgray.corpus import scan
+    from vgray.pipeline import ShardWorker, make_shards
+
+    run, _ = trained
+    videos = scan(corpus["features"], "rgb").videos
+    shard = make_shards(videos, 200)[0]
+    counts = {"vocab_size": 12, "window": 5, "reducers": 2}
+    written = {}
+    for backend in ("auto", "torch"):
+        out = str(tmp_path / backend)
+        worker = ShardWorker.remote("rgb", 64, "cpu", None, None, backend)
+        try:
+            stats = ray.get(worker.assign.remote(
+                out, 0, shard, [True] * len(shard), os.path.join(out, "tokens.parquet"), counts,
+                None, os.path.join(run, "vocab", "centroids.npy")))
+        finally:
+            ray.kill(worker)
+        assert stats["videos"] == len(shard) and stats["device"] == "cpu"
+        written[backend] = (read_tokens([os.path.join(out, "tokens.parquet")]),
+                            [pq.read_table(p) for p in sorted(glob.glob(
+                                os.path.join(out, ".work", "cooccur", "*.parquet")))])
+    (a, pa_), (b, pb) = written["auto"], written["torch"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert len(pa_) == 2 and all(x.equals(y) for x, y in zip(pa_, pb))
+    whole = tokens_of(run)  # and both equal the trained RUN's tokens
+    assert all(np.array_equal(a[k], whole[k]) for k in a)
+
+
 def test_assign_and_embed_commands(trained, corpus, tmp_path):
     run, _ = trained
     out = tmp_path / "assigned"

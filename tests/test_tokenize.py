@@ -33,3 +33,21 @@ def test_tokens_match_brute_force_in_order(tmp_path, batch_clips):
         x = features[v.video_id]
         want = ((x[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(-1).argmin(1)
         assert tokens.dtype == np.int32 and np.array_equal(tokens, want)
+
+
+def test_the_gpu_path_gives_the_cpu_path_tokens(tmp_path):
+    """The nearest-word products a GPU worker takes (torch, float32; TF32 off on CUDA), run here
+    on CPU tensors, give exactly the tokens of the CPU path (numpy's BLAS)."""
+    rng = np.random.default_rng(7)
+    centroids = (rng.random((64, 48)) * 4).astype(np.float32)
+    for n in range(12):  # clips near the words, as real features are
+        words = rng.integers(0, 64, size=int(rng.integers(5, 90)))
+        x = centroids[words] + rng.normal(scale=0.7, size=(len(words), 48)).astype(np.float32)
+        save_npy(os.path.join(tmp_path, f"v{n:02d}_rgb.npy"), x.astype(np.float32))
+    videos = scan(str(tmp_path)).videos
+    cpu = dict(tokenize(videos, Codebook(centroids), "rgb", 100, "cpu"))
+    book = Codebook(centroids, use_numpy=False)
+    assert not book.numpy
+    gpu_path = dict(tokenize(videos, book, "rgb", 100, "cpu"))
+    assert cpu.keys() == gpu_path.keys()
+    assert all(np.array_equal(cpu[v], gpu_path[v]) for v in cpu)

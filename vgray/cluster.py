@@ -10,6 +10,7 @@ container) vgray still asks, and bounds how long it waits for a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -358,60 +359,131 @@ def pick_device(device: str) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------------------------
 # Running work on actors
 
-def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
-    """Run every shard on a pool of n actors; a shard whose actor or node is lost is run again
-    on a fresh actor (its outputs are idempotent), up to MAX_ATTEMPTS times.
+class Pool:
+    """A run's long-lived shard actors: started once and used by every stage, so each pays its
+    process start, torch import and warm-up once per run rather than once per stage; grown when
+    a stage needs more, replaced when lost, killed when the run ends (`close`).
 
-    Shards go only to actors that have started: actors that cannot be placed yet (more workers
-    than CPUs, or a cluster waiting for its autoscaler) hold no work hostage, join when they
-    can, and are dropped when everything is done."""
-    starting: dict = {}  # readiness ref -> actor
+    Work goes only to actors that have started: actors that cannot be placed yet (more workers
+    than CPUs, or a cluster waiting for its autoscaler) hold no work hostage and join when they
+    can. A shard whose actor or node is lost is run again on another actor (its outputs are
+    idempotent), up to MAX_ATTEMPTS times."""
 
-    def start():
-        actor = make_actor()
-        starting[actor.__ray_ready__.remote()] = actor
+    def __init__(self, make_actor):
+        self.make = make_actor
+        self.starting: dict = {}  # readiness ref -> actor
+        self.ready: list = []     # started and free
+        self.failed_starts = 0
 
-    for _ in range(n):
-        start()
-    idle, queue, attempts, inflight, finished, failed_starts = [], list(shards), {}, {}, 0, 0
-    try:
-        while queue or inflight:
-            while idle and queue:
-                actor, k = idle.pop(), queue.pop(0)
-                inflight[submit(actor, k)] = (actor, k)
-            [ref], _ = ray.wait(list(inflight) + list(starting), num_returns=1)
-            if ref in starting:
-                actor = starting.pop(ref)
-                try:
-                    ray.get(ref)
-                except RETRIABLE as e:
-                    failed_starts += 1
-                    if failed_starts > MAX_ATTEMPTS:  # e.g. its constructor fails every time
-                        raise VgrayError("shard workers fail to start: " + last_line(e)) from None
-                    log.warning("a shard worker was lost while starting (%s)", type(e).__name__)
-                    start()
-                    continue
-                idle.append(actor)
-                continue
-            actor, k = inflight.pop(ref)
+    def __len__(self) -> int:
+        return len(self.starting) + len(self.ready)
+
+    def grow(self, n: int) -> None:
+        while len(self) < n:
+            self._start()
+
+    def _start(self) -> None:
+        actor = self.make()
+        self.starting[actor.__ray_ready__.remote()] = actor
+
+    def _started(self, ref) -> None:
+        actor = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RETRIABLE as e:
+            self.failed_starts += 1
+            if self.failed_starts > MAX_ATTEMPTS:  # e.g. its constructor fails every time
+                raise VgrayError("shard workers fail to start: " + last_line(e)) from None
+            log.warning("a shard worker was lost while starting (%s)", type(e).__name__)
+            self._start()
+            return
+        self.ready.append(actor)
+
+    def take(self, avoid: tuple = (), answer_s: float = 30.0):
+        """A started actor for a call of its own (k-means, GloVe on CPU), off the `avoid` nodes;
+        `give` it back, or `discard` it if it was lost. The first actor is taken first, so that
+        the GPU stages run in the same, warmed-up process. An actor that does not answer within
+        `answer_s` (lost with its node) is discarded."""
+        self.grow(1)
+        while True:
+            while not self.ready:
+                [ref], _ = ray.wait(list(self.starting), num_returns=1)
+                self._started(ref)
+            actor = self.ready.pop(0)
             try:
-                stats = ray.get(ref)
-            except RETRIABLE as e:
-                attempts[k] = attempts.get(k, 1) + 1
-                if attempts[k] > MAX_ATTEMPTS:
-                    raise VgrayError(f"shard {k} failed {MAX_ATTEMPTS} times; last: "
-                                     f"{type(e).__name__}") from e
-                log.warning("shard %d lost (%s); running it again", k, type(e).__name__)
-                ray.kill(actor)
-                start()
-                queue.append(k)
+                node = ray.get(actor.node.remote(), timeout=answer_s)
+            except RETRIABLE + (ray.exceptions.GetTimeoutError,):
+                self.discard(actor)
                 continue
-            idle.append(actor)
-            finished += 1
-            on_done(k, stats, finished)
-    finally:
-        for actor in idle + [a for a, _ in inflight.values()] + list(starting.values()):
+            if node not in avoid:
+                return actor
+            self.discard(actor)  # on a node found lost: it cannot be of use
+
+    def give(self, actor) -> None:
+        self.ready.insert(0, actor)
+
+    def discard(self, actor) -> None:
+        """A lost actor: killed, and another one started in its place."""
+        with contextlib.suppress(Exception):
             ray.kill(actor)
+        self._start()
+
+    def run(self, n: int, shards: list[int], submit, on_done, extra: list | tuple = ()) -> list:
+        """Every shard on up to n actors of the pool, plus `extra` actors lent for this stage
+        (the GPU worker, served first); returns the extra actors that were not lost."""
+        self.grow(n)
+        spare = list(extra)
+        lent = {id(a) for a in spare}
+        queue, attempts, inflight, finished = list(shards), {}, {}, 0
+        try:
+            while queue or inflight:
+                while queue and (spare or self.ready):
+                    actor = spare.pop() if spare else self.ready.pop()
+                    k = queue.pop(0)
+                    inflight[submit(actor, k)] = (actor, k)
+                [ref], _ = ray.wait(list(inflight) + list(self.starting), num_returns=1)
+                if ref in self.starting:
+                    self._started(ref)
+                    continue
+                actor, k = inflight.pop(ref)
+                try:
+                    stats = ray.get(ref)
+                except RETRIABLE as e:
+                    attempts[k] = attempts.get(k, 1) + 1
+                    if attempts[k] > MAX_ATTEMPTS:
+                        raise VgrayError(f"shard {k} failed {MAX_ATTEMPTS} times; last: "
+                                         f"{type(e).__name__}") from e
+                    log.warning("shard %d lost (%s); running it again", k, type(e).__name__)
+                    if id(actor) in lent:
+                        lent.discard(id(actor))
+                        with contextlib.suppress(Exception):
+                            ray.kill(actor)
+                    else:
+                        self.discard(actor)
+                    queue.append(k)
+                    continue
+                (spare if id(actor) in lent else self.ready).append(actor)
+                finished += 1
+                on_done(k, stats, finished)
+        finally:  # after a failure, actors still busy finish their call before the next one
+            for actor, _ in inflight.values():
+                (spare if id(actor) in lent else self.ready).append(actor)
+        return spare
+
+    def close(self) -> None:
+        for actor in self.ready + list(self.starting.values()):
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        self.ready, self.starting = [], {}
+
+
+def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
+    """Every shard on a pool of n fresh actors, killed once it is done (see Pool)."""
+    pool = Pool(make_actor)
+    try:
+        pool.run(n, shards, submit, on_done)
+    finally:
+        pool.close()
 
 
 def last_line(error: BaseException) -> str:
@@ -419,18 +491,25 @@ def last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def on_one_actor(make_actor, plan: GpuPlan, call, what: str, echo, lost: list) -> dict:
-    """call(actor) on a fresh actor from make_actor(num_gpus, avoid), killed when done so that
-    nothing stays on its node. The actor needs a `node()` method. Attempts lost with their node
-    are appended to `lost` as here() records (their time on the node is paid for too).
+def on_one_actor(make_actor, plan: GpuPlan, call, what: str, echo, lost: list,
+                 keep=None) -> dict:
+    """call(actor) on the actor that make_actor(gpu, avoid) gives for each attempt: by default
+    a fresh one, killed when done so that nothing stays on its node; keep(actor, ok), if given,
+    decides instead what becomes of it (a long-lived worker is kept). The actor needs a `node()`
+    method. Attempts lost with their node are appended to `lost` as here() records (their time
+    on the node is paid for too).
 
     With plan.request the actor asks for a GPU and waits plan.wait_s to be placed; then it runs
     on CPU (--device auto) or fails (cuda). A lost worker or node (a preempted spot GPU) runs it
-    again on a fresh actor, up to MAX_ATTEMPTS times, never on a node already lost: Ray may
+    again on another actor, up to MAX_ATTEMPTS times, never on a node already lost: Ray may
     take seconds to notice a node is gone and would otherwise place the retry there."""
+    def kill(actor, ok):
+        ray.kill(actor)
+
+    keep = keep or kill
     gpu, losses, avoid = plan.request, 0, []
     while True:
-        actor, node = make_actor(1 if gpu else 0, tuple(avoid)), None
+        actor, node, ok = make_actor(1 if gpu else 0, tuple(avoid)), None, False
         try:
             if gpu:
                 ready, _ = ray.wait([actor.__ray_ready__.remote()], timeout=plan.wait_s)
@@ -443,7 +522,9 @@ def on_one_actor(make_actor, plan: GpuPlan, call, what: str, echo, lost: list) -
                     gpu = False
                     continue
             node, placed = ray.get(actor.node.remote()), time.time()
-            return call(actor)
+            result = call(actor)
+            ok = True
+            return result
         except LOST_WORKER as e:
             losses += 1
             if node:
@@ -454,7 +535,7 @@ def on_one_actor(make_actor, plan: GpuPlan, call, what: str, echo, lost: list) -
                 raise VgrayError(f"{what} failed {losses} times; last: {type(e).__name__}") from e
             echo(f"{what}: its worker or node was lost ({type(e).__name__}); running it again")
         finally:
-            ray.kill(actor)
+            keep(actor, ok)
 
 
 def node_alive(node: str, timeout: float = 10.0) -> bool:

@@ -7,10 +7,13 @@ product for vocabularies up to a few thousand words, over the non-zeros in chunk
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 DENSE_MAX_WORDS = 4096
+SYNC_SECONDS = 0.25  # on a GPU, how often the host reads the epochs' J
 _SPARSE_CHUNK = 1 << 18
 
 
@@ -65,12 +68,25 @@ class GloVe:
         params = optimizer.param_groups[0]["params"]
         step = (self._dense_step if k <= DENSE_MAX_WORDS else self._sparse_step)(i, j, x, k, dev)
         self.loss_ = []
+        # J stays on the device; the host reads it every epoch on CPU, where that is free, and
+        # every SYNC_SECONDS on a GPU, which then runs epoch after epoch without waiting for
+        # the host. loss_ and on_epoch see every epoch's exact J either way.
+        pending, synced = [], time.monotonic()
+
+        def sync():
+            values = torch.stack(pending).tolist()
+            for value in values:
+                if on_epoch is not None:
+                    on_epoch(len(self.loss_), value)
+                self.loss_.append(value)
+            pending.clear()
+
         for epoch in range(self.epochs + 1):
             with torch.no_grad():
-                value = step([p.data for p in params], grads)
-            self.loss_.append(value)
-            if on_epoch is not None:
-                on_epoch(epoch, value)
+                pending.append(step([p.data for p in params], grads))
+            if dev.type == "cpu" or epoch == self.epochs or time.monotonic() - synced >= SYNC_SECONDS:
+                sync()
+                synced = time.monotonic()
             if epoch == self.epochs:
                 break
             for p, g in zip(params, grads):
@@ -98,7 +114,7 @@ class GloVe:
             torch.mm(w, wc.T, out=pred)
             pred.add_(b.unsqueeze(1)).add_(bc.unsqueeze(0)).sub_(log_x)  # the error
             torch.mul(f, pred, out=fe)  # zero where X is zero, since f is
-            value = float(torch.mul(fe, pred, out=pred).sum(dtype=torch.float64)) / n  # J
+            value = torch.mul(fe, pred, out=pred).sum(dtype=torch.float64) / n  # J, on the device
             g = fe.mul_(2.0 / n)
             torch.mm(g, wc, out=grads[0])
             torch.mm(g.T, w, out=grads[1])
@@ -119,13 +135,13 @@ class GloVe:
             w, wc, b, bc = params
             for g in grads:
                 g.zero_()
-            total = 0.0
+            total = torch.zeros((), dtype=torch.float64, device=dev)
             for s in range(0, n, _SPARSE_CHUNK):
                 ci, cj = ii[s:s + _SPARSE_CHUNK], jj[s:s + _SPARSE_CHUNK]
                 wi, wj = w[ci], wc[cj]
                 err = (wi * wj).sum(1) + b[ci] + bc[cj] - log_x[s:s + _SPARSE_CHUNK]
                 fe = f[s:s + _SPARSE_CHUNK] * err
-                total += float((fe.double() * err.double()).sum())
+                total += (fe.double() * err.double()).sum()
                 g = fe.mul_(2.0 / n)
                 grads[0].index_add_(0, ci, g.unsqueeze(1) * wj)
                 grads[1].index_add_(0, cj, g.unsqueeze(1) * wi)

@@ -1,5 +1,6 @@
-"""The stages of a run on Ray: shard actors, reducers, the k-means and GloVe actor and the
-embedding fan-out, and the run's bookkeeping.
+"""The stages of a run on Ray: the shard workers (sampling, assignment, reduce, embedding,
+kept from the first stage to the end), k-means and GloVe on one of them or on the GPU worker,
+and the run's bookkeeping.
 
 What the cluster can provide, asking its autoscaler, placing the GPU stages and the retrying
 actor pool live in cluster.py. The driver holds video metadata and small results (centroids,
@@ -17,6 +18,7 @@ import os
 import platform
 import time
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,9 +26,9 @@ import pyarrow.parquet as pq
 import ray
 
 from . import __version__, cooccur, fs
-from .cluster import (MAX_ATTEMPTS, RETRIABLE, Capacity, Demand, GpuPlan, actor_start, avoiding,
-                      capacity, connect, here, node_usage, on_one_actor, pick_device, plan_gpu,
-                      run_on_actors, usage_by_type, usage_line)
+from .cluster import (MAX_ATTEMPTS, RETRIABLE, Capacity, Demand, GpuPlan, Pool, actor_start,
+                      avoiding, capacity, connect, here, node_usage, on_one_actor, pick_device,
+                      plan_gpu, usage_by_type, usage_line)
 from .config import TrainConfig
 from .corpus import Corpus, Skip, Video, load_clips, load_rows, read_train_ids, scan
 from .embed import concat, embed
@@ -38,7 +40,9 @@ from .model import load_run
 from .resume import Summary, complete_train, fingerprint, make_shards, train_settings
 from .live import Reporter, get_with_progress, start_board
 from .progress import Progress
-from .vocab import Codebook, KMeans
+
+if TYPE_CHECKING:  # the driver does not import torch (see _versions)
+    from .vocab import Codebook
 
 log = logging.getLogger("vgray")
 
@@ -55,13 +59,25 @@ def sample_mask(video_id: str, frames: int, probability: float, seed: int) -> np
     return rng.random(frames) < probability
 
 
-def _use_all_cores() -> None:
-    """torch and numpy's BLAS on every core of this worker (Ray sets OMP_NUM_THREADS=1)."""
+# The GPU worker: a ShardWorker given the GPU and no CPU (it may share a node whose CPUs shard
+# workers hold); a lost one is replaced off the lost node, within --gpu-wait (on_one_actor).
+GPU_WORKER = {"num_cpus": 0, "num_gpus": 1}
+
+
+@contextlib.contextmanager
+def _all_cores():
+    """torch and numpy's BLAS on every core of this worker's node for the block (a shard worker
+    otherwise computes on one core; Ray sets OMP_NUM_THREADS=1)."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    threadpool_limits(max(1, os.cpu_count() or 1))
+    before, cores = torch.get_num_threads(), max(1, os.cpu_count() or 1)
+    torch.set_num_threads(cores)
+    try:
+        with threadpool_limits(cores):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _clips(videos: list[Video]) -> int:
@@ -125,14 +141,21 @@ def tokenize(videos: list[Video], codebook: Codebook, streams: str, batch_clips:
 # ---------------------------------------------------------------------------------------------
 # Ray pieces
 
-# A worker lost with its node is restarted (elsewhere) and its calls are retried: every call is
+# A lost worker is not restarted by Ray (a restart that cannot be placed would hold its call
+# hostage): the pool replaces it and runs its unit again on another worker; every call is
 # idempotent, its files are written atomically and its marker last.
-@ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)
+@ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
 class ShardWorker:
-    """Loads a shard's features in bounded blocks: samples clips, assigns words, counts pairs."""
+    """A run's worker, long-lived: it samples clips, assigns words and counts pairs, merges counts
+    and embeds, shard after shard and stage after stage, on one core; k-means and GloVe run on
+    one of them with every core of its node (or on the GPU worker: the same class given a GPU).
 
-    def __init__(self, streams: str, batch_clips: int, device: str,
-                 centroids_path: str | None = None, submitted: float | None = None):
+    One process per worker for the whole run: torch is imported, its thread pools are set up
+    and (on a GPU) CUDA is initialised once, not once per stage."""
+
+    def __init__(self, streams: str, batch_clips: int, device: str = "cpu",
+                 centroids_path: str | None = None, submitted: float | None = None,
+                 backend: str = "auto"):
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -141,11 +164,33 @@ class ShardWorker:
         threadpool_limits(1)
         self.streams = streams
         self.batch_clips = batch_clips
-        self.device = device
-        self.codebook = None
-        if centroids_path is not None:  # state comes from the constructor so a restart has it
-            c = torch.from_numpy(load_npy(centroids_path, np.float32, 2)).to(device)
-            self.codebook = Codebook(c)
+        self.device = device  # cpu; auto or cuda for the GPU worker
+        self.backend = backend  # torch: the products of the GPU path, on whatever device
+        self._codebook = (None, None)  # (path, Codebook)
+        self._compute = None
+        if centroids_path is not None:  # a missing vocabulary fails at the start
+            self.codebook(centroids_path)
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def compute_device(self) -> tuple[str, str | None]:
+        """Where this worker computes: cuda when it was given a GPU that torch can use."""
+        if self._compute is None:
+            self._compute = pick_device(self.device)
+        return self._compute
+
+    def codebook(self, path: str) -> Codebook:
+        """The vocabulary at `path`, loaded once per worker (on its GPU, if it computes there)."""
+        import torch
+
+        if self._codebook[0] != path:
+            device, _ = self.compute_device()
+            from .vocab import Codebook
+
+            c = torch.from_numpy(load_npy(path, np.float32, 2)).to(device)
+            self._codebook = (path, Codebook(c, use_numpy=self.backend != "torch"))
+        return self._codebook[1]
 
     def _began(self) -> float:
         """When this call's work began: the actor's start for its first call (starting it is
@@ -172,14 +217,17 @@ class ShardWorker:
         return sample, {"skips": skips, "where": here(began)}
 
     def assign(self, out: str, shard: int, videos: list[Video], train: list[bool],
-               tokens_part: str, counts: dict | None, tokens_dir: str | None) -> dict:
+               tokens_part: str, counts: dict | None, tokens_dir: str | None,
+               centroids_path: str | None = None) -> dict:
         """Tokens of a shard -> tokens part (+ per-video .npy); partial counts of its
         training videos -> one file per reducer; then the shard's marker."""
         t0, began = time.perf_counter(), self._began()
         run = RunDir(out)
+        book = self.codebook(centroids_path) if centroids_path else self._codebook[1]
+        device = str(book.centers.device)
         ids, seqs, trained, skips = [], [], [], []
         is_train = {v.video_id: t for v, t in zip(videos, train)}
-        for v, tokens in tokenize(videos, self.codebook, self.streams, self.batch_clips, self.device):
+        for v, tokens in tokenize(videos, book, self.streams, self.batch_clips, device):
             if isinstance(tokens, BadVideo):
                 skips.append(Skip(v.video_id, v.rgb_path, str(tokens)).to_dict())
                 continue
@@ -198,30 +246,58 @@ class ShardWorker:
                 table = pa.table([i[rows], j[rows], s[rows]], schema=PARTIAL_SCHEMA)
                 write_table(partial_paths(run, shard, counts["reducers"])[r], table)
         where = here(began)
-        stats = {"shard": shard, "node": where["node"],
+        stats = {"shard": shard, "node": where["node"], "device": device.split(":")[0],
                  "videos": len(ids), "clips": int(sum(len(t) for t in seqs)),
                  "train_videos": len(trained), "pairs": pairs, "skips": skips,
                  "seconds": round(time.perf_counter() - t0, 3), "where": where}
         run.mark("assign", shard, stats)
         return stats
 
+    def reduce(self, out: str, partition: int, shards: int, reducers: int, vocab_size: int,
+               window: int) -> dict:
+        """Exact sum of every shard's partial counts for rows i with i mod R == partition."""
+        began = self._began()
+        run = RunDir(out)
+        parts = []
+        for k in range(shards):
+            t = read_table(partial_paths(run, k, reducers)[partition], schema=PARTIAL_SCHEMA)
+            parts.append(tuple(t.column(c).to_numpy() for c in ("i", "j", "s")))
+        i, j, s = cooccur.merge(parts, vocab_size)
+        table = pa.table([i, j, cooccur.weights(s, window)], schema=COOCCUR_SCHEMA)
+        write_table(run.path("cooccur", f"part-{partition:05d}.parquet"), table)
+        return {"partition": partition, "nonzeros": int(len(i)), "where": here(began)}
 
-@ray.remote(num_cpus=1)
-class Trainer:
-    """k-means or GloVe on one node: on its GPU when Ray gave it one that torch can use, else on
-    every core of the node. One fresh actor per stage, killed after it, so that nothing of vgray
-    stays on a GPU node once its stage is over."""
-
-    def __init__(self, submitted: float):
-        self.born = actor_start(submitted)
-
-    def node(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+    def embed(self, out: str, shard: int, videos: list[Video], tokens_part: str,
+              vectors: np.ndarray, batch_clips: int) -> dict:
+        """Embeddings and concatenations of one shard's videos, written block by block."""
+        t0, began = time.perf_counter(), self._began()
+        run = RunDir(out)
+        tokens = read_tokens([tokens_part])
+        written, skips = 0, []
+        for v in videos:
+            if v.video_id not in tokens:
+                continue  # skipped at assignment, recorded there
+            emb = embed(tokens[v.video_id], vectors)
+            try:
+                for source in filter(None, (v.rgb_path, v.flow_path)):
+                    _write_concat(run.path("concat", fs.basename(source)), source, emb,
+                                  v.flow_path is not None, batch_clips)
+            except BadVideo as e:  # the file changed since it was assigned
+                skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
+                continue
+            save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
+            written += 1
+        stats = {"shard": shard, "videos": written, "skips": skips,
+                 "seconds": round(time.perf_counter() - t0, 3), "where": here(began)}
+        run.mark("embed", shard, stats)
+        return stats
 
     def kmeans(self, config: dict, board, *samples: np.ndarray) -> dict:
         """k-means on the concatenated sample (in shard order, so independent of the workers);
         seeding and iterations are posted to `board` as they go."""
-        _use_all_cores()
+        from .vocab import KMeans
+
+        began = self._began()
         cfg = TrainConfig(**config)
         device, note = pick_device(cfg.device)
         clips = sum(len(s) for s in samples)  # the parts are used in place, never concatenated
@@ -230,20 +306,21 @@ class Trainer:
                              f"clips in the k-means sample, got {clips}")
         t0 = time.perf_counter()
         report = Reporter(board)
-        model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(list(samples),
-                                                                               progress=report)
+        with _all_cores():
+            model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(
+                list(samples), progress=report)
         report.flush()
         return {"centroids": model.cluster_centers_, "inertia": model.inertia_,
                 "inertia_per_clip": model.inertia_ / clips, "sample_clips": int(clips),
                 "iterations": model.n_iter_, "device": device, "device_note": note,
                 "precision": model.precision_,
-                "kmeans_seconds": round(time.perf_counter() - t0, 3), "where": here(self.born)}
+                "kmeans_seconds": round(time.perf_counter() - t0, 3), "where": here(began)}
 
     def glove(self, out: str, config: dict, board=None) -> dict:
         """GloVe on the merged counts of RUN; writes glove/."""
         from .glove import GloVe
 
-        _use_all_cores()
+        began = self._began()
         cfg = TrainConfig(**config)
         device, note = pick_device(cfg.device)
         run = RunDir(out)
@@ -252,9 +329,10 @@ class Trainer:
                                   for p in run.files("cooccur", suffix=".parquet")])
         i, j, x = (table.column(c).to_numpy() for c in ("i", "j", "x"))
         report = Reporter(board)
-        model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
-                      device).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
-                          "glove", e, cfg.epochs, "epochs", f"loss {value:.5g}"))
+        with _all_cores():
+            model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
+                          device).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
+                              "glove", e, cfg.epochs, "epochs", f"loss {value:.5g}"))
         report.flush()
         np_state = {"w": model.w_, "w_context": model.w_context_, "b": model.b_,
                     "b_context": model.b_context_}
@@ -266,51 +344,7 @@ class Trainer:
         return {"device": device, "device_note": note, "nonzeros": int(len(x)),
                 "epochs": cfg.epochs, "initial_loss": model.loss_[0],
                 "final_loss": model.loss_[-1],
-                "train_seconds": round(time.perf_counter() - t0, 3), "where": here(self.born)}
-
-
-@ray.remote(num_cpus=1)
-def reduce_partition(out: str, partition: int, shards: int, reducers: int, vocab_size: int,
-                     window: int) -> dict:
-    """Exact sum of every shard's partial counts for rows i with i mod R == partition."""
-    began = time.time()
-    run = RunDir(out)
-    paths = [partial_paths(run, k, reducers)[partition] for k in range(shards)]
-    parts = []
-    for path in paths:
-        t = read_table(path, schema=PARTIAL_SCHEMA)
-        parts.append(tuple(t.column(c).to_numpy() for c in ("i", "j", "s")))
-    i, j, s = cooccur.merge(parts, vocab_size)
-    table = pa.table([i, j, cooccur.weights(s, window)], schema=COOCCUR_SCHEMA)
-    write_table(run.path("cooccur", f"part-{partition:05d}.parquet"), table)
-    return {"partition": partition, "nonzeros": int(len(i)), "where": here(began)}
-
-
-@ray.remote(num_cpus=1)
-def embed_shard(out: str, shard: int, videos: list[Video], tokens_part: str,
-                vectors: np.ndarray, batch_clips: int) -> dict:
-    """Embeddings and concatenations of one shard's videos, written block by block."""
-    t0, began = time.perf_counter(), time.time()
-    run = RunDir(out)
-    tokens = read_tokens([tokens_part])
-    written, skips = 0, []
-    for v in videos:
-        if v.video_id not in tokens:
-            continue  # skipped at assignment, recorded there
-        emb = embed(tokens[v.video_id], vectors)
-        try:
-            for source in filter(None, (v.rgb_path, v.flow_path)):
-                _write_concat(run.path("concat", fs.basename(source)), source, emb,
-                              v.flow_path is not None, batch_clips)
-        except BadVideo as e:  # the file changed since it was assigned
-            skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
-            continue
-        save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
-        written += 1
-    stats = {"shard": shard, "videos": written, "skips": skips,
-             "seconds": round(time.perf_counter() - t0, 3), "where": here(began)}
-    run.mark("embed", shard, stats)
-    return stats
+                "train_seconds": round(time.perf_counter() - t0, 3), "where": here(began)}
 
 
 def _write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
@@ -335,12 +369,19 @@ def _write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
 # The driver
 
 def _versions() -> dict:
-    import pyarrow
-    import torch
+    """Versions of what made a RUN (torch's read from its metadata: the driver never imports
+    torch, which would cost it seconds at every start)."""
+    import importlib.metadata
 
+    import pyarrow
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
     return {"vgray": __version__, "vgray_location": os.path.dirname(os.path.abspath(__file__)),
             "python": platform.python_version(), "ray": ray.__version__,
-            "torch": torch.__version__, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
+            "torch": torch_version, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
 
 
 class Job:
@@ -358,6 +399,10 @@ class Job:
         self.demand: Demand | None = None
         self.gpu = GpuPlan(False, False, 0.0)  # train sets it; assign and embed use no GPU
         self.hold_gpu = False  # a GPU stage is still to come: keep asking for its node
+        self.pool: Pool | None = None  # the run's shard workers (see start_workers)
+        self.gpu_worker = None  # the worker given a GPU, kept from k-means to GloVe
+        self.gpu_computes = False  # ... and its torch can use that GPU (it then assigns too)
+        self._make_worker = None
 
     def board(self):
         """The actor that a long remote task posts its progress to: started on first use,
@@ -375,6 +420,9 @@ class Job:
         return self
 
     def __exit__(self, kind, *exc) -> None:
+        self.release_gpu_worker()
+        if self.pool is not None:
+            self.pool.close()
         self.demand.clear()  # every node may go back once idle
         if self._board is not None:
             with contextlib.suppress(Exception):
@@ -426,25 +474,80 @@ class Job:
         self.save()
 
     # --- the cluster ----------------------------------------------------------------------
+    def start_workers(self, cfg: TrainConfig, gpu_now: bool = False) -> None:
+        """The run's shard workers, started as the first stage needs them and kept to the end;
+        with a GPU plan, the GPU worker is asked for at once, so that its node boots, its
+        process starts and torch loads while clips are sampled."""
+        def make(gpus: int = 0, avoid: tuple = ()):
+            if gpus:
+                return ShardWorker.options(**GPU_WORKER, **avoiding(avoid)).remote(
+                    cfg.streams, cfg.batch_clips, cfg.device, None, time.time())
+            return ShardWorker.options(**avoiding(avoid)).remote(
+                cfg.streams, cfg.batch_clips, "cpu", None, time.time())
+
+        self._make_worker = make
+        self.pool = Pool(make)
+        if gpu_now and self.gpu.request and self.gpu_worker is None:
+            self.gpu_worker = make(1)
+
+    def release_gpu_worker(self) -> None:
+        """Nothing of vgray stays on the GPU node once the GPU stages are over."""
+        if self.gpu_worker is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.gpu_worker)
+        self.gpu_worker, self.gpu_computes = None, False
+
     def workers(self, stage: str, requested: int | None, units: int) -> int:
         """Workers for `units` shards: --workers, else as many as the work needs up to the CPUs
         the cluster has or its autoscaler can add; the autoscaler is asked for them."""
         n = max(1, min(requested or int(self.capacity.cpus()), units))
-        self.demand.ask(stage, cpus=n, gpu=self.hold_gpu)
+        self.demand.ask(stage, cpus=max(n, len(self.pool)), gpu=self.hold_gpu)
         return n
 
+    def run_shards(self, stage: str, requested: int | None, units: list[int], submit, on_done,
+                   gpu: bool = False) -> None:
+        """Every unit of a stage on the pool (grown to what the stage needs); with `gpu`, the
+        GPU worker takes units too where its GPU computes."""
+        n = self.workers(stage, requested, len(units))
+        lent = [self.gpu_worker] if gpu and self.gpu_computes and self.gpu_worker else []
+        if lent and not self.pool.run(n, units, submit, on_done, extra=lent):
+            self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
+        elif not lent:
+            self.pool.run(n, units, submit, on_done)
+
     def on_trainer(self, what: str, call, where: list) -> dict:
-        """call(actor) on a fresh Trainer, placed as the GPU plan says (see on_one_actor); its
-        node and those of attempts lost with their node are added to `where`."""
+        """call(actor) for k-means or GloVe: on the GPU worker where the GPU plan says so (it is
+        kept for the next GPU stage), else on a shard worker that then uses every core of its
+        node (see on_one_actor for the wait and the retries); its node and those of attempts
+        lost with their node are added to `where`."""
+        taken = []
+
         def make(gpus, avoid):
-            return Trainer.options(num_gpus=gpus, **avoiding(avoid)).remote(time.time())
+            if gpus:
+                if self.gpu_worker is None or avoid:
+                    self.release_gpu_worker()
+                    self.gpu_worker = self._make_worker(1, avoid)
+                return self.gpu_worker
+            taken.append(self.pool.take(avoid))  # alive, and off the nodes found lost
+            return taken[-1]
+
+        def keep(actor, ok):
+            if actor is self.gpu_worker:
+                if not ok:
+                    self.release_gpu_worker()
+            elif any(actor is a for a in taken):
+                self.pool.give(actor) if ok else self.pool.discard(actor)
+            else:
+                ray.kill(actor)
 
         lost = []
         try:
-            result = on_one_actor(make, self.gpu, call, what, self.echo, lost)
+            result = on_one_actor(make, self.gpu, call, what, self.echo, lost, keep)
         finally:
             where += [(f"{what} (lost)", w) for w in lost]
         where.append((what, result.pop("where")))
+        if self.gpu_worker is not None and result["device"] == "cuda":
+            self.gpu_computes = True
         return result
 
     # --- scanning -------------------------------------------------------------------------
@@ -507,7 +610,7 @@ class Job:
             def submit(actor, k):
                 return actor.assign.remote(
                     self.run.root, k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
-                    tokens_part(k), counts, tokens_dir)
+                    tokens_part(k), counts, tokens_dir, centroids_path)
 
             progress = Progress(self.echo, "assign", sum(_clips(shards[k]) for k in todo), "clips")
 
@@ -517,10 +620,7 @@ class Job:
                     raise VgrayError(f"{s['video_id']}: {s['reason']} ({s['path']}) [--strict]")
                 progress.advance(_clips(shards[k]))
 
-            run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu",
-                                                     centroids_path, time.time()),
-                          self.workers("assign", cfg.workers, len(todo)), todo, submit,
-                          on_done)
+            self.run_shards("assign", cfg.workers, todo, submit, on_done, gpu=True)
             progress.close()
         markers = [self.run.read_marker("assign", k) for k in range(len(shards))]
         clips = sum(m["clips"] for m in markers)
@@ -531,21 +631,18 @@ class Job:
         self.echo(f"assign: {clips} clips tokenised ({time.perf_counter() - t:.1f} s)")
 
     def embed(self, shards: list[list[Video]], vectors: np.ndarray, tokens_part,
-              batch_clips: int) -> None:
+              batch_clips: int, workers: int | None = None) -> None:
         todo = [k for k in range(len(shards)) if not self.run.done("embed", k)]
         self.work["embed_shards"] = len(todo)
         t = time.perf_counter()
         if todo:
-            self.workers("embed", None, len(todo))  # what the autoscaler is asked for
             ref = ray.put(vectors)
-            shard_of = {embed_shard.remote(self.run.root, k, shards[k], tokens_part(k), ref,
-                                           batch_clips): k for k in todo}
-            pending = list(shard_of)
             progress = Progress(self.echo, "embed", sum(len(shards[k]) for k in todo), "videos")
-            while pending:
-                ready, pending = ray.wait(pending)
-                ray.get(ready)
-                progress.advance(len(shards[shard_of[ready[0]]]))
+            self.run_shards(
+                "embed", workers, todo,
+                lambda actor, k: actor.embed.remote(self.run.root, k, shards[k], tokens_part(k),
+                                                    ref, batch_clips),
+                lambda k, stats, finished: progress.advance(len(shards[k])))
             progress.close()
         markers = [self.run.read_marker("embed", k) for k in range(len(shards))]
         videos = sum(m["videos"] for m in markers)
@@ -614,15 +711,18 @@ def _train(job: "Job", features: str, config: TrainConfig, train_ids: str | None
     # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while clips are
     # sampled, and is not given back and launched again between k-means and GloVe.
     job.hold_gpu = job.gpu.request and not job.stage_done("glove")
-
     centroids_path = run.path("vocab", "centroids.npy")
+    # k-means to run: its GPU worker is asked for now (else GloVe asks when it starts).
+    job.start_workers(cfg, gpu_now=not (job.stage_done("vocab") and fs.exists(centroids_path)))
+
     _vocab_stage(job, cfg, corpus, shards, centroids_path)
     tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
     _cooccur_stages(job, cfg, shards, centroids_path, tokens_part)
     _glove_stage(job, cfg)
     job.hold_gpu = False
+    job.release_gpu_worker()
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-    job.embed(shards, vectors, tokens_part, cfg.batch_clips)
+    job.embed(shards, vectors, tokens_part, cfg.batch_clips, cfg.workers)
     summary = job.finish(shards, embedded=True)
     summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
     return summary
@@ -666,14 +766,10 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
                 train_shards[k], probability, cfg.seed)
             return info
 
-        # The actors are gone once this returns, which frees their CPUs for the k-means actor.
-        run_on_actors(lambda: ShardWorker.remote(cfg.streams, cfg.batch_clips, "cpu", None,
-                                                 time.time()),
-                      job.workers("vocab", cfg.workers, len(train_shards)),
-                      list(range(len(train_shards))), submit, on_done)
+        job.run_shards("vocab", cfg.workers, list(range(len(train_shards))), submit, on_done)
         progress.close()
         ordered = [samples[k] for k in range(len(train_shards))]  # shard order, not finish order
-        job.demand.ask("vocab: k-means", gpu=job.gpu.request)  # CPU nodes may go back meanwhile
+        job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
 
         def fit(actor):
             board = job.board()
@@ -705,14 +801,16 @@ def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centr
     job.assign(shards, cfg, centroids_path, tokens_part, counts, need_partials=bool(todo))
     t = time.perf_counter()
     job.work["reduce_parts"] = len(todo)
-    pending = [reduce_partition.remote(run.root, r, len(shards), cfg.reducers, cfg.vocab_size,
-                                       cfg.window) for r in todo]
-    progress = Progress(job.echo, "cooccur: reduce", len(pending), "partitions")
+    progress = Progress(job.echo, "cooccur: reduce", len(todo), "partitions")
     where = []
-    while pending:
-        ready, pending = ray.wait(pending)
-        where += [("reduce", r["where"]) for r in ray.get(ready)]
-        progress.advance(len(ready))
+
+    def on_done(r, stats, finished):
+        where.append(("reduce", stats["where"]))
+        progress.advance(1)
+
+    if todo:
+        job.run_shards("reduce", cfg.workers, todo, lambda actor, r: actor.reduce.remote(
+            run.root, r, len(shards), cfg.reducers, cfg.vocab_size, cfg.window), on_done)
     progress.close()
     nonzeros = sum(parquet_rows(p) for p in run.files("cooccur", suffix=".parquet"))
     _remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
@@ -730,7 +828,7 @@ def _glove_stage(job: Job, cfg: TrainConfig) -> None:
         return
     job.invalidate(job.run.path(WORK, "embed"))  # embeddings of older vectors
     t = time.perf_counter()
-    job.demand.ask("glove", gpu=job.gpu.request)  # the CPU nodes may go back meanwhile
+    job.demand.ask("glove", cpus=len(job.pool), gpu=job.gpu.request)
 
     def fit(actor):
         board = job.board()
@@ -781,6 +879,7 @@ def _apply_job(job: "Job", run_dir: str, features: str, command: str, cfg: Train
         raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "
                          f"({cfg.streams}) is {width}-d")
     shards = make_shards(corpus.videos, cfg.shard_clips)
+    job.start_workers(cfg)
     centroids_path = RunDir(run_dir).path("vocab", "centroids.npy")
     if command == "assign":
         tokens_part = lambda k: job.run.path(WORK, "tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
@@ -789,7 +888,7 @@ def _apply_job(job: "Job", run_dir: str, features: str, command: str, cfg: Train
         return job.finish(shards, embedded=False)
     tokens_part = lambda k: job.run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
     job.assign(shards, cfg, centroids_path, tokens_part, None)
-    job.embed(shards, vectors, tokens_part, cfg.batch_clips)
+    job.embed(shards, vectors, tokens_part, cfg.batch_clips, cfg.workers)
     return job.finish(shards, embedded=True)
 
 

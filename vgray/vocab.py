@@ -28,14 +28,17 @@ class Codebook:
     """Centroids prepared once for many exact float32 nearest-word searches.
 
     On CPU the product is numpy's (OpenBLAS), which runs at the machine's BLAS speed on Intel and
-    AMD alike; elsewhere it is torch's on the centroids' device."""
+    AMD alike; elsewhere it is torch's on the centroids' device, in float32 (TF32 is turned off
+    for it: its 10-bit mantissa would change which word is nearest)."""
 
-    def __init__(self, centers: torch.Tensor | np.ndarray, centers_sq: torch.Tensor | None = None):
+    def __init__(self, centers: torch.Tensor | np.ndarray, centers_sq: torch.Tensor | None = None,
+                 use_numpy: bool = True):
         if isinstance(centers, np.ndarray):
             centers = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
         self.centers = centers
         self.centers_sq = _sq_norms(centers) if centers_sq is None else centers_sq
-        self.numpy = centers.device.type == "cpu" and centers.dtype == torch.float32
+        # use_numpy=False takes the torch products of the GPU path on CPU tensors too (tests).
+        self.numpy = use_numpy and centers.device.type == "cpu" and centers.dtype == torch.float32
         if self.numpy:
             self._ct = np.ascontiguousarray(centers.detach().numpy().T)
             self._csq = self.centers_sq.detach().numpy()
@@ -59,6 +62,8 @@ class Codebook:
                 out_d[s:s + chunk] = np.maximum(value, 0)
             return labels, dists
         centers, centers_sq = self.centers.to(x.dtype), self.centers_sq.to(x.dtype)
+        if x.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
         for s in range(0, x.shape[0], chunk):
             block = x[s:s + chunk]
             partial = torch.addmm(centers_sq, block, centers.T, beta=1.0, alpha=-2.0)
