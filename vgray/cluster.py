@@ -401,8 +401,7 @@ class Pool:
 
     def take(self, avoid: tuple = (), answer_s: float = 30.0):
         """A started actor for a call of its own (k-means, GloVe on CPU), off the `avoid` nodes;
-        `give` it back, or `discard` it if it was lost. The first actor is taken first, so that
-        the GPU stages run in the same, warmed-up process. An actor that does not answer within
+        `give` it back, or `discard` it if it was lost. An actor that does not answer within
         `answer_s` (lost with its node) is discarded."""
         self.grow(1)
         while True:
