@@ -405,8 +405,8 @@ class Job:
         self._make_worker = None
 
     def board(self):
-        """The actor that a long remote task posts its progress to: started on first use,
-        emptied for each task."""
+        """The actor that a long remote task posts its progress to: started on first use (or
+        early, see start_workers), emptied for each task."""
         if self._board is None:
             self._board = start_board()
         with contextlib.suppress(ray.exceptions.RayError):
@@ -474,10 +474,11 @@ class Job:
         self.save()
 
     # --- the cluster ----------------------------------------------------------------------
-    def start_workers(self, cfg: TrainConfig, gpu_now: bool = False) -> None:
-        """The run's shard workers, started as the first stage needs them and kept to the end;
-        with a GPU plan, the GPU worker is asked for at once, so that its node boots, its
-        process starts and torch loads while clips are sampled."""
+    def start_workers(self, cfg: TrainConfig, gpu_now: bool = False, train: bool = False) -> None:
+        """The run's shard workers, started as the first stage needs them and kept to the end.
+        With `gpu_now` and a GPU plan, the GPU worker is asked for at once, so that its node
+        boots, its process starts and torch loads while clips are sampled; with `train` (k-means
+        or GloVe to come), the progress board starts now too, not when k-means waits for it."""
         def make(gpus: int = 0, avoid: tuple = ()):
             if gpus:
                 return ShardWorker.options(**GPU_WORKER, **avoiding(avoid)).remote(
@@ -489,6 +490,8 @@ class Job:
         self.pool = Pool(make)
         if gpu_now and self.gpu.request and self.gpu_worker is None:
             self.gpu_worker = make(1)
+        if train and self._board is None:
+            self._board = start_board()
 
     def release_gpu_worker(self) -> None:
         """Nothing of vgray stays on the GPU node once the GPU stages are over."""
@@ -713,7 +716,8 @@ def _train(job: "Job", features: str, config: TrainConfig, train_ids: str | None
     job.hold_gpu = job.gpu.request and not job.stage_done("glove")
     centroids_path = run.path("vocab", "centroids.npy")
     # k-means to run: its GPU worker is asked for now (else GloVe asks when it starts).
-    job.start_workers(cfg, gpu_now=not (job.stage_done("vocab") and fs.exists(centroids_path)))
+    vocab_left = not (job.stage_done("vocab") and fs.exists(centroids_path))
+    job.start_workers(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
 
     _vocab_stage(job, cfg, corpus, shards, centroids_path)
     tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
