@@ -195,6 +195,25 @@ def embed(run: Run, features: Features,
 
 
 @app.command()
+def evaluate(run: Run,
+             features: Annotated[Optional[str], typer.Argument(help="FEATURES of RUN's videos: adds the raw features and raw + embeddings to the probe (needs --labels).")] = None,
+             labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: a cross-validated linear probe and same-class retrieval for each representation.")] = None,
+             out: Annotated[Optional[str], typer.Option("--out", "-o", help="Where to write the JSON (default RUN/evaluation.json).")] = None,
+             quiet: Quiet = False):
+    """Measures of RUN to choose a model by: final and held-out J, inertia, vocabulary usage,
+    neighbours' co-occurrence share; with --labels, a linear probe and retrieval per representation."""
+    from . import fs
+    from .evaluate import evaluate as run_evaluate, lines
+
+    if features is not None and labels is None:
+        _fail(ValueError("FEATURES is used by the probe: give --labels too"))
+    result = _run(run_evaluate, run, features, labels, out)
+    if not quiet:
+        typer.echo("\n".join(lines(result)))
+    typer.echo(f"wrote {out or fs.join(fs.normalize(run), 'evaluation.json')}", err=True)
+
+
+@app.command()
 def report(run: Run, quiet: Quiet = False):
     """RUN/report/index.html (opens offline) and PNGs: loss, vocabulary usage and map, neighbours."""
     from .report import report as write_report

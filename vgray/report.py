@@ -127,6 +127,18 @@ def _where(stage: dict) -> str:
     return where + (f" ({stage['device']})" if stage.get("device") else "")
 
 
+def _evaluation_section(run: RunDir) -> str:
+    """The measures of `vgray evaluate`, where RUN/evaluation.json exists."""
+    path = run.path("evaluation.json")
+    if not fs.exists(path):
+        return ""
+    from .evaluate import lines
+
+    result = json.loads(fs.read_bytes(path).decode("utf-8"))
+    return ("<h2>Evaluation</h2><p>From <code>vgray evaluate</code> (evaluation.json).</p><pre>"
+            + html.escape("\n".join(lines(result))) + "</pre>")
+
+
 def report(run_dir: str) -> str:
     """Write RUN/report/ and return the path of its index.html."""
     import matplotlib
@@ -166,6 +178,7 @@ def report(run_dir: str) -> str:
              ("GloVe loss", f"{first:.4g} → {last:.4g}"),
              ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
              ("tiny words (< 10% of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
+    evaluation = _evaluation_section(run)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vgray report: {esc(fs.basename(run.root))}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
@@ -185,6 +198,7 @@ img{{max-width:100%}}</style></head><body>
 <h2>Nearest neighbours</h2><p>Cosine on the vectors; in brackets, the cosine and the share of the
 word's co-occurrence mass that the neighbour has.</p>
 <table><tr><th>word</th><th>nearest words</th></tr>{rows}</table>
+{evaluation}
 <p id="images-ok"></p>
 <script>
 window.addEventListener("load", function () {{

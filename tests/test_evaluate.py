@@ -1,0 +1,157 @@
+"""`vgray evaluate`: intrinsic measures against brute force, the probe and retrieval against a
+direct scikit-learn computation, a planted corpus's topics found, bad labels refused."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from vgray import evaluate as ev
+from vgray.cli import app
+from vgray.glove import loss
+
+from test_cooccur import brute_force
+from test_pipeline import ARGS, cooccur_of, tokens_of
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, corpus, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("evaluate") / "run")
+    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", out, "--train-ids",
+                                      corpus["train_ids"], *ARGS])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels(corpus, tmp_path_factory):
+    truth = pq.read_table(os.path.join(corpus["root"], "truth.parquet")).to_pydict()
+    path = tmp_path_factory.mktemp("labels") / "labels.json"
+    topics = dict(zip(truth["video_id"], truth["topic"]))
+    path.write_text(json.dumps(topics))
+    return str(path), topics
+
+
+def test_intrinsic_measures_against_brute_force(run, corpus):
+    result = ev.evaluate(run)
+    m = result["intrinsic"]
+    manifest = json.load(open(os.path.join(run, "manifest.json")))
+    assert m["final_loss"] == manifest["stages"]["glove"]["final_loss"]
+    assert m["inertia_per_clip"] == manifest["stages"]["vocab"]["inertia_per_clip"]
+
+    tokens = tokens_of(run)
+    counts = np.bincount(np.concatenate(list(tokens.values())), minlength=12)
+    p = counts / counts.sum()
+    assert m["perplexity"] == pytest.approx(np.exp(-sum(q * np.log(q) for q in p if q > 0)))
+    assert m["dead_words"] == sum(c == 0 for c in counts)
+    assert m["tiny_words"] == sum(0 < c < 0.1 * counts.mean() for c in counts)
+
+    vectors = np.load(os.path.join(run, "glove", "vectors.npy"))
+    co = cooccur_of(run)
+    x = np.zeros((12, 12))
+    x[co["i"], co["j"]] = co["x"]
+    shares = []
+    for w in range(12):
+        cos = [np.dot(vectors[w], vectors[n]) / np.linalg.norm(vectors[w]) / np.linalg.norm(vectors[n])
+               if n != w else -np.inf for n in range(12)]
+        near = np.argsort(-np.array(cos), kind="stable")[:10]
+        if x[w].sum() > 0:
+            shares.append(x[w, near].sum() / x[w].sum())
+    assert m["neighbour_share"] == pytest.approx(np.mean(shares))
+
+    # Held out: the videos not in --train-ids, counted by brute force, J of the saved state.
+    train = set(json.load(open(corpus["train_ids"])))
+    held = [tokens[v] for v in sorted(tokens) if v not in train]
+    assert held and m["held_out"]["videos"] == len(held)
+    dense = brute_force(held, 12, 5)
+    i, j = np.nonzero(dense)
+    state = np.load(os.path.join(run, "glove", "state.npz"))
+    want = loss(state["w"], state["w_context"], state["b"], state["b_context"], i, j, dense[i, j],
+                100.0, 0.75)
+    assert m["held_out"]["loss"] == pytest.approx(want, rel=1e-9)
+    assert m["held_out"]["nonzeros"] == len(i)
+    assert json.load(open(os.path.join(run, "evaluation.json")))["intrinsic"] == json.loads(
+        json.dumps(m))
+
+
+def test_probe_and_retrieval_against_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.array(["a", "b", "c"]), [7, 6, 5])
+    x = rng.normal(size=(18, 4)) + (y == "a")[:, None] * 1.5
+    got = ev.probe_accuracy(x, y, seed=0)
+    scores = []
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
+        scaler = StandardScaler().fit(x[tr])
+        model = LogisticRegression(max_iter=2000).fit(scaler.transform(x[tr]), y[tr])
+        scores.append(np.mean(model.predict(scaler.transform(x[te])) == y[te]))
+    assert got == pytest.approx(np.mean(scores))
+
+    aps = []
+    for q in range(18):
+        sims = np.array([np.dot(x[q], x[o]) / np.linalg.norm(x[q]) / np.linalg.norm(x[o])
+                         for o in range(18) if o != q])
+        rel = np.array([y[o] == y[q] for o in range(18) if o != q])
+        aps.append(average_precision_score(rel, sims))
+    assert ev.retrieval_map(x, y) == pytest.approx(np.mean(aps))
+
+
+def test_the_planted_topics_are_found(run, corpus, labels):
+    path, topics = labels
+    result = CliRunner().invoke(app, ["evaluate", run, corpus["features"], "--labels", path])
+    assert result.exit_code == 0, result.output
+    assert "probe accuracy" in result.output and "visual_glove" in result.output
+    lab = json.load(open(os.path.join(run, "evaluation.json")))["labels"]
+    assert lab["videos"] == 60 and lab["classes"] == 3 and lab["unlabelled_videos"] == 0
+    reps = lab["representations"]
+    assert set(reps) == {"visual_glove", "bag_of_words", "raw", "raw+visual_glove"}
+    assert reps["visual_glove"]["probe_accuracy"] >= 0.9 > 2 * lab["chance"] - 0.1
+    assert reps["visual_glove"]["retrieval_map"] > lab["chance"] + 0.3
+
+
+def test_videos_without_a_label_are_left_out_and_counted(run, labels, tmp_path):
+    _, topics = labels
+    some = dict(list(sorted(topics.items()))[:45])
+    path = tmp_path / "some.json"
+    path.write_text(json.dumps(some))
+    out = str(tmp_path / "eval.json")
+    result = CliRunner().invoke(app, ["evaluate", run, "--labels", str(path), "--out", out])
+    assert result.exit_code == 0, result.output
+    lab = json.load(open(out))["labels"]
+    assert lab["videos"] == 45 and lab["unlabelled_videos"] == 15
+    assert set(lab["representations"]) == {"visual_glove", "bag_of_words"}
+    assert "15 without a label left out" in result.output
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "is not JSON"),
+    ("[1, 2]", "must be a JSON object"),
+    ('{"v_nope": 1, "v_other": 2}', "2 ids of --labels are not videos of"),
+    (None, "a probe needs at least 2"),
+])
+def test_bad_labels_fail_in_one_line(run, labels, tmp_path, content, message):
+    _, topics = labels
+    if content is None:  # one class only
+        content = json.dumps({v: "same" for v in topics})
+    path = tmp_path / "labels.json"
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["evaluate", run, "--labels", str(path)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_the_report_shows_the_evaluation(run, labels):
+    from vgray.report import report
+
+    path, _ = labels
+    assert CliRunner().invoke(app, ["evaluate", run, "--labels", path, "-q"]).exit_code == 0
+    page = open(report(run), encoding="utf-8").read()
+    assert "<h2>Evaluation</h2>" in page and "visual_glove" in page and "held-out J" in page
