@@ -155,3 +155,18 @@ def test_the_report_shows_the_evaluation(run, labels):
     assert CliRunner().invoke(app, ["evaluate", run, "--labels", path, "-q"]).exit_code == 0
     page = open(report(run), encoding="utf-8").read()
     assert "<h2>Evaluation</h2>" in page and "visual_glove" in page and "held-out J" in page
+
+
+def test_a_lost_train_ids_file_skips_only_the_held_out_loss(run, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run, copy)
+    manifest = json.load(open(os.path.join(copy, "manifest.json")))
+    manifest["train_ids_file"] = str(tmp_path / "moved.json")
+    json.dump(manifest, open(os.path.join(copy, "manifest.json"), "w"))
+    result = CliRunner().invoke(app, ["evaluate", copy])
+    assert result.exit_code == 0, result.output
+    held = json.load(open(os.path.join(copy, "evaluation.json")))["intrinsic"]["held_out"]
+    assert held["loss"] is None and "cannot read --train-ids" in held["skipped"]
+    assert "held-out J - (cannot read --train-ids" in result.output

@@ -94,7 +94,10 @@ def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) ->
     ids_file = manifest.get("train_ids_file")
     if not ids_file:
         return None
-    train = set(read_train_ids(ids_file))
+    try:
+        train = set(read_train_ids(ids_file))
+    except VgrayError as e:  # moved or deleted since the run: the other measures still stand
+        return {"videos": None, "nonzeros": None, "loss": None, "skipped": str(e)}
     held = [tokens[v] for v in sorted(tokens) if v not in train]
     if not held:
         return None
@@ -253,7 +256,8 @@ def lines(result: dict) -> list[str]:
     out = [f"K {result['vocab_size']}, window {result['window']}, dim {result['dim']}, "
            f"{result['videos']} videos",
            f"  final J {num(m['final_loss'])}; held-out J "
-           + (f"{num(held['loss'])} ({held['videos']} videos)" if held else "- (every video trained)"),
+           + (f"- ({held['skipped']})" if held and held.get("skipped") else
+              f"{num(held['loss'])} ({held['videos']} videos)" if held else "- (every video trained)"),
            f"  inertia/clip {num(m['inertia_per_clip'])}; perplexity {num(m['perplexity'])} of "
            f"{result['vocab_size']} words; {m['dead_words']} dead, {m['tiny_words']} tiny",
            f"  co-occurrence share of the {NEIGHBOURS} nearest neighbours {num(m['neighbour_share'], '.3f')}"]
