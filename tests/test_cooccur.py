@@ -100,3 +100,22 @@ def test_empty_and_invalid():
     with pytest.raises(ValueError):
         cooccur.scale(25)
     assert cooccur.scale(5) == 60
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_smaller_window_is_derived_exactly_from_the_counts_per_distance(seed):
+    """X_w = sum over d <= w of c_d / d: a sweep counts once at its largest window."""
+    rng = np.random.default_rng(seed)
+    k = [5, 40, 300][seed]
+    seqs = [rng.integers(0, k, size=int(rng.integers(0, 60))) for _ in range(25)]
+    i, j, c = cooccur.count_by_distance(seqs, k, 10)
+    assert c.shape[1] == 10 and (c.sum(axis=1) > 0).all()
+    for w in range(1, 11):
+        want = cooccur.count(seqs, k, w)
+        got = cooccur.at_window(i, j, c, w)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), w
+        np.testing.assert_allclose(dense(*got, k, w), brute_force(seqs, k, w), rtol=1e-12)
+    with pytest.raises(ValueError, match="window must be between 1 and 10"):
+        cooccur.at_window(i, j, c, 11)
+    i, j, c = cooccur.count_by_distance([np.array([3])], k, 4)
+    assert len(i) == 0 and c.shape == (0, 4)

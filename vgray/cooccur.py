@@ -50,33 +50,12 @@ def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
     if not seqs:
         empty = np.zeros(0, np.int64)
         return empty.astype(np.int32), empty.astype(np.int32), empty
-    # Videos end to end with `window` padding words (id K) after each: every pair that would
-    # cross a video boundary has the padding word at one end, and its row and column are
-    # dropped. No per-distance masks; one pass over the tokens per distance. Videos are taken in
-    # groups of about _BLOCK tokens, so the temporaries stay small and reused whatever the corpus.
+    # The padding word's row and column are dropped (see _padded_groups).
     pad_id, m = vocab_size, vocab_size + 1
-    pad = np.full(window, pad_id, dtype=np.int64)
-    groups, group, size = [], [], 0
-    for t in seqs:
-        group += [t, pad]
-        size += len(t) + window
-        if size >= _BLOCK:
-            groups.append(group)
-            group, size = [], 0
-    if group:
-        groups.append(group)
-
-    def padded_group(parts):
-        padded = np.concatenate(parts).astype(np.int64, copy=False)
-        if padded.min() < 0 or padded.max() > pad_id or \
-                np.count_nonzero(padded == pad_id) != window * (len(parts) // 2):
-            raise ValueError(f"tokens must lie in [0, {vocab_size})")
-        return padded
-
+    groups = _padded_groups(seqs, vocab_size, window)
     if m * m <= _DENSE_LIMIT:
         totals = np.zeros(m * m, dtype=np.int64)
-        for parts in groups:
-            padded = padded_group(parts)
+        for padded in groups:
             left = padded * m
             for d in range(1, window + 1):
                 totals += np.bincount(left[:-d] + padded[d:], minlength=m * m) * (factor // d)
@@ -84,7 +63,7 @@ def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
         both = directed + directed.T  # X counts p < q in both directions
         i, j = np.nonzero(both)
         return i.astype(np.int32), j.astype(np.int32), both[i, j]
-    padded = np.concatenate([padded_group(parts) for parts in groups])
+    padded = np.concatenate(list(groups))
     key_parts, value_parts = [], []
     for d in range(1, window + 1):
         a, b = padded[:-d], padded[d:]
@@ -96,6 +75,68 @@ def count(sequences: Iterable[np.ndarray], vocab_size: int, window: int
     keys, sums = _aggregate(np.concatenate(key_parts), np.concatenate(value_parts),
                             vocab_size * vocab_size)
     return (keys // vocab_size).astype(np.int32), (keys % vocab_size).astype(np.int32), sums
+
+
+def _padded_groups(seqs: list[np.ndarray], vocab_size: int, window: int):
+    """Videos end to end with `window` padding words (id K) after each, yielded in groups of
+    about _BLOCK tokens: every pair that would cross a video boundary has the padding word at one
+    end. No per-distance masks; one pass over the tokens per distance; one group in memory at a
+    time whatever the corpus."""
+    pad_id = vocab_size
+    pad = np.full(window, pad_id, dtype=np.int64)
+    groups, group, size = [], [], 0
+    for t in seqs:
+        group += [t, pad]
+        size += len(t) + window
+        if size >= _BLOCK:
+            groups.append(group)
+            group, size = [], 0
+    if group:
+        groups.append(group)
+    for parts in groups:
+        padded = np.concatenate(parts).astype(np.int64, copy=False)
+        if padded.min() < 0 or padded.max() > pad_id or \
+                np.count_nonzero(padded == pad_id) != window * (len(parts) // 2):
+            raise ValueError(f"tokens must lie in [0, {vocab_size})")
+        yield padded
+
+
+def count_by_distance(sequences: Iterable[np.ndarray], vocab_size: int, window: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Co-occurrence counts kept per distance: (i int32, j int32, c int64 [n, window]), sorted by
+    (i, j); c[:, d - 1] counts the pairs of words i, j that are d clips apart (both orders, as in
+    `count`). Every window w <= `window` is derived from it exactly (`at_window`)."""
+    seqs = [t for t in (np.asarray(t) for t in sequences) if len(t) > 1]
+    if not seqs:
+        empty = np.zeros(0, np.int64)
+        return empty.astype(np.int32), empty.astype(np.int32), np.zeros((0, window), np.int64)
+    pad_id, size = vocab_size, vocab_size * vocab_size
+    per_distance = []
+    for d in range(1, window + 1):
+        keys = []
+        for padded in _padded_groups(seqs, vocab_size, window):
+            a, b = padded[:-d], padded[d:]
+            keep = (a != pad_id) & (b != pad_id)
+            keys += [a[keep] * vocab_size + b[keep], b[keep] * vocab_size + a[keep]]
+        keys = np.concatenate(keys)
+        per_distance.append(_aggregate(keys, np.ones(len(keys), np.int64), size))
+    every = np.unique(np.concatenate([k for k, _ in per_distance]))
+    c = np.zeros((len(every), window), np.int64)
+    for d, (keys, sums) in enumerate(per_distance):
+        c[np.searchsorted(every, keys), d] = sums
+    return (every // vocab_size).astype(np.int32), (every % vocab_size).astype(np.int32), c
+
+
+def at_window(i: np.ndarray, j: np.ndarray, c: np.ndarray, window: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scaled counts (i, j, s) of `count` at `window` from the per-distance counts of a window
+    at least as large: s = sum over d <= window of c_d * lcm(1..window) / d, exactly."""
+    if not 1 <= window <= c.shape[1]:
+        raise ValueError(f"window must be between 1 and {c.shape[1]}, got {window}")
+    factor = scale(window)
+    s = c[:, :window] @ np.array([factor // d for d in range(1, window + 1)], dtype=np.int64)
+    keep = s > 0
+    return i[keep], j[keep], s[keep]
 
 
 def merge(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], vocab_size: int
