@@ -160,6 +160,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     ap.add_argument("--faiss", action="store_true", help="also time faiss's k-means alone on the same clips")
     ap.add_argument("--rerun", action="store_true", help="also time a re-run of the complete RUN")
+    ap.add_argument("--result", help="name of the results file (default e2e, or e2e-N for --videos N)")
     ap.add_argument("extra", nargs="*", help="more `vgray train` options, after --")
     args = ap.parse_args()
     result = {"machine": machine(), "videos": args.videos, "dim": args.dim,
@@ -184,7 +185,7 @@ def main():
             shutil.rmtree(os.path.join(root, "run"), ignore_errors=True)
     if len(sizes) > 1:
         result["peak_growth"] = round(result[f"x{args.scale}"]["peak_process_mb"] / result["x1"]["peak_process_mb"] - 1, 3)
-    write_result("e2e" if args.videos == 15_000 else f"e2e-{args.videos}", result)
+    write_result(args.result or ("e2e" if args.videos == 15_000 else f"e2e-{args.videos}"), result)
 
 
 if __name__ == "__main__":
