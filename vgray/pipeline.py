@@ -513,35 +513,30 @@ class Job:
         GPU worker takes units too where its GPU computes."""
         n = self.workers(stage, requested, len(units))
         lent = [self.gpu_worker] if gpu and self.gpu_computes and self.gpu_worker else []
-        if lent and not self.pool.run(n, units, submit, on_done, extra=lent):
+        if not self.pool.run(n, units, submit, on_done, extra=lent) and lent:
             self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
-        elif not lent:
-            self.pool.run(n, units, submit, on_done)
 
     def on_trainer(self, what: str, call, where: list) -> dict:
         """call(actor) for k-means or GloVe: on the GPU worker where the GPU plan says so (it is
         kept for the next GPU stage), else on a shard worker that then uses every core of its
         node (see on_one_actor for the wait and the retries); its node and those of attempts
         lost with their node are added to `where`."""
-        taken = []
-
         def make(gpus, avoid):
             if gpus:
                 if self.gpu_worker is None or avoid:
                     self.release_gpu_worker()
                     self.gpu_worker = self._make_worker(1, avoid)
                 return self.gpu_worker
-            taken.append(self.pool.take(avoid))  # alive, and off the nodes found lost
-            return taken[-1]
+            return self.pool.take(avoid)  # alive, and off the nodes found lost
 
         def keep(actor, ok):
             if actor is self.gpu_worker:
                 if not ok:
                     self.release_gpu_worker()
-            elif any(actor is a for a in taken):
-                self.pool.give(actor) if ok else self.pool.discard(actor)
+            elif ok:
+                self.pool.give(actor)
             else:
-                ray.kill(actor)
+                self.pool.discard(actor)
 
         lost = []
         try:
