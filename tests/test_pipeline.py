@@ -483,9 +483,12 @@ def test_installed_console_script():
 
 def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
     from vgray.errors import VgrayError
-    from vgray.cluster import run_on_actors
+    from vgray.cluster import Pool
     from vgray.pipeline import ShardWorker
 
-    with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):
-        run_on_actors(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")),
-                      2, [0, 1], lambda actor, k: None, lambda *a: None)
+    pool = Pool(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")))
+    try:
+        with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):
+            pool.run(2, [0, 1], lambda actor, k: None, lambda *a: None)
+    finally:
+        pool.close()

@@ -476,15 +476,6 @@ class Pool:
         self.ready, self.starting = [], {}
 
 
-def run_on_actors(make_actor, n: int, shards: list[int], submit, on_done) -> None:
-    """Every shard on a pool of n fresh actors, killed once it is done (see Pool)."""
-    pool = Pool(make_actor)
-    try:
-        pool.run(n, shards, submit, on_done)
-    finally:
-        pool.close()
-
-
 def last_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__

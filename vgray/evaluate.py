@@ -212,11 +212,7 @@ def read_table_all(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _labelled(run: RunDir, manifest: dict, tokens: dict, vectors: np.ndarray,
               labels: dict[str, str], features: str | None, cfg: dict) -> dict:
-    skipped = set()
-    if fs.exists(run.path("skipped.jsonl")):
-        for line in fs.read_bytes(run.path("skipped.jsonl")).decode("utf-8").splitlines():
-            if line.strip():
-                skipped.add(json.loads(line)["video_id"])
+    skipped = {s["video_id"] for s in run.skips()}
     unknown = sorted(v for v in labels if v not in tokens and v not in skipped)
     if unknown:
         raise VgrayError(f"{len(unknown)} ids of --labels are not videos of {run.root} "

@@ -154,11 +154,7 @@ def report(run_dir: str) -> str:
     for name, data in images.items():
         write_bytes(run.path("report", name), data)
 
-    skipped = collections.Counter()
-    if fs.exists(run.path("skipped.jsonl")):
-        for line in fs.read_bytes(run.path("skipped.jsonl")).decode("utf-8").splitlines():
-            if line.strip():
-                skipped[json.loads(line)["reason"]] += 1
+    skipped = collections.Counter(s["reason"] for s in run.skips())
     corpus = manifest.get("corpus", {})
     stages = manifest.get("stages", {})
     esc = html.escape

@@ -106,17 +106,19 @@ def complete_train(features: str, out: str, config: TrainConfig, train_ids: str 
     stages = manifest.get("stages", {})
     if any(stages.get(s, {}).get("status") != "done" for s in TRAIN_STAGES):
         return None
+    outputs = [run.path("vocab", "centroids.npy"), run.path("glove", "vectors.npy"),
+               run.path("skipped.jsonl")]
+    outputs += [run.path("cooccur", f"part-{r:05d}.parquet") for r in range(config.reducers)]
+    if not all(fs.exists(p) for p in outputs):  # looked up before the (longer) scan
+        return None
     corpus = scan(features, config.streams, ids, follow_symlinks=config.follow_symlinks)
     if config.strict and corpus.skips or not corpus.videos or not corpus.train_videos:
         return None  # the pipeline fails with the reason
     if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
         return None
     shards = make_shards(corpus.videos, config.shard_clips)
-    needed = [run.path("vocab", "centroids.npy"), run.path("glove", "vectors.npy"),
-              run.path("skipped.jsonl")]
-    needed += [run.path("cooccur", f"part-{r:05d}.parquet") for r in range(config.reducers)]
-    needed += [run.marker(stage, k) for stage in ("assign", "embed") for k in range(len(shards))]
-    if not all(fs.exists(p) for p in needed):
+    markers = [run.marker(stage, k) for stage in ("assign", "embed") for k in range(len(shards))]
+    if not all(fs.exists(p) for p in markers):
         return None
     counts = manifest["counts"]
     if echo is not None:

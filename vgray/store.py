@@ -173,6 +173,14 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as e:
             raise VgrayError(f"{self.manifest_path} is unreadable: {e}") from None
 
+    def skips(self) -> list[dict]:
+        """The records of RUN/skipped.jsonl (none if it is not there)."""
+        path = self.path("skipped.jsonl")
+        if not fs.exists(path):
+            return []
+        return [json.loads(line) for line in fs.read_bytes(path).decode("utf-8").splitlines()
+                if line.strip()]
+
     def write_manifest(self, manifest: dict) -> None:
         write_json(self.manifest_path, manifest)
 

@@ -37,6 +37,8 @@ class Codebook:
             centers = torch.from_numpy(np.ascontiguousarray(centers, dtype=np.float32))
         self.centers = centers
         self.centers_sq = _sq_norms(centers) if centers_sq is None else centers_sq
+        if centers.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as on CPU
         # use_numpy=False takes the torch products of the GPU path on CPU tensors too (tests).
         self.numpy = use_numpy and centers.device.type == "cpu" and centers.dtype == torch.float32
         if self.numpy:
@@ -62,8 +64,6 @@ class Codebook:
                 out_d[s:s + chunk] = np.maximum(value, 0)
             return labels, dists
         centers, centers_sq = self.centers.to(x.dtype), self.centers_sq.to(x.dtype)
-        if x.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False
         for s in range(0, x.shape[0], chunk):
             block = x[s:s + chunk]
             partial = torch.addmm(centers_sq, block, centers.T, beta=1.0, alpha=-2.0)
