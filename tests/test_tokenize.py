@@ -24,15 +24,17 @@ def test_tokens_match_brute_force_in_order(tmp_path, batch_clips):
         save_npy(os.path.join(tmp_path, f"v{n}_rgb.npy"), x)
     videos = scan(str(tmp_path)).videos
     os.remove(os.path.join(tmp_path, "v3_rgb.npy"))  # gone after the scan: reported, in place
-    got = list(tokenize(videos, Codebook(centroids), "rgb", batch_clips, "cpu"))
+    smaller = centroids[:4] + 0.5  # a second vocabulary, tokenised in the same pass
+    got = list(tokenize(videos, [Codebook(centroids), Codebook(smaller)], "rgb", batch_clips, "cpu"))
     assert [v.video_id for v, _ in got] == [v.video_id for v in videos]
     for v, tokens in got:
         if v.video_id == "v3":
             assert isinstance(tokens, BadVideo)
             continue
-        x = features[v.video_id]
-        want = ((x[:, None, :].astype(np.float64) - centroids[None]) ** 2).sum(-1).argmin(1)
-        assert tokens.dtype == np.int32 and np.array_equal(tokens, want)
+        x = features[v.video_id].astype(np.float64)
+        for book, words in zip((centroids, smaller), tokens):
+            want = ((x[:, None, :] - book[None]) ** 2).sum(-1).argmin(1)
+            assert words.dtype == np.int32 and np.array_equal(words, want)
 
 
 def test_the_gpu_path_gives_the_cpu_path_tokens(tmp_path):
@@ -45,9 +47,9 @@ def test_the_gpu_path_gives_the_cpu_path_tokens(tmp_path):
         x = centroids[words] + rng.normal(scale=0.7, size=(len(words), 48)).astype(np.float32)
         save_npy(os.path.join(tmp_path, f"v{n:02d}_rgb.npy"), x.astype(np.float32))
     videos = scan(str(tmp_path)).videos
-    cpu = dict(tokenize(videos, Codebook(centroids), "rgb", 100, "cpu"))
+    cpu = {v: t[0] for v, t in tokenize(videos, [Codebook(centroids)], "rgb", 100, "cpu")}
     book = Codebook(centroids, use_numpy=False)
     assert not book.numpy
-    gpu_path = dict(tokenize(videos, book, "rgb", 100, "cpu"))
+    gpu_path = {v: t[0] for v, t in tokenize(videos, [book], "rgb", 100, "cpu")}
     assert cpu.keys() == gpu_path.keys()
     assert all(np.array_equal(cpu[v], gpu_path[v]) for v in cpu)

@@ -30,6 +30,21 @@ JobAddress = Annotated[str, typer.Option("--address", envvar="RAY_ADDRESS", help
 
 D = TrainConfig()
 
+TrainIds = Annotated[Optional[str], typer.Option("--train-ids", help="JSON list of training ids, or an object keyed by id (ActivityNet train.json). Default: every video.")]
+XMax = Annotated[float, typer.Option("--x-max", help="GloVe weighting cut-off.")]
+Alpha = Annotated[float, typer.Option(help="GloVe weighting exponent.")]
+Epochs = Annotated[int, typer.Option(help="GloVe epochs (full-batch steps).")]
+LearningRate = Annotated[float, typer.Option("--learning-rate", help="GloVe Adam step size.")]
+Streams = Annotated[str, typer.Option(help="What is clustered: rgb, flow or rgb+flow (concatenated per clip).")]
+Seed = Annotated[int, typer.Option(help="Seed of the k-means sample and init and of GloVe's init.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda: where k-means and GloVe run.")]
+GpuWait = Annotated[Optional[float], typer.Option("--gpu-wait", help="Seconds a GPU stage waits for a GPU node to join before running on CPU (auto) or failing (cuda). Default: 600 where a node type has a GPU, 120 where the node types cannot be read.")]
+KmeansIters = Annotated[int, typer.Option("--kmeans-iters", help="Lloyd iterations at most (fewer once an iteration lowers the inertia by < 0.01%).")]
+KmeansSample = Annotated[Optional[int], typer.Option("--kmeans-sample", help="Training clips sampled for k-means (default 256 per word).")]
+ShardClips = Annotated[int, typer.Option("--shard-clips", help="Clips per unit of work.")]
+BatchClips = Annotated[int, typer.Option("--batch-clips", help="Clips a worker holds in memory at once.")]
+Reducers = Annotated[int, typer.Option(help="Co-occurrence reduce partitions.")]
+
 
 def _echo(quiet: bool):
     return None if quiet else (lambda message: typer.echo(message, err=True))
@@ -105,27 +120,27 @@ def _argv(positional: list[str], options: dict, quiet: bool) -> list[str]:
 def train(
     features: Features,
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory to write (resumed if it exists).")],
-    train_ids: Annotated[Optional[str], typer.Option("--train-ids", help="JSON list of training ids, or an object keyed by id (ActivityNet train.json). Default: every video.")] = None,
+    train_ids: TrainIds = None,
     vocab_size: Annotated[int, typer.Option("--vocab-size", "-k", help="Visual words (k-means clusters).")] = D.vocab_size,
     window: Annotated[int, typer.Option(help="Co-occurrence window in clips (1-24).")] = D.window,
     dim: Annotated[int, typer.Option(help="GloVe vector size.")] = D.dim,
-    x_max: Annotated[float, typer.Option("--x-max", help="GloVe weighting cut-off.")] = D.x_max,
-    alpha: Annotated[float, typer.Option(help="GloVe weighting exponent.")] = D.alpha,
-    epochs: Annotated[int, typer.Option(help="GloVe epochs (full-batch steps).")] = D.epochs,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", help="GloVe Adam step size.")] = D.learning_rate,
-    streams: Annotated[str, typer.Option(help="What is clustered: rgb, flow or rgb+flow (concatenated per clip).")] = D.streams,
-    seed: Annotated[int, typer.Option(help="Seed of the k-means sample and init and of GloVe's init.")] = D.seed,
+    x_max: XMax = D.x_max,
+    alpha: Alpha = D.alpha,
+    epochs: Epochs = D.epochs,
+    learning_rate: LearningRate = D.learning_rate,
+    streams: Streams = D.streams,
+    seed: Seed = D.seed,
     workers: Workers = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda: where k-means and GloVe run.")] = D.device,
-    gpu_wait: Annotated[Optional[float], typer.Option("--gpu-wait", help="Seconds a GPU stage waits for a GPU node to join before running on CPU (auto) or failing (cuda). Default: 600 where a node type has a GPU, 120 where the node types cannot be read.")] = None,
+    device: Device = D.device,
+    gpu_wait: GpuWait = None,
     strict: Strict = False,
     follow_symlinks: FollowSymlinks = False,
     with_report: Annotated[bool, typer.Option("--report", help="Write RUN/report/ at the end (see `vgray report`).")] = False,
-    kmeans_iters: Annotated[int, typer.Option("--kmeans-iters", help="Lloyd iterations at most (fewer once an iteration lowers the inertia by < 0.01%).")] = D.kmeans_iters,
-    kmeans_sample: Annotated[Optional[int], typer.Option("--kmeans-sample", help="Training clips sampled for k-means (default 256 per word).")] = None,
-    shard_clips: Annotated[int, typer.Option("--shard-clips", help="Clips per unit of work.")] = D.shard_clips,
-    batch_clips: Annotated[int, typer.Option("--batch-clips", help="Clips a worker holds in memory at once.")] = D.batch_clips,
-    reducers: Annotated[int, typer.Option(help="Co-occurrence reduce partitions.")] = D.reducers,
+    kmeans_iters: KmeansIters = D.kmeans_iters,
+    kmeans_sample: KmeansSample = None,
+    shard_clips: ShardClips = D.shard_clips,
+    batch_clips: BatchClips = D.batch_clips,
+    reducers: Reducers = D.reducers,
     quiet: Quiet = False,
     address: Address = None,
     no_wait: NoWait = False,
@@ -211,6 +226,52 @@ def evaluate(run: Run,
     if not quiet:
         typer.echo("\n".join(lines(result)))
     typer.echo(f"wrote {out or fs.join(fs.normalize(run), 'evaluation.json')}", err=True)
+
+
+@app.command()
+def sweep(
+    features: Features,
+    out: Annotated[str, typer.Option("--out", "-o", help="Sweep directory to write (resumed if it exists): one RUN per combination, sweep.csv, report.html.")],
+    vocab_size: Annotated[str, typer.Option("--vocab-size", "-k", help="Vocabulary sizes, comma-separated (e.g. 500,1000,1500).")] = str(D.vocab_size),
+    window: Annotated[str, typer.Option(help="Co-occurrence windows, comma-separated (each 1-24).")] = str(D.window),
+    dim: Annotated[str, typer.Option(help="GloVe vector sizes, comma-separated.")] = str(D.dim),
+    train_ids: TrainIds = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: each combination gets a linear probe (and retrieval) and is ranked by its accuracy.")] = None,
+    x_max: XMax = D.x_max, alpha: Alpha = D.alpha, epochs: Epochs = D.epochs,
+    learning_rate: LearningRate = D.learning_rate, streams: Streams = D.streams, seed: Seed = D.seed,
+    workers: Workers = None, device: Device = D.device, gpu_wait: GpuWait = None,
+    strict: Strict = False, follow_symlinks: FollowSymlinks = False,
+    kmeans_iters: KmeansIters = D.kmeans_iters, kmeans_sample: KmeansSample = None,
+    shard_clips: ShardClips = D.shard_clips, batch_clips: BatchClips = D.batch_clips,
+    reducers: Reducers = D.reducers,
+    quiet: Quiet = False, address: Address = None, no_wait: NoWait = False,
+):
+    """Train and evaluate every combination of --vocab-size x --window x --dim, sharing the scan,
+    the k-means sample, the pass over the features and the counts; print the best."""
+    from .sweep import parse_values
+
+    settings = dict(x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
+                    streams=streams, seed=seed, workers=workers, device=device, gpu_wait=gpu_wait,
+                    strict=strict, follow_symlinks=follow_symlinks, kmeans_iters=kmeans_iters,
+                    shard_clips=shard_clips, batch_clips=batch_clips, reducers=reducers)
+    lists = [_run(parse_values, text, flag) for text, flag in
+             ((vocab_size, "--vocab-size"), (window, "--window"), (dim, "--dim"))]
+    # Checked here with the first of each list; the sweep checks every combination.
+    config = _run(TrainConfig, **settings, kmeans_sample=kmeans_sample, vocab_size=lists[0][0],
+                  window=lists[1][0], dim=lists[2][0])
+    argv = _argv(["sweep", features, "--out", out]
+                 + (["--train-ids", train_ids] if train_ids else [])
+                 + (["--labels", labels] if labels else []),
+                 {**settings, "kmeans_sample": kmeans_sample, "vocab_size": vocab_size,
+                  "window": window, "dim": dim}, quiet)
+    paths = {1, 3} | ({5} if train_ids else set()) | ({7 if train_ids else 5} if labels else set())
+
+    def local():
+        from .sweep import sweep as run_sweep
+
+        return run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+
+    _dispatch(address, no_wait, quiet, argv, paths, local, "")
 
 
 @app.command()

@@ -139,6 +139,25 @@ def at_window(i: np.ndarray, j: np.ndarray, c: np.ndarray, window: int
     return i[keep], j[keep], s[keep]
 
 
+def merge_by_distance(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], vocab_size: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact sum of per-distance counts (i, j, c [n, W]) from any number of shards, sorted by
+    (i, j)."""
+    parts = list(parts)
+    width = parts[0][2].shape[1] if parts else 1
+    keys = np.concatenate([i.astype(np.int64) * vocab_size + j for i, j, _ in parts] or
+                          [np.zeros(0, np.int64)])
+    if not len(keys):
+        empty = np.zeros(0, np.int32)
+        return empty, empty, np.zeros((0, width), np.int64)
+    c = np.concatenate([c.astype(np.int64) for _, _, c in parts])
+    order = np.argsort(keys, kind="stable")
+    keys, c = keys[order], c[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return ((keys[starts] // vocab_size).astype(np.int32),
+            (keys[starts] % vocab_size).astype(np.int32), np.add.reduceat(c, starts, axis=0))
+
+
 def merge(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], vocab_size: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact sum of partial scaled counts (i, j, s) from any number of shards, sorted by (i, j)."""

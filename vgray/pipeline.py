@@ -50,13 +50,19 @@ log = logging.getLogger("vgray")
 # ---------------------------------------------------------------------------------------------
 # Pure helpers (no Ray)
 
+def clip_draws(video_id: str, frames: int, seed: int) -> np.ndarray:
+    """One uniform draw in [0, 1) per clip of a video, seeded by the video: clip t goes into a
+    k-means sample of probability p when draw t < p. The same draws serve every p, so the sample
+    of a smaller vocabulary is exactly a subset of a larger one's (what `vgray sweep` uses)."""
+    return np.random.default_rng([seed, zlib.crc32(video_id.encode("utf-8"))]).random(frames)
+
+
 def sample_mask(video_id: str, frames: int, probability: float, seed: int) -> np.ndarray:
     """Which clips of a video go into the k-means sample: a per-video seeded draw, so the sample
     does not depend on how videos are sharded or which worker loads them."""
     if probability >= 1.0:
         return np.ones(frames, dtype=bool)
-    rng = np.random.default_rng([seed, zlib.crc32(video_id.encode("utf-8"))])
-    return rng.random(frames) < probability
+    return clip_draws(video_id, frames, seed) < probability
 
 
 # The GPU worker: a ShardWorker given the GPU and no CPU (it may share a node whose CPUs shard
@@ -89,30 +95,32 @@ def partial_paths(run: RunDir, shard: int, reducers: int) -> list[str]:
     return [run.path(WORK, "cooccur", f"{shard_name(shard)}-{r:03d}.parquet") for r in range(reducers)]
 
 
-def tokenize(videos: list[Video], codebook: Codebook, streams: str, batch_clips: int,
+def tokenize(videos: list[Video], codebooks: list[Codebook], streams: str, batch_clips: int,
              device: str):
-    """(video, int32 tokens or the BadVideo that stopped it) for each video, in order.
+    """(video, [int32 tokens per codebook] or the BadVideo that stopped it) for each video, in
+    order; the features are read once whatever the number of codebooks (`vgray sweep` tokenises
+    with every vocabulary in one pass).
 
     Short videos are gathered into blocks of about `batch_clips` clips so each product is one
     large matmul; a video longer than that is loaded and assigned block by block on its own, so
     memory stays bounded by `batch_clips` whatever T is."""
     import torch
 
-    def words(block: np.ndarray) -> np.ndarray:
-        labels, _ = codebook.nearest(torch.from_numpy(block).to(device))
-        return labels.to(torch.int32).cpu().numpy()
+    def words(block: np.ndarray) -> list[np.ndarray]:
+        x = torch.from_numpy(block).to(device)
+        return [book.nearest(x)[0].to(torch.int32).cpu().numpy() for book in codebooks]
 
     pending, rows = [], 0  # (video, clips or BadVideo)
 
     def flush():
         loaded = [b for _, b in pending if not isinstance(b, BadVideo)]
-        labels = words(np.concatenate(loaded)) if loaded else np.zeros(0, np.int32)
+        labels = words(np.concatenate(loaded)) if loaded else [np.zeros(0, np.int32)] * len(codebooks)
         at = 0
         for v, b in pending:
             if isinstance(b, BadVideo):
                 yield v, b
             else:
-                yield v, labels[at:at + len(b)]
+                yield v, [t[at:at + len(b)] for t in labels]
                 at += len(b)
         pending.clear()
 
@@ -121,8 +129,9 @@ def tokenize(videos: list[Video], codebook: Codebook, streams: str, batch_clips:
             yield from flush()
             rows = 0
             try:
-                yield v, np.concatenate([words(load_clips(v, streams, s, min(s + batch_clips, v.frames)))
-                                         for s in range(0, v.frames, batch_clips)])
+                blocks = [words(load_clips(v, streams, s, min(s + batch_clips, v.frames)))
+                          for s in range(0, v.frames, batch_clips)]
+                yield v, [np.concatenate([b[c] for b in blocks]) for c in range(len(codebooks))]
             except BadVideo as e:
                 yield v, e
             continue
@@ -166,7 +175,8 @@ class ShardWorker:
         self.batch_clips = batch_clips
         self.device = device  # cpu; auto or cuda for the GPU worker
         self.backend = backend  # torch: the products of the GPU path, on whatever device
-        self._codebook = (None, None)  # (path, Codebook)
+        self._codebooks: dict = {}  # path -> Codebook, the vocabularies of this run
+        self._last_book = None
         self._compute = None
         if centroids_path is not None:  # a missing vocabulary fails at the start
             self.codebook(centroids_path)
@@ -184,13 +194,14 @@ class ShardWorker:
         """The vocabulary at `path`, loaded once per worker (on its GPU, if it computes there)."""
         import torch
 
-        if self._codebook[0] != path:
+        if path not in self._codebooks:
             device, _ = self.compute_device()
             from .vocab import Codebook
 
             c = torch.from_numpy(load_npy(path, np.float32, 2)).to(device)
-            self._codebook = (path, Codebook(c, use_numpy=self.backend != "torch"))
-        return self._codebook[1]
+            self._codebooks[path] = Codebook(c, use_numpy=self.backend != "torch")
+        self._last_book = self._codebooks[path]
+        return self._last_book
 
     def _began(self) -> float:
         """When this call's work began: the actor's start for its first call (starting it is
@@ -198,12 +209,16 @@ class ShardWorker:
         began, self._born = (self._born if self._born is not None else time.time()), None
         return began
 
-    def sample(self, videos: list[Video], probability: float, seed: int):
-        """(the sampled clips, {skips, where}) of a shard's training videos."""
+    def sample(self, videos: list[Video], probability: float, seed: int, draws: bool = False):
+        """(the sampled clips, {skips, where}) of a shard's training videos; with `draws`,
+        (clips, their draws, {skips, where}): a smaller vocabulary's sample is then the clips
+        whose draw is below its own probability (see clip_draws)."""
         began = self._began()
-        rows, skips = [], []
+        rows, kept, skips = [], [], []
         for v in videos:
-            mask = sample_mask(v.video_id, v.frames, probability, seed)
+            u = clip_draws(v.video_id, v.frames, seed) if draws else None
+            mask = sample_mask(v.video_id, v.frames, probability, seed) if u is None else \
+                (u < probability if probability < 1.0 else np.ones(v.frames, dtype=bool))
             try:
                 picked = [load_clips(v, self.streams, s, min(s + self.batch_clips, v.frames))
                           [mask[s:s + self.batch_clips]]
@@ -212,9 +227,14 @@ class ShardWorker:
                 skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
                 continue
             rows.extend(picked)
+            if draws:
+                kept.append(u[mask])
         dim = videos[0].stream_dim(self.streams)
         sample = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
-        return sample, {"skips": skips, "where": here(began)}
+        info = {"skips": skips, "where": here(began)}
+        if draws:
+            return sample, np.concatenate(kept) if kept else np.zeros(0), info
+        return sample, info
 
     def assign(self, out: str, shard: int, videos: list[Video], train: list[bool],
                tokens_part: str, counts: dict | None, tokens_dir: str | None,
@@ -223,14 +243,15 @@ class ShardWorker:
         training videos -> one file per reducer; then the shard's marker."""
         t0, began = time.perf_counter(), self._began()
         run = RunDir(out)
-        book = self.codebook(centroids_path) if centroids_path else self._codebook[1]
+        book = self.codebook(centroids_path) if centroids_path else self._last_book
         device = str(book.centers.device)
         ids, seqs, trained, skips = [], [], [], []
         is_train = {v.video_id: t for v, t in zip(videos, train)}
-        for v, tokens in tokenize(videos, book, self.streams, self.batch_clips, device):
+        for v, tokens in tokenize(videos, [book], self.streams, self.batch_clips, device):
             if isinstance(tokens, BadVideo):
                 skips.append(Skip(v.video_id, v.rgb_path, str(tokens)).to_dict())
                 continue
+            tokens = tokens[0]
             ids.append(v.video_id)
             seqs.append(tokens)
             if is_train[v.video_id]:
@@ -252,6 +273,18 @@ class ShardWorker:
                  "seconds": round(time.perf_counter() - t0, 3), "where": where}
         run.mark("assign", shard, stats)
         return stats
+
+    def sweep_assign(self, *args) -> dict:
+        """`vgray sweep`: one shard tokenised with several vocabularies (see sweep.assign_shard)."""
+        from .sweep import assign_shard
+
+        return assign_shard(self, *args)
+
+    def sweep_reduce(self, *args) -> dict:
+        """`vgray sweep`: one partition's counts per distance merged, windows derived."""
+        from .sweep import reduce_partition
+
+        return reduce_partition(self, *args)
 
     def reduce(self, out: str, partition: int, shards: int, reducers: int, vocab_size: int,
                window: int) -> dict:
@@ -292,13 +325,18 @@ class ShardWorker:
         run.mark("embed", shard, stats)
         return stats
 
-    def kmeans(self, config: dict, board, *samples: np.ndarray) -> dict:
+    def kmeans(self, config: dict, board, *samples: np.ndarray, below: float | None = None
+               ) -> dict:
         """k-means on the concatenated sample (in shard order, so independent of the workers);
-        seeding and iterations are posted to `board` as they go."""
+        seeding and iterations are posted to `board` as they go. With `below`, `samples` is the
+        shards' clips then their draws, and the sample is the clips whose draw is below it."""
         from .vocab import KMeans
 
         began = self._began()
         cfg = TrainConfig(**config)
+        if below is not None:
+            half = len(samples) // 2
+            samples = tuple(c[d < below] for c, d in zip(samples[:half], samples[half:]))
         device, note = pick_device(cfg.device)
         clips = sum(len(s) for s in samples)  # the parts are used in place, never concatenated
         if clips < cfg.vocab_size:
@@ -744,50 +782,79 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
     # Whatever was computed from an earlier vocabulary must not be mixed with the new one.
     job.invalidate(job.run.path(WORK), job.run.path("cooccur"), job.run.path("glove"))
     t = time.perf_counter()
-    probability = min(1.0, cfg.sample_size / sum(v.frames for v in corpus.train_videos))
+
+    def save(cfg: TrainConfig, result: dict, where: list) -> None:
+        save_npy(centroids_path, result.pop("centroids"))
+        job.work["vocab"] = 1
+        job.finish_stage("vocab", time.perf_counter() - t, where, **result)
+        job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
+                 f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations, "
+                 f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
+
+    fit_vocabularies(job, [cfg], corpus, shards, save)
+
+
+def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
+                     shards: list[list[Video]], save) -> None:
+    """Shard actors sample the training clips once; k-means fits each config's vocabulary on its
+    sample, one after the other; save(cfg, result, where) as each is fitted.
+
+    One config (`vgray train`) samples with its own probability. Several (`vgray sweep`) sample
+    with the largest and keep each clip's draw: a config's sample is then exactly the clips
+    `vgray train` with its settings would draw (draw < its own probability), in the same order."""
+    first = configs[0]
+    train_clips = sum(v.frames for v in corpus.train_videos)
+    chance = [min(1.0, c.sample_size / train_clips) for c in configs]
+    draws = len(configs) > 1
     train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
     train_shards = [s for s in train_shards if s]
+    left = list(range(len(configs)))
 
     def on_done(k, info, finished):
         skips = info["skips"]
-        if cfg.strict and skips:
+        if first.strict and skips:
             raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
                              f"({skips[0]['path']}) [--strict]")
         where.append(("sample", info["where"]))
         progress.advance(_clips(train_shards[k]))
 
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        samples, where = {}, []
+        samples, kept, where = {}, {}, []
         progress = Progress(job.echo, "vocab: sampling", sum(map(_clips, train_shards)), "clips")
 
         def submit(actor, k):
-            samples[k], info = actor.sample.options(num_returns=2).remote(
-                train_shards[k], probability, cfg.seed)
+            if draws:
+                samples[k], kept[k], info = actor.sample.options(num_returns=3).remote(
+                    train_shards[k], max(chance), first.seed, True)
+            else:
+                samples[k], info = actor.sample.options(num_returns=2).remote(
+                    train_shards[k], chance[0], first.seed)
             return info
 
-        job.run_shards("vocab", cfg.workers, list(range(len(train_shards))), submit, on_done)
+        job.run_shards("vocab", first.workers, list(range(len(train_shards))), submit, on_done)
         progress.close()
-        ordered = [samples[k] for k in range(len(train_shards))]  # shard order, not finish order
-        job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
-
-        def fit(actor):
-            board = job.board()
-            return get_with_progress(actor.kmeans.remote(cfg.to_dict(), board, *ordered), board,
-                                     job.echo)
-
+        order = range(len(train_shards))  # shard order, not finish order
+        ordered = [samples[k] for k in order] + ([kept[k] for k in order] if draws else [])
         try:
-            result = job.on_trainer("kmeans", fit, where)
-            break
+            while left:
+                n = left[0]
+                job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
+
+                def fit(actor):
+                    board = job.board()
+                    return get_with_progress(actor.kmeans.remote(
+                        configs[n].to_dict(), board, *ordered, below=chance[n] if draws else None),
+                        board, job.echo)
+
+                result = job.on_trainer("kmeans", fit, where)
+                save(configs[n], result, where)
+                where = []  # the sampling is counted once, with the first fit
+                left.pop(0)
+            return
         except RETRIABLE as e:  # a sample was lost with its node: draw it again
             if attempt == MAX_ATTEMPTS:
                 raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
             log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
-    save_npy(centroids_path, result.pop("centroids"))
-    job.work["vocab"] = 1
-    job.finish_stage("vocab", time.perf_counter() - t, where, **result)
-    job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
-             f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations, "
-             f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
 
 
 def _cooccur_stages(job: Job, cfg: TrainConfig, shards: list[list[Video]], centroids_path: str,

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -92,6 +93,34 @@ def write_json(path: str, data) -> None:
 
 def read_json(path: str):
     return json.loads(fs.read_bytes(path).decode("utf-8"))
+
+
+def copy_file(source: str, target: str) -> None:
+    """`target` becomes a copy of `source`, atomically: a hard link where both are local files
+    on one file system (a later atomic write to either replaces its name, never the shared
+    content), else a copy."""
+    if not fs.is_uri(source) and not fs.is_uri(target):
+        with atomic_path(target) as tmp:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+        return
+    write_bytes(target, fs.read_bytes(source))
+
+
+def distance_table(i: np.ndarray, j: np.ndarray, c: np.ndarray) -> pa.Table:
+    """Per-distance co-occurrence counts (cooccur.count_by_distance): columns i, j, d1..dW."""
+    return pa.table({"i": pa.array(i, pa.int32()), "j": pa.array(j, pa.int32()),
+                     **{f"d{d + 1}": pa.array(c[:, d], pa.int64()) for d in range(c.shape[1])}})
+
+
+def read_distance_table(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = read_table(path)
+    width = len(t.column_names) - 2
+    c = np.stack([t.column(f"d{d + 1}").to_numpy() for d in range(width)], axis=1) if len(t) else \
+        np.zeros((0, width), np.int64)
+    return t.column("i").to_numpy(), t.column("j").to_numpy(), c.astype(np.int64, copy=False)
 
 
 def write_table(path: str, table: pa.Table) -> None:
