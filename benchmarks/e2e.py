@@ -79,9 +79,15 @@ def peak_kib(pid: int) -> tuple[int, str] | None:
 
 
 def run_train(features: str, out: str, extra: list[str]) -> dict:
+    return run_cli(["train", features, "--out", out, "--vocab-size", "1500", "--window", "5",
+                    "--dim", "128", *extra], out)
+
+
+def run_cli(args: list[str], out: str) -> dict:
+    """`vgray ARGS` in a subprocess on a fresh `out`: wall time, the peak memory of each of its
+    processes, and the stage seconds of the manifest it leaves in `out`."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "vgray.cli", "train", features, "--out", out, "--vocab-size", "1500",
-           "--window", "5", "--dim", "128", *extra]
+    cmd = [sys.executable, "-m", "vgray.cli", *args]
     peaks: dict[int, tuple[int, str]] = {}
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -103,7 +109,7 @@ def run_train(features: str, out: str, extra: list[str]) -> dict:
     reader.join()
     print("".join(lines), flush=True)
     if proc.returncode != 0:
-        raise SystemExit(f"vgray train failed ({proc.returncode})")
+        raise SystemExit(f"vgray {args[0]} failed ({proc.returncode})")
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     top = sorted(peaks.values(), reverse=True)[:5]

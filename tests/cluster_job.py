@@ -1,8 +1,8 @@
 """Run `vgray train` on a simulated multi-node Ray cluster (used by test_multinode.py).
 
-usage: python cluster_job.py FEATURES OUT [--kill]
+usage: python cluster_job.py FEATURES OUT [--kill | --sweep]
 With --kill, one worker node is killed once two shards are done, and a fresh node joins (as an
-autoscaler would add one).
+autoscaler would add one). With --sweep, `vgray sweep` of SWEEP runs instead of train.
 """
 
 import json
@@ -18,6 +18,7 @@ from vgray import pipeline
 from vgray.config import TrainConfig
 
 CONFIG = TrainConfig(vocab_size=6, dim=4, epochs=20, shard_clips=50)
+SWEEP = {"vocab_sizes": [3, 6], "windows": [2, 4], "dims": [4, 8]}
 
 
 def main():
@@ -30,7 +31,12 @@ def main():
 
     def train():  # in a thread: Cluster.add_node must run on the main thread
         try:
-            result["videos"] = pipeline.train(features, out, CONFIG).videos
+            if "--sweep" in sys.argv:
+                from vgray.sweep import sweep
+
+                result["videos"] = len(sweep(features, out, **SWEEP, config=CONFIG).rows)
+            else:
+                result["videos"] = pipeline.train(features, out, CONFIG).videos
         except BaseException as e:  # reported by the main thread
             result["error"] = repr(e)
 

@@ -119,3 +119,14 @@ def test_every_smaller_window_is_derived_exactly_from_the_counts_per_distance(se
         cooccur.at_window(i, j, c, 11)
     i, j, c = cooccur.count_by_distance([np.array([3])], k, 4)
     assert len(i) == 0 and c.shape == (0, 4)
+
+
+def test_merge_by_distance_of_shards_equals_the_whole():
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(0, 7, size=int(rng.integers(1, 30))) for _ in range(40)]
+    whole = cooccur.count_by_distance(seqs, 7, 6)
+    parts = [cooccur.count_by_distance(seqs[a:b], 7, 6) for a, b in ((0, 13), (13, 14), (14, 40))]
+    merged = cooccur.merge_by_distance(parts, 7)
+    assert all(np.array_equal(m, w) for m, w in zip(merged, whole))
+    i, j, c = cooccur.merge_by_distance([], 7)
+    assert len(i) == len(j) == len(c) == 0

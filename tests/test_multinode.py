@@ -61,3 +61,23 @@ def test_worker_node_killed_mid_assignment(reference, tmp_path):
     assert result["killed_after"] and result["killed_after"][0] < 40  # mid-assignment
     assert result["videos"] == 120
     assert_same_results(single, out)  # nothing lost, nothing counted twice
+
+
+def test_a_sweep_fits_on_every_node_with_the_single_node_results(reference, tmp_path):
+    """The GloVe fits of a sweep run in parallel, one per node (each with every core of its
+    node), and give what the same sweep gives on one node."""
+    from cluster_job import CONFIG, SWEEP
+
+    from vgray.sweep import sweep
+
+    features, _ = reference
+    single = str(tmp_path / "single")
+    sweep(features, single, **SWEEP, config=CONFIG)
+    out = str(tmp_path / "three")
+    assert run_on_cluster(features, out, "--sweep")["videos"] == 8  # combinations
+    fit_nodes = set()
+    for path in sorted(glob.glob(os.path.join(out, "K*", "manifest.json"))):
+        fit_nodes |= set(json.load(open(path))["stages"]["glove"]["nodes"])
+        assert_same_results(os.path.dirname(path),
+                            os.path.join(single, os.path.basename(os.path.dirname(path))))
+    assert len(fit_nodes) >= 2

@@ -162,8 +162,11 @@ def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_pat
     first = ["--train-ids", data["train_ids"], "--labels", data["labels"], "-q", *COMMON]
     invoke("sweep", data["features"], "--out", grown, "--vocab-size", "3", "--window", "2",
            "--dim", "4", *first)
+    parts = glob.glob(os.path.join(grown, "shared", "K3", "tokens", "*.parquet"))
+    written = {p: os.stat(p).st_mtime_ns for p in parts}
     invoke("sweep", data["features"], "--out", grown, "--vocab-size", "3,6", "--window", "2,4",
            "--dim", "4,8", *first)
+    assert parts and {p: os.stat(p).st_mtime_ns for p in parts} == written
     work = json.load(open(os.path.join(grown, "manifest.json")))["last_invocation"]["work"]
     # K 3 is not fitted again; its tokens are re-read (not re-tokenised) to count window 4
     assert work["vocab"] == 1 and work["glove"] == len(GRID) - 1 and work["evaluate"] == len(GRID) - 1

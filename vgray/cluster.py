@@ -418,6 +418,27 @@ class Pool:
                 return actor
             self.discard(actor)  # on a node found lost: it cannot be of use
 
+    def one_per_node(self, answer_s: float = 30.0) -> list:
+        """Started actors taken out of the pool, one on each node that has one (for calls that
+        use every core of their node: GloVe fits of a sweep); `give` each back when done."""
+        self.grow(1)
+        while not self.ready:
+            [ref], _ = ray.wait(list(self.starting), num_returns=1)
+            self._started(ref)
+        taken, nodes = [], set()
+        for actor in list(self.ready):
+            try:
+                node = ray.get(actor.node.remote(), timeout=answer_s)
+            except RETRIABLE + (ray.exceptions.GetTimeoutError,):
+                self.ready.remove(actor)
+                self.discard(actor)
+                continue
+            if node not in nodes:
+                nodes.add(node)
+                self.ready.remove(actor)
+                taken.append(actor)
+        return taken or [self.take()]
+
     def give(self, actor) -> None:
         self.ready.insert(0, actor)
 
@@ -427,16 +448,21 @@ class Pool:
             ray.kill(actor)
         self._start()
 
-    def run(self, n: int, shards: list[int], submit, on_done, extra: list | tuple = ()) -> list:
+    def run(self, n: int, shards: list[int], submit, on_done, extra: list | tuple = (),
+            own: bool = True) -> list:
         """Every shard on up to n actors of the pool, plus `extra` actors lent for this stage
-        (the GPU worker, served first); returns the extra actors that were not lost."""
+        (the GPU worker, served first); without `own`, on the `extra` actors only (one taken
+        from the pool replaces them if all are lost). Returns the extra actors not lost."""
         self.grow(n)
         spare = list(extra)
         lent = {id(a) for a in spare}
         queue, attempts, inflight, finished = list(shards), {}, {}, 0
         try:
             while queue or inflight:
-                while queue and (spare or self.ready):
+                if queue and not own and not spare and not inflight:
+                    spare.append(self.take())
+                    lent.add(id(spare[-1]))
+                while queue and (spare or (own and self.ready)):
                     actor = spare.pop() if spare else self.ready.pop()
                     k = queue.pop(0)
                     inflight[submit(actor, k)] = (actor, k)

@@ -336,7 +336,9 @@ class ShardWorker:
         cfg = TrainConfig(**config)
         if below is not None:
             half = len(samples) // 2
-            samples = tuple(c[d < below] for c, d in zip(samples[:half], samples[half:]))
+            # Where every draw is below (the largest K), the shard's clips are used in place.
+            samples = tuple(c if (d < below).all() else c[d < below]
+                            for c, d in zip(samples[:half], samples[half:]))
         device, note = pick_device(cfg.device)
         clips = sum(len(s) for s in samples)  # the parts are used in place, never concatenated
         if clips < cfg.vocab_size:

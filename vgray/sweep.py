@@ -282,8 +282,7 @@ class _Sweep:
         job.work.update(vocab=0, assign_shards=0, reduce_parts=0, glove=0, evaluate=0)
         self._vocabularies(vocab_left)
         self._counts(needed, todo)
-        for c in todo:
-            self._glove(c)
+        self._fits(todo)
         job.hold_gpu = False
         job.release_gpu_worker()
         return self._finish()
@@ -437,25 +436,58 @@ class _Sweep:
             self.echo(f"cooccur: {len(recount)} vocabularies counted up to window {self.window}, "
                       f"{len(todo)} combinations derived ({time.perf_counter() - t:.1f} s)")
 
-    def _glove(self, c: tuple) -> None:
-        """GloVe on one combination's counts (as train's GloVe stage), then its RUN is completed
-        and evaluated."""
+    def _fits(self, todo: list[tuple]) -> None:
+        """GloVe for each combination still to train, then its RUN is completed. With a GPU plan,
+        one after the other on the GPU worker (as train's GloVe stage); on CPU, in parallel on
+        one shard worker per node, each fit with every core of its node."""
+        job = self.job
+        if not todo:
+            return
+        job.demand.ask("glove", cpus=len(job.pool), gpu=job.gpu.request)
+        if job.gpu.request:
+            for c in todo:
+                self._prepare(c)
+                t, where = time.perf_counter(), []
+                cfg = self.configs[c]
+
+                def fit(actor):
+                    board = job.board()
+                    return get_with_progress(actor.glove.remote(
+                        self.combo(c).root, cfg.to_dict(), board), board, job.echo)
+
+                result = job.on_trainer("glove", fit, where)
+                self._record(c, result, time.perf_counter() - t, where)
+            return
+        actors = job.pool.one_per_node()
+        started = {}
+        progress = Progress(self.echo, "glove", len(todo), "combinations")
+
+        def submit(actor, n):
+            self._prepare(todo[n])
+            started[n] = time.perf_counter()
+            return actor.glove.remote(self.combo(todo[n]).root, self.configs[todo[n]].to_dict())
+
+        def on_done(n, result, finished):
+            self._record(todo[n], result, time.perf_counter() - started[n],
+                         [("glove", result.pop("where"))])
+            progress.advance(1)
+
+        for actor in job.pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
+                                  own=False):
+            job.pool.give(actor)
+        progress.close()
+
+    def _prepare(self, c: tuple) -> None:
+        self._materialise(c)
+        _remove_tree(self.combo(c).path("glove"))
+
+    def _record(self, c: tuple, result: dict, seconds: float, where: list) -> None:
+        """The combination's manifest and skip list, written once its GloVe is fitted: from now
+        on it is a RUN."""
         job, cfg = self.job, self.configs[c]
         run, shared = self.combo(c), self.shared(c[0])
-        self._materialise(c)
-        _remove_tree(run.path("glove"))
-        t = time.perf_counter()
-        job.demand.ask("glove", cpus=len(job.pool), gpu=job.gpu.request)
-
-        def fit(actor):
-            board = job.board()
-            return get_with_progress(actor.glove.remote(run.root, cfg.to_dict(), board), board,
-                                     job.echo)
-
-        where = []
-        result = job.on_trainer("glove", fit, where)
         job.work["glove"] += 1
-        seconds = round(time.perf_counter() - t, 3)
+        seconds = round(seconds, 3)
         state = self.state(c[0])
         nonzeros = result["nonzeros"]
         manifest = {
