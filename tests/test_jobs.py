@@ -81,6 +81,23 @@ def test_train_submitted_as_a_job(head, corpus, tmp_path):
             assert head["token"].encode() not in open(path, "rb").read(), path
 
 
+def test_sweep_submitted_as_a_job(head, corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    truth = pq.read_table(os.path.join(os.path.dirname(corpus["features"]), "truth.parquet"))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(dict(zip(truth["video_id"].to_pylist(),
+                                          map(str, truth["topic"].to_pylist())))))
+    out = tmp_path / "sweep"
+    done = vgray("sweep", corpus["features"], "--out", out, "--train-ids", corpus["train_ids"],
+                 "--labels", labels, "--vocab-size", "3,4", "--window", "1,2", "--dim", "3",
+                 "--epochs", "20", "-q", "--address", head["url"], env=head["env"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "submitted job" in done.stderr and "best by probe accuracy: K" in done.stdout
+    assert len(open(out / "sweep.csv").read().splitlines()) == 1 + 4
+    assert json.load(open(out / "manifest.json"))["labels_file"] == str(labels)
+
+
 def test_no_wait_and_the_jobs_commands(head, corpus, tmp_path):
     out = tmp_path / "run"
     done = vgray("train", corpus["features"], "--out", out, *TRAIN, "--address", head["url"],
