@@ -26,6 +26,7 @@ import torch
 
 from common import machine, topic_tokens, write_result
 from vgray import cooccur
+from vgray.config import TrainConfig
 from vgray.glove import GloVe, loss
 
 
@@ -66,7 +67,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=1500)
     ap.add_argument("--window", type=int, default=5)
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--x-max", type=float, default=100.0)
+    ap.add_argument("--x-max", type=float, default=TrainConfig().x_max)
     ap.add_argument("--alpha", type=float, default=0.75)
     ap.add_argument("--reference-epochs", type=int, default=300)
     ap.add_argument("--target-epochs", type=int, default=1500)

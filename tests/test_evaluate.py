@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from vgray import evaluate as ev
 from vgray.cli import app
+from vgray.config import TrainConfig
 from vgray.glove import loss
 
 from test_cooccur import brute_force
@@ -70,7 +71,7 @@ def test_intrinsic_measures_against_brute_force(run, corpus):
     i, j = np.nonzero(dense)
     state = np.load(os.path.join(run, "glove", "state.npz"))
     want = loss(state["w"], state["w_context"], state["b"], state["b_context"], i, j, dense[i, j],
-                100.0, 0.75)
+                TrainConfig().x_max, 0.75)
     assert m["held_out"]["loss"] == pytest.approx(want, rel=1e-9)
     assert m["held_out"]["nonzeros"] == len(i)
     assert json.load(open(os.path.join(run, "evaluation.json")))["intrinsic"] == json.loads(

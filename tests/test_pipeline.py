@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from vgray import glove
 from vgray.cli import app
+from vgray.config import TrainConfig
 from vgray.store import read_tokens
 
 from test_cooccur import brute_force
@@ -92,7 +93,7 @@ def test_contract_files(trained, corpus):
     loss = np.loadtxt(os.path.join(run, "glove", "loss.csv"), delimiter=",", skiprows=1)
     assert loss.shape == (201, 2) and loss[-1, 1] < loss[0, 1]
     direct = glove.loss(state["w"], state["w_context"], state["b"], state["b_context"],
-                        co["i"], co["j"], co["x"], 100.0, 0.75)
+                        co["i"], co["j"], co["x"], TrainConfig().x_max, 0.75)
     assert direct == pytest.approx(loss[-1, 1], rel=1e-4)
 
     for vid in ids:

@@ -84,7 +84,16 @@ def _quiet_ray() -> None:
     os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
 
 
-def _dispatch(address, no_wait, quiet, argv, paths, local, verb):
+def _mdvc_warning(out: str) -> None:
+    """One stderr line (even with -q) when RUN's settings make outputs MDVC cannot read."""
+    from .downstream import mdvc_warning
+
+    line = mdvc_warning(out)
+    if line:
+        typer.echo(line, err=True)
+
+
+def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
     """Submit to the Jobs API (http address), or run here on the given/embedded Ray and print
     the summary line."""
     from . import cluster, submit
@@ -102,7 +111,10 @@ def _dispatch(address, no_wait, quiet, argv, paths, local, verb):
         return
     if address:
         _run(cluster.connect, address)
-    typer.echo(_run(local).line(verb))
+    summary = _run(local)
+    typer.echo(summary.line(verb))
+    if after is not None:
+        after(summary)
 
 
 def _argv(positional: list[str], options: dict, quiet: bool) -> list[str]:
@@ -174,7 +186,8 @@ def train(
             typer.echo(f"report: {write_report(out)}", err=True)
         return summary
 
-    _dispatch(address, no_wait, quiet, argv, paths, local, "embedded")
+    _dispatch(address, no_wait, quiet, argv, paths, local, "embedded",
+              after=lambda summary: _mdvc_warning(summary.out))
 
 
 def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
@@ -186,7 +199,8 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
     argv = _argv([command, run, features, "--out", out],
                  {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}, quiet)
     _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
-              lambda: fn(run, features, out, workers, strict, _echo(quiet), follow_symlinks), verb)
+              lambda: fn(run, features, out, workers, strict, _echo(quiet), follow_symlinks), verb,
+              after=(lambda summary: _mdvc_warning(summary.out)) if command == "embed" else None)
 
 
 @app.command()
@@ -272,6 +286,22 @@ def sweep(
         return run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
 
     _dispatch(address, no_wait, quiet, argv, paths, local, "")
+
+
+@app.command()
+def check(run: Annotated[str, typer.Argument(help="A RUN of vgray train, or an output of vgray embed.")],
+          model: Annotated[str, typer.Option("--for", help="bmt or mdvc: the model whose loader RUN is checked against.")],
+          features: Annotated[Optional[str], typer.Option("--features", help="The corpus whose every video must be readable (default: the one RUN was made from).")] = None,
+          every: Annotated[bool, typer.Option("--all", help="One line per file with a problem, not one per kind of problem.")] = False):
+    """Can BMT or MDVC read RUN as it is? One line per problem (file, width); exit 1 if not."""
+    from .downstream import check as run_check
+
+    result = _run(run_check, run, model.lower(), features)
+    for line in result.lines(every):
+        typer.echo(line)
+    typer.echo(result.verdict())
+    if not result.ok():
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -13,10 +13,12 @@ DEVICES = ("auto", "cpu", "cuda")
 class TrainConfig:
     """Every setting of a `vgray train` run; saved resolved in RUN/manifest.json."""
 
+    # The model behind the paper's results (Estevam et al., 2112.08455): K 1500, window 5,
+    # dim 128 (BMT's audio width, MDVC's 1024 + 128), x_max 20; alpha is GloVe's.
     vocab_size: int = 1500
     window: int = 5
     dim: int = 128
-    x_max: float = 100.0
+    x_max: float = 20.0
     alpha: float = 0.75
     epochs: int = 300
     learning_rate: float = 0.05
