@@ -1,8 +1,9 @@
 """Run `vgray train` on a simulated multi-node Ray cluster (used by test_multinode.py).
 
-usage: python cluster_job.py FEATURES OUT [--kill | --sweep]
+usage: python cluster_job.py FEATURES OUT [--kill | --sweep [--gpu]]
 With --kill, one worker node is killed once two shards are done, and a fresh node joins (as an
-autoscaler would add one). With --sweep, `vgray sweep` of SWEEP runs instead of train.
+autoscaler would add one). With --sweep, `vgray sweep` of SWEEP runs instead of train; with
+--gpu, one node has a (fake) GPU.
 """
 
 import json
@@ -24,7 +25,9 @@ SWEEP = {"vocab_sizes": [3, 6], "windows": [2, 4], "dims": [4, 8]}
 def main():
     features, out = sys.argv[1], sys.argv[2]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    # --gpu: the third node has a GPU resource (fake: torch finds no CUDA there)
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=int(n == 2 and "--gpu" in sys.argv))
+             for n in range(3)]
     ray.init(address=cluster.address, logging_level="ERROR")
     cluster.wait_for_nodes()
     result: dict = {}

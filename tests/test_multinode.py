@@ -63,21 +63,47 @@ def test_worker_node_killed_mid_assignment(reference, tmp_path):
     assert_same_results(single, out)  # nothing lost, nothing counted twice
 
 
-def test_a_sweep_fits_on_every_node_with_the_single_node_results(reference, tmp_path):
-    """The GloVe fits of a sweep run in parallel, one per node (each with every core of its
-    node), and give what the same sweep gives on one node."""
+@pytest.fixture(scope="module")
+def single_sweep(reference, tmp_path_factory):
     from cluster_job import CONFIG, SWEEP
 
     from vgray.sweep import sweep
 
-    features, _ = reference
-    single = str(tmp_path / "single")
-    sweep(features, single, **SWEEP, config=CONFIG)
-    out = str(tmp_path / "three")
-    assert run_on_cluster(features, out, "--sweep")["videos"] == 8  # combinations
-    fit_nodes = set()
+    out = str(tmp_path_factory.mktemp("sweep") / "single")
+    sweep(reference[0], out, **SWEEP, config=CONFIG)
+    return out
+
+
+def fits_of(out, single):
+    """The stage records of each combination's GloVe fit; each combination equals the single-node
+    sweep's."""
+    fits = {}
     for path in sorted(glob.glob(os.path.join(out, "K*", "manifest.json"))):
-        fit_nodes |= set(json.load(open(path))["stages"]["glove"]["nodes"])
+        fits[path] = json.load(open(path))["stages"]["glove"]
         assert_same_results(os.path.dirname(path),
                             os.path.join(single, os.path.basename(os.path.dirname(path))))
+    assert len(fits) == 8
+    return fits
+
+
+def test_a_sweep_fits_on_every_node_with_the_single_node_results(reference, single_sweep, tmp_path):
+    """The GloVe fits of a sweep run in parallel, one per node (each with every core of its
+    node), and give what the same sweep gives on one node."""
+    out = str(tmp_path / "three")
+    assert run_on_cluster(reference[0], out, "--sweep")["videos"] == 8  # combinations
+    fit_nodes = set()
+    for fit in fits_of(out, single_sweep).values():
+        fit_nodes |= set(fit["nodes"])
     assert len(fit_nodes) >= 2
+
+
+def test_a_sweep_with_a_gpu_fits_on_the_gpu_worker(reference, single_sweep, tmp_path):
+    """With a GPU in the cluster, every fit goes to the GPU worker (here a fake GPU that torch
+    cannot use: said, and computed on CPU), with the single-node results."""
+    out = str(tmp_path / "gpu")
+    run_on_cluster(reference[0], out, "--sweep", "--gpu")
+    fits = fits_of(out, single_sweep).values()
+    assert len({node for fit in fits for node in fit["nodes"]}) == 1
+    assert all(fit["device"] == "cpu" and fit["device_note"] for fit in fits)
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert all(v["vocab"]["device_note"] for v in manifest["vocabularies"].values())

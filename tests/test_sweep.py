@@ -140,6 +140,8 @@ def test_a_combination_is_a_run(swept, data, tmp_path):
     model = VisualGlove.load(run)
     assert (model.vocab_size, model.dim) == (6, 8)
     invoke("export", run, "--format", "glove-text", "--out", str(tmp_path / "export"))
+    invoke("report", run, "-q")
+    assert os.path.exists(os.path.join(run, "report", "index.html"))
     invoke("embed", run, data["features"], "--out", str(tmp_path / "embedded"), "-q")
     assert len(os.listdir(tmp_path / "embedded" / "embeddings")) == 80
     # train with the combination's settings into it: only the embeddings are left to make
