@@ -20,7 +20,7 @@ from vgray import VisualGlove
 from vgray import evaluate as ev
 from vgray.cli import app
 from vgray.errors import VgrayError
-from vgray.sweep import parse_values
+from vgray.resume import parse_values
 
 from test_cooccur import brute_force
 from test_pipeline import ROOT, tokens_of
@@ -161,12 +161,28 @@ def test_a_combination_is_a_run(swept, data, tmp_path):
     assert emb.shape[1] == 8
 
 
-def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_path):
-    out, _ = swept
+def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_path, monkeypatch):
+    import vgray.sweep
+
+    out, output = swept
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "**"), recursive=True)}
+    monkeypatch.setattr(vgray.sweep, "connect", lambda *a: pytest.fail("Ray was used"))
+    again = invoke("sweep", data["features"], "--out", out, "--train-ids", data["train_ids"],
+                   "--labels", data["labels"], *SWEEP)
+    assert "is complete: nothing to do" in again.output
+    assert again.stdout.splitlines()[:-1] == output.splitlines()[-len(GRID) - 3:-1]  # the table
+    assert {p: os.stat(p).st_mtime_ns
+            for p in glob.glob(os.path.join(out, "**"), recursive=True)} == files
+    # A subset of the grid is not the same sweep: its table is written, with no training.
+    monkeypatch.undo()
     invoke("sweep", data["features"], "--out", out, "--train-ids", data["train_ids"],
-           "--labels", data["labels"], "-q", *SWEEP)
+           "--labels", data["labels"], "-q", *SWEEP[:2], "--window", "2", "--dim", "4", *COMMON)
     work = json.load(open(os.path.join(out, "manifest.json")))["last_invocation"]["work"]
     assert not any(work.values()), work
+    assert len(table(os.path.join(out, "sweep.csv"))) == 2
+    invoke("sweep", data["features"], "--out", out, "--train-ids", data["train_ids"],
+           "--labels", data["labels"], "-q", *SWEEP)  # the whole table again, for the others
+    assert len(table(os.path.join(out, "sweep.csv"))) == len(GRID)
     grown = str(tmp_path / "grown")
     first = ["--train-ids", data["train_ids"], "--labels", data["labels"], "-q", *COMMON]
     invoke("sweep", data["features"], "--out", grown, "--vocab-size", "3", "--window", "2",

@@ -262,7 +262,7 @@ def sweep(
 ):
     """Train and evaluate every combination of --vocab-size x --window x --dim, sharing the scan,
     the k-means sample, the pass over the features and the counts; print the best."""
-    from .sweep import parse_values
+    from .resume import parse_values
 
     settings = dict(x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
                     streams=streams, seed=seed, workers=workers, device=device, gpu_wait=gpu_wait,
@@ -281,9 +281,15 @@ def sweep(
     paths = {1, 3} | ({5} if train_ids else set()) | ({7 if train_ids else 5} if labels else set())
 
     def local():
-        from .sweep import sweep as run_sweep
+        from .resume import complete_sweep
 
-        return run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+        # A complete sweep is told from its manifest before torch or Ray is loaded.
+        summary = complete_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+        if summary is None:
+            from .sweep import sweep as run_sweep
+
+            summary = run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+        return summary
 
     _dispatch(address, no_wait, quiet, argv, paths, local, "")
 

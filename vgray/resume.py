@@ -8,7 +8,9 @@ so the fast check and the pipeline cannot disagree about them.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from . import fs
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids, scan
+from .errors import VgrayError
 from .store import RunDir
 
 # The stages of a complete `vgray train` RUN, in order.
@@ -128,3 +131,137 @@ def complete_train(features: str, out: str, config: TrainConfig, train_ids: str 
                                               "glove": 0, "embed_shards": 0},
                    {k: stages[k] for k in ("vocab", "cooccur", "glove")})
 
+
+
+# ---------------------------------------------------------------------------------------------
+# `vgray sweep`: what a sweep is, and whether it is complete
+
+VARIED = ("vocab_size", "window", "dim")  # what a sweep varies; the rest is the sweep's own
+INTEGERS = {"vocab_size", "window", "dim", "dead_words", "tiny_words"}
+
+
+def parse_values(text: str, flag: str) -> list[int]:
+    """'500,1000,1500' -> [500, 1000, 1500] (sorted, each once)."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise VgrayError(f"{flag} takes integers separated by commas, got {text!r}") from None
+    if not values:
+        raise VgrayError(f"{flag} needs at least one value")
+    return values
+
+
+def name(vocab_size: int, window: int, dim: int) -> str:
+    """A combination's RUN directory in DIR."""
+    return f"K{vocab_size}-w{window}-d{dim}"
+
+
+def sweep_settings(config: TrainConfig, features: str, ids: list[str] | None) -> dict:
+    """The settings a sweep DIR must have been made with to be resumed (all but the varied)."""
+    return {k: v for k, v in train_settings(config, features, ids).items() if k not in VARIED}
+
+
+def digest_file(path: str | None) -> str | None:
+    """What a labels file held (its evaluations are redone when it changes)."""
+    if path is None:
+        return None
+    return hashlib.sha256(fs.read_bytes(fs.normalize(path))).hexdigest()[:16]
+
+
+def cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class SweepSummary:
+    """What `vgray sweep` did: the table, the best combination (by `ranked_by`), the time."""
+
+    out: str
+    rows: list[dict]
+    best: dict | None
+    ranked_by: str | None
+    seconds: float
+    work: dict
+
+    def line(self, verb: str = "") -> str:
+        return "\n".join(self.lines())
+
+    def lines(self) -> list[str]:
+        head = ["vocab_size", "window", "dim", "final_loss", "perplexity", "neighbour_share",
+                "probe_accuracy", "seconds"]
+        out = ["  ".join(f"{h:>15}" if n > 2 else f"{h:>10}" for n, h in enumerate(head))]
+        for r in self.rows:
+            out.append("  ".join((f"{cell(r[h]):>15}" if n > 2 else f"{r[h]:>10}")
+                                 for n, h in enumerate(head)))
+        if self.best is not None:
+            best = name(*(self.best[k] for k in VARIED))
+            out.append(f"best by {self.ranked_by.replace('_', ' ')}: {best} "
+                       f"({cell(self.best[self.ranked_by])}) -> {fs.join(self.out, best)}")
+        else:
+            out.append("no best without --labels: J, inertia, perplexity and the neighbours' "
+                       "share each change with K or the window by construction")
+        out.append(f"{len(self.rows)} combinations in {self.seconds:.1f} s; "
+                   f"{fs.join(self.out, 'sweep.csv')}, {fs.join(self.out, 'report.html')}")
+        return out
+
+
+def read_rows(text: str) -> list[dict]:
+    """sweep.csv back as the rows it was written from."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({k: None if v == "" else int(v) if k in INTEGERS else float(v)
+                     for k, v in row.items()})
+    return rows
+
+
+def complete_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int],
+                   dims: list[int], config: TrainConfig, train_ids: str | None,
+                   labels: str | None, echo=None) -> SweepSummary | None:
+    """The summary of DIR if it already holds everything this `vgray sweep` would make, else
+    None. Like complete_train, it reads only: no Ray, no torch, no file written."""
+    t0 = time.perf_counter()
+    run = RunDir(fs.normalize(out))
+    try:
+        manifest = run.read_manifest()
+    except Exception:  # noqa: BLE001 - the sweep says what is wrong
+        return None
+    if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "sweep":
+        return None
+    features = fs.normalize(features)
+    ids = read_train_ids(train_ids) if train_ids else None
+    grid = {"vocab_size": sorted(set(vocab_sizes)), "window": sorted(set(windows)),
+            "dim": sorted(set(dims))}
+    labels_file = fs.normalize(labels) if labels else None
+    if (manifest.get("settings") != sweep_settings(config, features, ids)
+            or manifest.get("grid") != grid or manifest.get("labels_file") != labels_file):
+        return None
+    key = digest_file(labels) if labels else None
+    combos = [name(k, w, d) for k in grid["vocab_size"] for w in grid["window"]
+              for d in grid["dim"]]
+    evaluated = manifest.get("evaluated", {})
+    if any(evaluated.get(c, {}).get("labels", "missing") != key for c in combos):
+        return None
+    outputs = [run.path(p) for p in ("sweep.csv", "report.html", "skipped.jsonl")]
+    outputs += [run.path(c, p) for c in combos
+                for p in ("manifest.json", "glove/vectors.npy", "evaluation.json")]
+    if not all(fs.exists(p) for p in outputs):
+        return None
+    rows = read_rows(fs.read_bytes(run.path("sweep.csv")).decode("utf-8"))
+    if [name(*(r[k] for k in VARIED)) for r in rows] != combos:
+        return None
+    corpus = scan(features, config.streams, ids, follow_symlinks=config.follow_symlinks)
+    if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
+        return None
+    best = manifest.get("best")
+    ranked_by = best["by"] if best else None
+    best_row = next((r for r in rows if best and name(*(r[k] for k in VARIED)) == best["combination"]),
+                    None)
+    if echo is not None:
+        echo(f"{run.root} is complete: nothing to do")
+    return SweepSummary(run.root, rows, best_row, ranked_by, time.perf_counter() - t0,
+                        {"vocab": 0, "assign_shards": 0, "reduce_parts": 0, "glove": 0,
+                         "evaluate": 0})

@@ -50,71 +50,13 @@ from .live import get_with_progress
 from .pipeline import (Job, _clips, _device_line, _remove_tree, _versions, fit_vocabularies,
                        partial_paths, tokenize)
 from .progress import Progress
-from .resume import make_shards, train_settings
+from .resume import (VARIED, SweepSummary, cell, complete_sweep, digest_file, make_shards, name,
+                     sweep_settings, train_settings)
+
+PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy")
 from .store import (COOCCUR_SCHEMA, WORK, RunDir, copy_file, distance_table, read_distance_table,
                     read_json, read_tokens, save_npy, shard_name, tokens_table, write_table,
                     write_text)
-
-# The settings that a sweep varies; every other result-changing setting is the sweep's own.
-VARIED = ("vocab_size", "window", "dim")
-MEASURES = ("final_loss", "inertia_per_clip", "perplexity", "dead_words", "tiny_words",
-            "neighbour_share", "held_out_loss", "probe_accuracy", "retrieval_map")
-PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy")
-
-
-def parse_values(text: str, flag: str) -> list[int]:
-    """'500,1000,1500' -> [500, 1000, 1500] (sorted, each once)."""
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise VgrayError(f"{flag} takes integers separated by commas, got {text!r}") from None
-    if not values:
-        raise VgrayError(f"{flag} needs at least one value")
-    return values
-
-
-def name(vocab_size: int, window: int, dim: int) -> str:
-    return f"K{vocab_size}-w{window}-d{dim}"
-
-
-@dataclasses.dataclass
-class SweepSummary:
-    out: str
-    rows: list[dict]
-    best: dict | None
-    ranked_by: str | None
-    seconds: float
-    work: dict
-
-    def line(self, verb: str = "") -> str:
-        return "\n".join(self.lines())
-
-    def lines(self) -> list[str]:
-        head = ["vocab_size", "window", "dim", "final_loss", "perplexity", "neighbour_share",
-                "probe_accuracy", "seconds"]
-        out = ["  ".join(f"{h:>15}" if n > 2 else f"{h:>10}" for n, h in enumerate(head))]
-        for r in self.rows:
-            out.append("  ".join((f"{_cell(r[h]):>15}" if n > 2 else f"{r[h]:>10}")
-                                 for n, h in enumerate(head)))
-        if self.best is not None:
-            best = name(*(self.best[k] for k in VARIED))
-            out.append(f"best by {self.ranked_by.replace('_', ' ')}: {best} "
-                       f"({_cell(self.best[self.ranked_by])}) -> {fs.join(self.out, best)}")
-        else:
-            out.append("no best without --labels: J, inertia, perplexity and the neighbours' "
-                       "share each change with K or the window by construction")
-        out.append(f"{len(self.rows)} combinations in {self.seconds:.1f} s; "
-                   f"{fs.join(self.out, 'sweep.csv')}, {fs.join(self.out, 'report.html')}")
-        return out
-
-
-def _cell(value) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
 
 # ---------------------------------------------------------------------------------------------
 # On the shard workers
@@ -211,6 +153,10 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
     except ValueError as e:
         raise VgrayError(str(e)) from None
     label_map = read_labels(labels) if labels else None
+    done = complete_sweep(features, out, vocab_sizes, windows, dims, config, train_ids, labels,
+                          echo)
+    if done is not None:  # nothing to do: no Ray, no file written
+        return done
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     old = RunDir(out).read_manifest()
@@ -256,8 +202,7 @@ class _Sweep:
     # --- the run --------------------------------------------------------------------------
     def run(self) -> SweepSummary:
         job, cfg = self.job, self.config
-        settings = {k: v for k, v in train_settings(cfg, self.features, self.ids).items()
-                    if k not in VARIED}
+        settings = sweep_settings(cfg, self.features, self.ids)
         job.open({"command": "sweep", "features": self.features,
                   "train_ids_file": fs.normalize(self.train_ids) if self.train_ids else None,
                   "config": {k: v for k, v in cfg.to_dict().items() if k not in VARIED},
@@ -607,15 +552,6 @@ class _Sweep:
         return SweepSummary(self.run_dir.root, rows, best, ranked_by, seconds, dict(job.work))
 
 
-def digest_file(path: str | None) -> str | None:
-    """What a labels file held (its evaluation is redone when it changes)."""
-    if path is None:
-        return None
-    import hashlib
-
-    return hashlib.sha256(fs.read_bytes(fs.normalize(path))).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------------------
 # DIR/report.html
 
@@ -645,7 +581,7 @@ def report_page(rows: list[dict], ranked_by: str | None, best: dict | None) -> s
         plt.close(fig)
         figures.append((measure, base64.b64encode(buf.getvalue()).decode("ascii")))
     head = list(rows[0])
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[h]))}</td>" for h in head)
+    table = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r[h]))}</td>" for h in head)
                     + "</tr>" for r in rows)
     best_line = (f"<p>Best by {html.escape(str(ranked_by).replace('_', ' '))}: "
                  f"<b>{html.escape(name(*(best[k] for k in VARIED)))}</b></p>" if best else "")
