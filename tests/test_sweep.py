@@ -254,6 +254,14 @@ def test_a_train_run_is_not_swept_into(ray_session, data, tmp_path):
     assert result.exit_code == 1 and "is a vgray train RUN, not a sweep" in result.output
 
 
+def test_a_sweep_dir_is_not_taken_for_a_run(swept):
+    out, _ = swept
+    result = CliRunner().invoke(app, ["evaluate", out])
+    assert result.exit_code == 1 and "is a vgray sweep: each combination in it is a RUN" in result.output
+    with pytest.raises(VgrayError, match="sweep.csv"):
+        VisualGlove.load(out)
+
+
 def test_parse_values():
     assert parse_values("1500, 500,1000,500", "--vocab-size") == [500, 1000, 1500]
     with pytest.raises(VgrayError, match="at least one value"):

@@ -21,6 +21,9 @@ def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.nda
     """The manifest, centroids and (optionally) vectors of a finished RUN, checked before use."""
     run = RunDir(run_dir)
     manifest = run.read_manifest()
+    if manifest is not None and manifest.get("command") == "sweep":
+        raise VgrayError(f"{run_dir} is a vgray sweep: each combination in it is a RUN "
+                         f"({run.path('K{K}-w{W}-d{D}')}; see {run.path('sweep.csv')})")
     if manifest is None or manifest.get("command") != "train":
         raise VgrayError(f"{run_dir} is not a vgray train run (no manifest.json)")
     stages = manifest.get("stages", {})
