@@ -257,9 +257,11 @@ class _Sweep:
             return
         for k in vocab_left:
             _remove_tree(self.shared(k).root)
-            for c in self.grid:
-                if c[0] == k:
-                    _remove_tree(self.combo(c).root)
+            # Every combination of this K: of this grid, and (locally) of earlier ones.
+            for entry in {name(*c) for c in self.grid if c[0] == k} | set(
+                    fs.listdir(self.run_dir.root)):
+                if entry.startswith(f"K{k}-w"):
+                    _remove_tree(self.run_dir.path(entry))
             self.job.manifest.setdefault("vocabularies", {})[str(k)] = {}
         t = time.perf_counter()
 
@@ -435,6 +437,7 @@ class _Sweep:
         seconds = round(seconds, 3)
         state = self.state(c[0])
         nonzeros = result["nonzeros"]
+        skips = self.skips(shared)
         manifest = {
             "command": "train", "features": self.features,
             "train_ids_file": job.manifest.get("train_ids_file"), "config": cfg.to_dict(),
@@ -449,9 +452,9 @@ class _Sweep:
                                  "nodes": node_usage([(kind, w) for kind, w in where if w]),
                                  **result}},
             "counts": {"videos": state["assign"]["videos"], "clips": state["assign"]["clips"],
-                       "skipped": len(self.skips(shared))},
+                       "skipped": len(skips)},
             "sweep": {"dir": self.run_dir.root, "combination": name(*c)}}
-        write_text(run.path("skipped.jsonl"), self.skips_text(shared))
+        write_text(run.path("skipped.jsonl"), "".join(json.dumps(s) + "\n" for s in skips))
         run.write_manifest(manifest)
         job.echo(f"glove {name(*c)}: {result['epochs']} epochs on {nonzeros} non-zeros, loss "
                  f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g}, "
