@@ -57,12 +57,14 @@ def clip_draws(video_id: str, frames: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, zlib.crc32(video_id.encode("utf-8"))]).random(frames)
 
 
-def sample_mask(video_id: str, frames: int, probability: float, seed: int) -> np.ndarray:
-    """Which clips of a video go into the k-means sample: a per-video seeded draw, so the sample
-    does not depend on how videos are sharded or which worker loads them."""
+def sample_mask(video_id: str, frames: int, probability: float, seed: int,
+                draws: np.ndarray | None = None) -> np.ndarray:
+    """Which clips of a video go into the k-means sample: a per-video seeded draw (`draws`, if
+    already drawn), so the sample does not depend on how videos are sharded or which worker
+    loads them."""
     if probability >= 1.0:
         return np.ones(frames, dtype=bool)
-    return clip_draws(video_id, frames, seed) < probability
+    return (clip_draws(video_id, frames, seed) if draws is None else draws) < probability
 
 
 # The GPU worker: a ShardWorker given the GPU and no CPU (it may share a node whose CPUs shard
@@ -217,8 +219,7 @@ class ShardWorker:
         rows, kept, skips = [], [], []
         for v in videos:
             u = clip_draws(v.video_id, v.frames, seed) if draws else None
-            mask = sample_mask(v.video_id, v.frames, probability, seed) if u is None else \
-                (u < probability if probability < 1.0 else np.ones(v.frames, dtype=bool))
+            mask = sample_mask(v.video_id, v.frames, probability, seed, u)
             try:
                 picked = [load_clips(v, self.streams, s, min(s + self.batch_clips, v.frames))
                           [mask[s:s + self.batch_clips]]
@@ -588,6 +589,16 @@ class Job:
             self.gpu_computes = True
         return result
 
+    def fit_glove(self, root: str, cfg: TrainConfig, where: list) -> dict:
+        """GloVe on the counts of the RUN at `root` (writes its glove/), on the trainer that
+        on_trainer picks, its epochs shown live."""
+        def fit(actor):
+            board = self.board()
+            return get_with_progress(actor.glove.remote(root, cfg.to_dict(), board), board,
+                                     self.echo)
+
+        return self.on_trainer("glove", fit, where)
+
     # --- scanning -------------------------------------------------------------------------
     def scan(self, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
              rgb_dim: int | None = None, flow_dim: int | None = None,
@@ -693,17 +704,10 @@ class Job:
     # --- the end --------------------------------------------------------------------------
     def finish(self, shards: list[list[Video]], embedded: bool) -> Summary:
         """Write skipped.jsonl (every input not used, and why) and close the manifest."""
-        skips = [s.to_dict() for s in self.corpus.skips]
-        for stage in ("assign", "embed") if embedded else ("assign",):
-            for k in range(len(shards)):
-                skips.extend(self.run.read_marker(stage, k)["skips"])
-        skips.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
-                     for vid in self.corpus.missing_train_ids)
-        skips.sort(key=lambda s: (s["video_id"], s["path"] or ""))
-        text = "".join(json.dumps(s) + "\n" for s in skips)
-        path = self.run.path("skipped.jsonl")
-        if not fs.exists(path) or fs.read_bytes(path) != text.encode("utf-8"):
-            write_text(path, text)  # unchanged, it is left alone (sync tools copy what changes)
+        skips = skip_records(self.corpus, [self.run.read_marker(stage, k)["skips"]
+                                           for stage in (("assign", "embed") if embedded else ("assign",))
+                                           for k in range(len(shards))])
+        write_skips(self.run.path("skipped.jsonl"), skips)
         stage = self.manifest["stages"]["embed" if embedded else "assign"]
         seconds = time.perf_counter() - self.t0
         self.manifest["status"] = "complete"
@@ -719,6 +723,36 @@ class Job:
             self.echo(usage_line(self.manifest["nodes"]))
         return Summary(self.run.root, stage["videos"], self.manifest["counts"]["clips"],
                        len(skips), seconds, dict(self.work))
+
+
+def skip_records(corpus: Corpus, found: list[list[dict]]) -> list[dict]:
+    """Every input not used, and why: the scan's skips, those the workers `found` (one list per
+    marker) and training ids without files; sorted as skipped.jsonl holds them."""
+    skips = [s.to_dict() for s in corpus.skips]
+    for records in found:
+        skips.extend(records)
+    skips.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
+                 for vid in corpus.missing_train_ids)
+    return sorted(skips, key=lambda s: (s["video_id"], s["path"] or ""))
+
+
+def write_skips(path: str, skips: list[dict]) -> None:
+    """skipped.jsonl; left alone when its content is unchanged (sync tools copy what changes)."""
+    text = "".join(json.dumps(s) + "\n" for s in skips)
+    if not fs.exists(path) or fs.read_bytes(path) != text.encode("utf-8"):
+        write_text(path, text)
+
+
+def vocab_line(cfg: TrainConfig, result: dict, seconds: float) -> str:
+    return (f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
+            f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations, "
+            f"{_device_line(result)} ({seconds:.1f} s)")
+
+
+def glove_line(what: str, result: dict, seconds: float) -> str:
+    return (f"{what}: {result['epochs']} epochs on {result['nonzeros']} non-zeros, loss "
+            f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g}, "
+            f"{_device_line(result)} ({seconds:.1f} s)")
 
 
 def train(features: str, out: str, config: TrainConfig, train_ids: str | None = None,
@@ -789,9 +823,7 @@ def _vocab_stage(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[V
         save_npy(centroids_path, result.pop("centroids"))
         job.work["vocab"] = 1
         job.finish_stage("vocab", time.perf_counter() - t, where, **result)
-        job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
-                 f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations, "
-                 f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
+        job.echo(vocab_line(cfg, result, time.perf_counter() - t))
 
     fit_vocabularies(job, [cfg], corpus, shards, save)
 
@@ -898,18 +930,11 @@ def _glove_stage(job: Job, cfg: TrainConfig) -> None:
     t = time.perf_counter()
     job.demand.ask("glove", cpus=len(job.pool), gpu=job.gpu.request)
 
-    def fit(actor):
-        board = job.board()
-        return get_with_progress(actor.glove.remote(job.run.root, cfg.to_dict(), board), board,
-                                 job.echo)
-
     where = []
-    result = job.on_trainer("glove", fit, where)
+    result = job.fit_glove(job.run.root, cfg, where)
     job.work["glove"] = 1
     job.finish_stage("glove", time.perf_counter() - t, where, **result)
-    job.echo(f"glove: {result['epochs']} epochs on {result['nonzeros']} non-zeros, loss "
-             f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g}, "
-             f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
+    job.echo(glove_line("glove", result, time.perf_counter() - t))
 
 
 def _remove_tree(path: str) -> None:

@@ -36,7 +36,6 @@ import csv
 import dataclasses
 import html
 import io
-import json
 import time
 
 import pyarrow as pa
@@ -46,9 +45,8 @@ from .cluster import connect, here, node_usage, plan_gpu, usage_by_type
 from .config import TrainConfig
 from .corpus import Skip, read_train_ids
 from .errors import BadVideo, VgrayError
-from .live import get_with_progress
-from .pipeline import (Job, _clips, _device_line, _remove_tree, _versions, fit_vocabularies,
-                       partial_paths, tokenize)
+from .pipeline import (Job, _clips, _remove_tree, _versions, fit_vocabularies, glove_line,
+                       partial_paths, skip_records, tokenize, vocab_line, write_skips)
 from .progress import Progress
 from .resume import (VARIED, SweepSummary, cell, complete_sweep, digest_file, make_shards, name,
                      sweep_settings, train_settings)
@@ -273,9 +271,7 @@ class _Sweep:
                 "nodes": node_usage([(kind, w) for kind, w in where if w]), **result}
             job.work["vocab"] += 1
             job.save()
-            job.echo(f"vocab: K={cfg.vocab_size} on {result['sample_clips']} clips, inertia/clip "
-                     f"{result['inertia_per_clip']:.4g}, {result['iterations']} iterations, "
-                     f"{_device_line(result)} ({time.perf_counter() - t:.1f} s)")
+            job.echo(vocab_line(cfg, result, time.perf_counter() - t))
             t = time.perf_counter()
 
         fit_vocabularies(job, [self.configs[(k, *self.grid[0][1:])] for k in vocab_left],
@@ -395,14 +391,7 @@ class _Sweep:
             for c in todo:
                 self._prepare(c)
                 t, where = time.perf_counter(), []
-                cfg = self.configs[c]
-
-                def fit(actor):
-                    board = job.board()
-                    return get_with_progress(actor.glove.remote(
-                        self.combo(c).root, cfg.to_dict(), board), board, job.echo)
-
-                result = job.on_trainer("glove", fit, where)
+                result = job.fit_glove(self.combo(c).root, self.configs[c], where)
                 self._record(c, result, time.perf_counter() - t, where)
             return
         actors = job.pool.one_per_node()
@@ -454,11 +443,9 @@ class _Sweep:
             "counts": {"videos": state["assign"]["videos"], "clips": state["assign"]["clips"],
                        "skipped": len(skips)},
             "sweep": {"dir": self.run_dir.root, "combination": name(*c)}}
-        write_text(run.path("skipped.jsonl"), "".join(json.dumps(s) + "\n" for s in skips))
+        write_skips(run.path("skipped.jsonl"), skips)
         run.write_manifest(manifest)
-        job.echo(f"glove {name(*c)}: {result['epochs']} epochs on {nonzeros} non-zeros, loss "
-                 f"{result['initial_loss']:.4g} -> {result['final_loss']:.4g}, "
-                 f"{_device_line(result)} ({seconds:.1f} s)")
+        job.echo(glove_line(f"glove {name(*c)}", result, seconds))
 
     def _materialise(self, c: tuple) -> None:
         """The combination's RUN gets its vocabulary's centroids, tokens and assign markers (hard
@@ -472,16 +459,8 @@ class _Sweep:
 
     def skips(self, shared: RunDir) -> list[dict]:
         """Every input not used, and why (as train's skipped.jsonl)."""
-        corpus = self.corpus
-        out = [s.to_dict() for s in corpus.skips]
-        for s in range(len(self.shards)):
-            out.extend(shared.read_marker("assign", s)["skips"])
-        out.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
-                   for vid in corpus.missing_train_ids)
-        return sorted(out, key=lambda s: (s["video_id"], s["path"] or ""))
-
-    def skips_text(self, shared: RunDir) -> str:
-        return "".join(json.dumps(s) + "\n" for s in self.skips(shared))
+        return skip_records(self.corpus, [shared.read_marker("assign", s)["skips"]
+                                          for s in range(len(self.shards))])
 
     # --- evaluation and the table -----------------------------------------------------------
     def _evaluate(self, c: tuple) -> dict:
@@ -537,10 +516,7 @@ class _Sweep:
         best = max(scored, key=lambda r: r[ranked_by]) if scored else None
         write_text(self.run_dir.path("report.html"), report_page(rows, ranked_by, best))
         shared = self.shared(self.vocab_sizes[0])
-        text = self.skips_text(shared)
-        path = self.run_dir.path("skipped.jsonl")
-        if not fs.exists(path) or fs.read_bytes(path) != text.encode("utf-8"):
-            write_text(path, text)
+        write_skips(self.run_dir.path("skipped.jsonl"), self.skips(shared))
         seconds = time.perf_counter() - job.t0
         job.manifest["status"] = "complete"
         job.manifest["best"] = {"by": ranked_by, "combination": name(*(best[k] for k in VARIED))
