@@ -15,7 +15,7 @@ import time
 import ray
 from ray.cluster_utils import Cluster
 
-from vgray import pipeline
+from vgray import train as training
 from vgray.config import TrainConfig
 
 CONFIG = TrainConfig(vocab_size=6, dim=4, epochs=20, shard_clips=50)
@@ -39,7 +39,7 @@ def main():
 
                 result["videos"] = len(sweep(features, out, **SWEEP, config=CONFIG).rows)
             else:
-                result["videos"] = pipeline.train(features, out, CONFIG).videos
+                result["videos"] = training.train(features, out, CONFIG).videos
         except BaseException as e:  # reported by the main thread
             result["error"] = repr(e)
 

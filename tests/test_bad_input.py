@@ -222,7 +222,8 @@ def test_kmeans_sample_uses_a_video_whole_or_not_at_all(ray_session, tmp_path):
     import ray
 
     from vgray.corpus import scan
-    from vgray.pipeline import ShardWorker
+    from vgray.units import SampleUnit
+    from vgray.worker import ShardWorker
 
     flow = np.ones((5, FLOW_D), np.float32)
     flow[2, 0] = np.inf
@@ -232,10 +233,10 @@ def test_kmeans_sample_uses_a_video_whole_or_not_at_all(ray_session, tmp_path):
     worker = ShardWorker.remote("rgb", 8192, "cpu")
     try:
         sample, info = ray.get(list(worker.sample.options(num_returns=2).remote(
-            corpus.videos, 1.0, 0)))
+            SampleUnit(0, corpus.videos, 1.0, 0))))
     finally:
         ray.kill(worker)
-    assert [s["video_id"] for s in info["skips"]] == ["x"]
+    assert [s["video_id"] for s in info.skips] == ["x"]
     assert len(sample) == 0
 
 

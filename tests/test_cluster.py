@@ -10,8 +10,9 @@ import pytest
 import ray
 
 from vgray.cluster import (Capacity, GpuPlan, _flag, _monitor_argv, avoiding, node_alive,
-                           node_types, node_usage, on_one_actor, pick_device, plan_gpu,
-                           union_length, usage_by_type, usage_line)
+                           node_types, node_usage, pick_device, plan_gpu, union_length,
+                           usage_by_type, usage_line)
+from vgray.pool import on_one_actor
 from vgray.errors import VgrayError
 
 CONFIG = {"max_workers": 3, "head_node_type": "head", "available_node_types": {
@@ -194,7 +195,7 @@ class Hand:
 
 
 def test_the_pool_keeps_its_workers_across_stages_and_lends_extra_ones(ray_session):
-    from vgray.cluster import Pool
+    from vgray.pool import Pool
 
     made = []
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from vgray import pipeline
+from vgray import worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,11 +35,11 @@ def test_node_types(config):
 
 
 def stage_requests():
-    """What each Ray piece of the pipeline asks for, read from the pieces themselves."""
-    o = pipeline.ShardWorker._default_options
+    """What each Ray piece of a run asks for, read from the pieces themselves."""
+    o = worker.ShardWorker._default_options
     cpu = {"CPU": o.get("num_cpus", 1) or 0, "GPU": o.get("num_gpus", 0) or 0}
     # k-means and GloVe run on the GPU worker when the cluster can provide a GPU.
-    gpu = {"CPU": pipeline.GPU_WORKER["num_cpus"], "GPU": pipeline.GPU_WORKER["num_gpus"]}
+    gpu = {"CPU": worker.GPU_WORKER["num_cpus"], "GPU": worker.GPU_WORKER["num_gpus"]}
     return {"ShardWorker": cpu, "ShardWorker (GPU worker)": gpu}
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vgray import pipeline, store
+from vgray import store, worker
 from vgray.store import read_tokens
 from vgray.synth import make_corpus
 
@@ -157,8 +157,8 @@ def test_concatenation_writer_leaves_nothing_when_the_disk_fills(tmp_path, monke
             raise OSError(errno.ENOSPC, "No space left on device")
         return np.concatenate([features, emb], axis=1)
 
-    monkeypatch.setattr(pipeline, "concat", concat_then_full)
+    monkeypatch.setattr(worker, "concat", concat_then_full)
     out = tmp_path / "concat"
     with pytest.raises(OSError, match="No space left"):
-        pipeline._write_concat(str(out / "v_rgb.npy"), source, np.zeros((50, 2), np.float32), False, 10)
+        worker.write_concat(str(out / "v_rgb.npy"), source, np.zeros((50, 2), np.float32), False, 10)
     assert os.listdir(out) == []

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vgray import pipeline
+from vgray.train import train
 from vgray.synth import make_corpus
 
 from test_pipeline import assert_same_results
@@ -29,7 +29,7 @@ def reference(ray_session, tmp_path_factory):
     info = make_corpus(str(root / "c"), videos=120, dim=8, words=6, topics=2, min_clips=20,
                        max_clips=40)
     single = str(root / "single")
-    pipeline.train(info["features"], single, CONFIG)
+    train(info["features"], single, CONFIG)
     return info["features"], single
 
 

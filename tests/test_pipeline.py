@@ -122,12 +122,12 @@ def test_quality_on_planted_corpus(trained, corpus):
 def test_rerun_does_no_work(trained, corpus, monkeypatch):
     """A complete RUN is recognised from its manifest, markers and outputs: no Ray work, and not
     one file of RUN written again (sync tools copy whatever was rewritten)."""
-    import vgray.pipeline
+    import vgray.train
 
     run, _ = trained
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "**"), recursive=True)}
     assert os.path.join(run, "manifest.json") in files and os.path.join(run, "skipped.jsonl") in files
-    monkeypatch.setattr(vgray.pipeline, "connect", lambda *a: pytest.fail("Ray was used"))
+    monkeypatch.setattr(vgray.train, "connect", lambda *a: pytest.fail("Ray was used"))
     result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",
                                       corpus["train_ids"], *ARGS[:-1]])
     assert result.exit_code == 0, result.output
@@ -136,7 +136,7 @@ def test_rerun_does_no_work(trained, corpus, monkeypatch):
     assert {p: os.stat(p).st_mtime_ns
             for p in glob.glob(os.path.join(run, "**"), recursive=True)} == files
     # The library call says the same, with no work done.
-    summary = vgray.pipeline.train(corpus["features"], run, vgray.pipeline.TrainConfig(
+    summary = vgray.train.train(corpus["features"], run, TrainConfig(
         vocab_size=12, dim=8, epochs=200, shard_clips=200), corpus["train_ids"])
     assert set(summary.work.values()) == {0} and summary.videos == 60
 
@@ -152,6 +152,26 @@ def test_resumed_run_leaves_an_unchanged_skip_list_alone(trained, corpus, tmp_pa
     work = json.load(open(os.path.join(copy, "manifest.json")))["last_invocation"]["work"]
     assert work["embed_shards"] == 1
     assert os.stat(os.path.join(copy, "skipped.jsonl")).st_mtime_ns == before
+
+
+def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkeypatch):
+    """The no-op check scans FEATURES (the RUN looks complete); the run it hands over to resumes
+    with that scan instead of scanning again."""
+    import vgray.resume
+    import vgray.stages
+
+    run, _ = trained
+    copy = str(tmp_path / "rescan")
+    shutil.copytree(run, copy)
+    os.remove(os.path.join(copy, ".work", "embed", "00001.json"))
+    scans = []
+    for module, name in ((vgray.resume, "scan"), (vgray.stages, "scan_features")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, **k: scans.append(1) or real(*a, **k))
+    cli("train", corpus["features"], "--out", copy, "--train-ids", corpus["train_ids"], *ARGS)
+    work = json.load(open(os.path.join(copy, "manifest.json")))["last_invocation"]["work"]
+    assert work["embed_shards"] == 1 and len(scans) == 1
+    assert_same_results(run, copy)
 
 
 def test_changed_setting_is_refused(trained, corpus):
@@ -345,23 +365,25 @@ def test_a_worker_on_the_gpu_path_writes_the_same_shard(trained, corpus, tmp_pat
     import ray
 
     from vgray.corpus import scan
-    from vgray.pipeline import ShardWorker, make_shards
+    from vgray.resume import make_shards
+    from vgray.units import Count, TokenizeUnit, Vocabulary
+    from vgray.worker import ShardWorker
 
     run, _ = trained
     videos = scan(corpus["features"], "rgb").videos
     shard = make_shards(videos, 200)[0]
-    counts = {"vocab_size": 12, "window": 5, "reducers": 2}
+    count = Count(12, 5, 2)
     written = {}
     for backend in ("auto", "torch"):
         out = str(tmp_path / backend)
         worker = ShardWorker.remote("rgb", 64, "cpu", None, None, backend)
         try:
-            stats = ray.get(worker.assign.remote(
-                out, 0, shard, [True] * len(shard), os.path.join(out, "tokens.parquet"), counts,
-                None, os.path.join(run, "vocab", "centroids.npy")))
+            [stats] = ray.get(worker.tokenize.remote(TokenizeUnit(0, shard, [True] * len(shard), [
+                Vocabulary(out, os.path.join(run, "vocab", "centroids.npy"),
+                           os.path.join(out, "tokens.parquet"), count=count)])))
         finally:
             ray.kill(worker)
-        assert stats["videos"] == len(shard) and stats["device"] == "cpu"
+        assert stats.videos == len(shard) and stats.device == "cpu"
         written[backend] = (read_tokens([os.path.join(out, "tokens.parquet")]),
                             [pq.read_table(p) for p in sorted(glob.glob(
                                 os.path.join(out, ".work", "cooccur", "*.parquet")))])
@@ -484,8 +506,8 @@ def test_installed_console_script():
 
 def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
     from vgray.errors import VgrayError
-    from vgray.cluster import Pool
-    from vgray.pipeline import ShardWorker
+    from vgray.pool import Pool
+    from vgray.worker import ShardWorker
 
     pool = Pool(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")))
     try:

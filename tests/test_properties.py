@@ -43,7 +43,7 @@ atexit.register(shutil.rmtree, WORK, True)
 
 
 def read_or_reason(path: str):
-    """What the pipeline does with a file: its rows, or the BadVideo reason. Anything else fails."""
+    """What a run does with a file: its rows, or the BadVideo reason. Anything else fails."""
     try:
         head = read_header(path)
         rows = load_rows(path)

@@ -8,7 +8,7 @@ import pytest
 
 from vgray.corpus import scan
 from vgray.errors import BadVideo
-from vgray.pipeline import tokenize
+from vgray.worker import tokenize
 from vgray.store import save_npy
 from vgray.vocab import Codebook
 

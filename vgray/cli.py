@@ -172,14 +172,16 @@ def train(
     paths = {1, 3, 5} if train_ids else {1, 3}
 
     def local():
-        from .resume import complete_train
+        from .resume import check_train
 
-        # A complete RUN is told from its manifest before torch or Ray is loaded.
-        summary = complete_train(features, out, config, train_ids, _echo(quiet))
+        # A complete RUN is told from its manifest before torch or Ray is loaded; what the check
+        # scanned is handed on.
+        checked = check_train(features, out, config, train_ids, _echo(quiet))
+        summary = checked.summary
         if summary is None:
-            from . import pipeline
+            from .train import train as run_train
 
-            summary = pipeline.train(features, out, config, train_ids, echo=_echo(quiet))
+            summary = run_train(features, out, config, train_ids, _echo(quiet), checked)
         if with_report:
             from .report import report as write_report
 
@@ -193,9 +195,9 @@ def train(
 def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
            follow_symlinks=False):
     """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
-    from . import pipeline
+    from . import apply
 
-    fn = pipeline.assign if command == "assign" else pipeline.embed_corpus
+    fn = apply.assign if command == "assign" else apply.embed_corpus
     argv = _argv([command, run, features, "--out", out],
                  {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}, quiet)
     _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
@@ -281,14 +283,17 @@ def sweep(
     paths = {1, 3} | ({5} if train_ids else set()) | ({7 if train_ids else 5} if labels else set())
 
     def local():
-        from .resume import complete_sweep
+        from .resume import check_sweep
 
-        # A complete sweep is told from its manifest before torch or Ray is loaded.
-        summary = complete_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+        # A complete sweep is told from its manifest before torch or Ray is loaded; what the
+        # check scanned is handed on.
+        checked = check_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+        summary = checked.summary
         if summary is None:
             from .sweep import sweep as run_sweep
 
-            summary = run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+            summary = run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet),
+                                checked)
         return summary
 
     _dispatch(address, no_wait, quiet, argv, paths, local, "")
@@ -398,17 +403,17 @@ def demo(
     quiet: Quiet = False,
 ):
     """Make a synthetic corpus, train on it, and check the result against the planted truth."""
-    from . import pipeline
     from .quality import evaluate
     from .synth import make_corpus
+    from .train import train as run_train
 
     root = out or tempfile.mkdtemp(prefix="vgray-demo-")
 
     def go():
         info = make_corpus(os.path.join(root, "corpus"), videos=videos, flow=True)
         config = TrainConfig(vocab_size=24, dim=32, epochs=300, shard_clips=2000)
-        summary = pipeline.train(info["features"], os.path.join(root, "run"), config,
-                                 info["train_ids"], echo=_echo(quiet))
+        summary = run_train(info["features"], os.path.join(root, "run"), config,
+                            info["train_ids"], echo=_echo(quiet))
         return summary, evaluate(os.path.join(root, "run"), os.path.join(root, "corpus"))
 
     summary, quality = _run(go)

@@ -43,6 +43,11 @@ class Video:
                 "rgb+flow": self.rgb_dim + (self.flow_dim or 0)}[streams]
 
 
+def total_clips(videos: list[Video]) -> int:
+    """Clips of these videos, all together."""
+    return sum(v.frames for v in videos)
+
+
 @dataclass(frozen=True)
 class Skip:
     """An input that was not used, and why."""

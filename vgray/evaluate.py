@@ -22,8 +22,7 @@ import numpy as np
 
 from . import cooccur, fs
 from .errors import VgrayError
-from .model import load_run
-from .store import COOCCUR_SCHEMA, RunDir, read_table, read_tokens, write_json
+from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, read_tokens, write_json
 
 FOLDS = 5
 NEIGHBOURS = 10

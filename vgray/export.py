@@ -19,9 +19,8 @@ import pyarrow.parquet as pq
 
 from . import fs
 from .errors import VgrayError
-from .model import load_run
 from .progress import Progress
-from .store import TOKENS_SCHEMA, RunDir, atomic_path, read_table, write_text
+from .store import TOKENS_SCHEMA, RunDir, atomic_path, load_run, read_table, write_text
 
 FORMATS = ("glove-text", "word2vec", "projector", "parquet")
 

@@ -14,37 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import VgrayError
-from .store import RunDir, load_npy
-
-
-def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.ndarray | None]:
-    """The manifest, centroids and (optionally) vectors of a finished RUN, checked before use."""
-    run = RunDir(run_dir)
-    manifest = run.read_manifest()
-    if manifest is not None and manifest.get("command") == "sweep":
-        raise VgrayError(f"{run_dir} is a vgray sweep: each combination in it is a RUN "
-                         f"({run.path('K{K}-w{W}-d{D}')}; see {run.path('sweep.csv')})")
-    if manifest is None or manifest.get("command") != "train":
-        raise VgrayError(f"{run_dir} is not a vgray train run (no manifest.json)")
-    stages = manifest.get("stages", {})
-    needed = ("vocab", "glove") if need_vectors else ("vocab",)
-    missing = [s for s in needed if stages.get(s, {}).get("status") != "done"]
-    if missing:
-        raise VgrayError(f"{run_dir} is incomplete (stage {missing[0]} not done); finish it "
-                         "with vgray train first")
-    cfg = manifest["config"]
-    centroids = load_npy(run.path("vocab", "centroids.npy"), np.float32, 2)
-    if centroids.shape[0] != cfg["vocab_size"]:
-        raise VgrayError(f"{run.path('vocab', 'centroids.npy')} has {centroids.shape[0]} words, "
-                         f"the manifest says {cfg['vocab_size']}")
-    vectors = None
-    if need_vectors:
-        vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-        if vectors.shape != (cfg["vocab_size"], cfg["dim"]):
-            raise VgrayError(f"{run.path('glove', 'vectors.npy')} has shape {vectors.shape}, "
-                             f"expected {(cfg['vocab_size'], cfg['dim'])}")
-    return manifest, centroids, vectors
-
+from .store import load_run
 
 
 class VisualGlove:
@@ -84,7 +54,7 @@ class VisualGlove:
         """Run `vgray train FEATURES --out OUT` (same settings as the CLI options, in snake_case)
         on Ray, then load the result."""
         from .config import TrainConfig
-        from .pipeline import train
+        from .train import train
 
         train(features, out, TrainConfig(**settings), train_ids)
         return cls.load(out)

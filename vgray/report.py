@@ -22,8 +22,7 @@ import numpy as np
 
 from . import fs
 from .export import usage, word_name
-from .model import load_run
-from .store import COOCCUR_SCHEMA, RunDir, read_table, write_bytes, write_text
+from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, write_bytes, write_text
 
 TSNE_MAX_WORDS = 2000
 SAMPLE_WORDS = 12

@@ -3,7 +3,8 @@
 A re-run of a finished `vgray train` must cost the scan and nothing else: it starts no Ray,
 imports no torch and rewrites no file (a sync tool would copy a rewritten file again). The
 pieces that define a run's identity (its shards, its settings, the corpus fingerprint) live here,
-so the fast check and the pipeline cannot disagree about them.
+so the fast check and the stages cannot disagree about them. What the check scanned is handed
+on to the run (`Check.corpus`): FEATURES is scanned once per command.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import fs
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids, scan
 from .errors import VgrayError
+from .progress import Progress
 from .store import RunDir
 
 # The stages of a complete `vgray train` RUN, in order.
@@ -68,6 +70,17 @@ def train_settings(config: TrainConfig, features: str, ids: list[str] | None) ->
 
 
 @dataclass
+class Check:
+    """What the no-op check found: the summary of an output that is already complete (nothing
+    to do), else FEATURES as the check scanned it, if it got that far (the run uses it instead
+    of scanning again)."""
+
+    summary: "Summary | SweepSummary | None" = None
+    corpus: Corpus | None = None
+    scan_seconds: float = 0.0
+
+
+@dataclass
 class Summary:
     """What a command did: counts for its one-line summary, and where its outputs are."""
 
@@ -85,51 +98,71 @@ class Summary:
                 f"{fs.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
 
 
-def complete_train(features: str, out: str, config: TrainConfig, train_ids: str | None,
-                   echo=None) -> Summary | None:
-    """The summary of RUN if it already holds everything this `vgray train` would make, else None
-    (then the pipeline runs and resumes whatever is missing). Reads only: FEATURES is scanned,
-    RUN's manifest, markers and outputs are looked up, and nothing is written.
+def check_train(features: str, out: str, config: TrainConfig, train_ids: str | None,
+                echo=None) -> Check:
+    """Whether RUN already holds everything this `vgray train` would make (Check.summary), else
+    what the check learnt on the way (then the run resumes whatever is missing). Reads only:
+    FEATURES is scanned, RUN's manifest, markers and outputs are looked up, nothing is written.
 
-    "Everything" is what the pipeline itself checks before skipping a stage: a complete
-    manifest made with the same settings from the same corpus, every shard's markers, the
-    vocabulary, counts and vectors."""
+    "Everything" is what the stages themselves check before skipping one: a complete manifest
+    made with the same settings from the same corpus, every shard's markers, the vocabulary,
+    counts and vectors."""
     t0 = time.perf_counter()
     run = RunDir(fs.normalize(out))
     try:
         manifest = run.read_manifest()
-    except Exception:  # noqa: BLE001 - anything unreadable: the pipeline says what is wrong
-        return None
+    except Exception:  # noqa: BLE001 - anything unreadable: the run says what is wrong
+        return Check()
     if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "train":
-        return None
+        return Check()
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     if manifest.get("settings") != train_settings(config, features, ids):
-        return None
+        return Check()
     stages = manifest.get("stages", {})
     if any(stages.get(s, {}).get("status") != "done" for s in TRAIN_STAGES):
-        return None
+        return Check()
     outputs = [run.path("vocab", "centroids.npy"), run.path("glove", "vectors.npy"),
                run.path("skipped.jsonl")]
-    outputs += [run.path("cooccur", f"part-{r:05d}.parquet") for r in range(config.reducers)]
+    outputs += [run.part("cooccur", r) for r in range(config.reducers)]
     if not all(fs.exists(p) for p in outputs):  # looked up before the (longer) scan
-        return None
-    corpus = scan(features, config.streams, ids, follow_symlinks=config.follow_symlinks)
+        return Check()
+    corpus, seconds = scan_corpus(features, config, ids, echo)
+    scanned = Check(corpus=corpus, scan_seconds=seconds)
     if config.strict and corpus.skips or not corpus.videos or not corpus.train_videos:
-        return None  # the pipeline fails with the reason
+        return scanned  # the run fails with the reason
     if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
-        return None
-    shards = make_shards(corpus.videos, config.shard_clips)
-    markers = [run.marker(stage, k) for stage in ("assign", "embed") for k in range(len(shards))]
-    if not all(fs.exists(p) for p in markers):
-        return None
+        return scanned
+    shards = len(make_shards(corpus.videos, config.shard_clips))
+    if any(len(run.done_shards(stage) & set(range(shards))) < shards
+           for stage in ("assign", "embed")):
+        return scanned
     counts = manifest["counts"]
     if echo is not None:
         echo(f"{run.root} is complete: nothing to do")
-    return Summary(run.root, counts["videos"], counts["clips"], counts["skipped"],
-                   time.perf_counter() - t0, {"vocab": 0, "assign_shards": 0, "reduce_parts": 0,
-                                              "glove": 0, "embed_shards": 0},
-                   {k: stages[k] for k in ("vocab", "cooccur", "glove")})
+    return Check(Summary(run.root, counts["videos"], counts["clips"], counts["skipped"],
+                         time.perf_counter() - t0, {"vocab": 0, "assign_shards": 0,
+                                                    "reduce_parts": 0, "glove": 0,
+                                                    "embed_shards": 0},
+                         {k: stages[k] for k in ("vocab", "cooccur", "glove")}), corpus, seconds)
+
+
+def scan_corpus(features: str, config: TrainConfig, ids: list[str] | None, echo=None
+                ) -> tuple[Corpus, float]:
+    """FEATURES as a run of these settings scans it (progress shown with `echo`), and the
+    seconds it took."""
+    t, progress = time.perf_counter(), None
+
+    def on_video(done: int, total: int) -> None:
+        nonlocal progress
+        progress = progress or Progress(echo, "scan", total, "videos")
+        progress.advance(1)
+
+    corpus = scan(features, config.streams, ids, follow_symlinks=config.follow_symlinks,
+                  on_video=on_video)
+    if progress is not None:
+        progress.close()
+    return corpus, time.perf_counter() - t
 
 
 
@@ -218,19 +251,20 @@ def read_rows(text: str) -> list[dict]:
     return rows
 
 
-def complete_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int],
-                   dims: list[int], config: TrainConfig, train_ids: str | None,
-                   labels: str | None, echo=None) -> SweepSummary | None:
-    """The summary of DIR if it already holds everything this `vgray sweep` would make, else
-    None. Like complete_train, it reads only: no Ray, no torch, no file written."""
+def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int],
+                dims: list[int], config: TrainConfig, train_ids: str | None,
+                labels: str | None, echo=None) -> Check:
+    """Whether DIR already holds everything this `vgray sweep` would make (Check.summary), else
+    what the check learnt on the way. Like check_train, it reads only: no Ray, no torch, no file
+    written."""
     t0 = time.perf_counter()
     run = RunDir(fs.normalize(out))
     try:
         manifest = run.read_manifest()
     except Exception:  # noqa: BLE001 - the sweep says what is wrong
-        return None
+        return Check()
     if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "sweep":
-        return None
+        return Check()
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     grid = {"vocab_size": sorted(set(vocab_sizes)), "window": sorted(set(windows)),
@@ -238,30 +272,30 @@ def complete_sweep(features: str, out: str, vocab_sizes: list[int], windows: lis
     labels_file = fs.normalize(labels) if labels else None
     if (manifest.get("settings") != sweep_settings(config, features, ids)
             or manifest.get("grid") != grid or manifest.get("labels_file") != labels_file):
-        return None
+        return Check()
     key = digest_file(labels) if labels else None
     combos = [name(k, w, d) for k in grid["vocab_size"] for w in grid["window"]
               for d in grid["dim"]]
     evaluated = manifest.get("evaluated", {})
     if any(evaluated.get(c, {}).get("labels", "missing") != key for c in combos):
-        return None
+        return Check()
     outputs = [run.path(p) for p in ("sweep.csv", "report.html", "skipped.jsonl")]
     outputs += [run.path(c, p) for c in combos
                 for p in ("manifest.json", "glove/vectors.npy", "evaluation.json")]
     if not all(fs.exists(p) for p in outputs):
-        return None
+        return Check()
     rows = read_rows(fs.read_bytes(run.path("sweep.csv")).decode("utf-8"))
     if [name(*(r[k] for k in VARIED)) for r in rows] != combos:
-        return None
-    corpus = scan(features, config.streams, ids, follow_symlinks=config.follow_symlinks)
+        return Check()
+    corpus, seconds = scan_corpus(features, config, ids, echo)
     if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
-        return None
+        return Check(corpus=corpus, scan_seconds=seconds)
     best = manifest.get("best")
     ranked_by = best["by"] if best else None
     best_row = next((r for r in rows if best and name(*(r[k] for k in VARIED)) == best["combination"]),
                     None)
     if echo is not None:
         echo(f"{run.root} is complete: nothing to do")
-    return SweepSummary(run.root, rows, best_row, ranked_by, time.perf_counter() - t0,
-                        {"vocab": 0, "assign_shards": 0, "reduce_parts": 0, "glove": 0,
-                         "evaluate": 0})
+    return Check(SweepSummary(run.root, rows, best_row, ranked_by, time.perf_counter() - t0,
+                              {"vocab": 0, "assign_shards": 0, "reduce_parts": 0, "glove": 0,
+                               "evaluate": 0}), corpus, seconds)

@@ -1,8 +1,10 @@
-"""The run directory: atomic writes, Parquet tables, completion markers and the manifest.
+"""The run directory: atomic writes, Parquet tables, completion markers, the manifest, and a
+finished RUN loaded for use (below both the model and the stages).
 
 Every file is written under a temporary name in its final directory and renamed when complete,
 so a crash never leaves a partial file under a final name. A shard of work is done when its
-marker exists (written last); a re-run only does the shards whose markers are missing.
+marker exists (written last); a re-run only does the shards whose markers are missing, found
+from one listing of the stage's markers.
 """
 
 from __future__ import annotations
@@ -178,11 +180,35 @@ class RunDir:
         return [fs.join(folder, n) for n in sorted(fs.listdir(folder))
                 if n.endswith(suffix) and not n.startswith(".")]
 
+    def part(self, folder: str, partition: int) -> str:
+        """Partition r of a reduced table: cooccur/part-r, bydistance/part-r."""
+        return self.path(folder, f"part-{partition:05d}.parquet")
+
+    def partial(self, shard: int, partition: int) -> str:
+        """One shard's partial counts for one reducer (deleted once merged)."""
+        return self.path(WORK, "cooccur", f"{shard_name(shard)}-{partition:03d}.parquet")
+
+    def partials_listed(self) -> set[tuple[int, int]]:
+        """(shard, partition) of every partial count file there is, from one listing."""
+        found = set()
+        for n in fs.listdir(self.path(WORK, "cooccur")):
+            stem, _, ext = n.partition(".")
+            shard, _, partition = stem.partition("-")
+            if ext == "parquet" and shard.isdigit() and partition.isdigit():
+                found.add((int(shard), int(partition)))
+        return found
+
     def marker(self, stage: str, shard: int) -> str:
         return self.path(WORK, stage, shard_name(shard) + ".json")
 
     def done(self, stage: str, shard: int) -> bool:
         return fs.exists(self.marker(stage, shard))
+
+    def done_shards(self, stage: str) -> set[int]:
+        """The shards of a stage whose markers exist, from one listing of its marker folder (on
+        object storage one request, not one per shard)."""
+        names = fs.listdir(self.path(WORK, stage))
+        return {int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()}
 
     def mark(self, stage: str, shard: int, stats: dict) -> None:
         write_json(self.marker(stage, shard), stats)
@@ -322,3 +348,32 @@ class RunLock:
                 fs.remove(self.path)
             else:
                 os.remove(self.path)
+
+
+def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """The manifest, centroids and (optionally) vectors of a finished RUN, checked before use."""
+    run = RunDir(run_dir)
+    manifest = run.read_manifest()
+    if manifest is not None and manifest.get("command") == "sweep":
+        raise VgrayError(f"{run_dir} is a vgray sweep: each combination in it is a RUN "
+                         f"({run.path('K{K}-w{W}-d{D}')}; see {run.path('sweep.csv')})")
+    if manifest is None or manifest.get("command") != "train":
+        raise VgrayError(f"{run_dir} is not a vgray train run (no manifest.json)")
+    stages = manifest.get("stages", {})
+    needed = ("vocab", "glove") if need_vectors else ("vocab",)
+    missing = [s for s in needed if stages.get(s, {}).get("status") != "done"]
+    if missing:
+        raise VgrayError(f"{run_dir} is incomplete (stage {missing[0]} not done); finish it "
+                         "with vgray train first")
+    cfg = manifest["config"]
+    centroids = load_npy(run.path("vocab", "centroids.npy"), np.float32, 2)
+    if centroids.shape[0] != cfg["vocab_size"]:
+        raise VgrayError(f"{run.path('vocab', 'centroids.npy')} has {centroids.shape[0]} words, "
+                         f"the manifest says {cfg['vocab_size']}")
+    vectors = None
+    if need_vectors:
+        vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
+        if vectors.shape != (cfg["vocab_size"], cfg["dim"]):
+            raise VgrayError(f"{run.path('glove', 'vectors.npy')} has shape {vectors.shape}, "
+                             f"expected {(cfg['vocab_size'], cfg['dim'])}")
+    return manifest, centroids, vectors

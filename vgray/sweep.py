@@ -4,11 +4,11 @@ evaluated side by side.
 
 What is shared, and why each combination still equals a separate `vgray train`:
 
-- **one k-means sample.** Every clip has one seeded draw u in [0, 1) (pipeline.clip_draws); a
+- **one k-means sample.** Every clip has one seeded draw u in [0, 1) (worker.clip_draws); a
   train with K words samples the clips with u < p_K. The sweep samples with the largest p and
   keeps the draws: K's sample is then the clips with u < p_K, in the same order.
 - **one pass over the features.** Each shard is read once and tokenised with every vocabulary
-  (pipeline.tokenize takes several codebooks); the blocks are those of `vgray train`.
+  (a tokenise unit takes several vocabularies); the blocks are those of `vgray train`.
 - **one count per vocabulary.** Pairs are counted per distance up to the largest window
   (cooccur.count_by_distance); the scaled counts of any window w are derived exactly from them
   (cooccur.at_window), partitioned and ordered as train's reducers write them.
@@ -38,98 +38,19 @@ import html
 import io
 import time
 
-import pyarrow as pa
-
-from . import cooccur, fs
-from .cluster import connect, here, node_usage, plan_gpu, usage_by_type
+from . import fs, stages
+from .cluster import connect, plan_gpu
 from .config import TrainConfig
-from .corpus import Skip, read_train_ids
-from .errors import BadVideo, VgrayError
-from .pipeline import (Job, _clips, _remove_tree, _versions, fit_vocabularies, glove_line,
-                       partial_paths, skip_records, tokenize, vocab_line, write_skips)
+from .corpus import read_train_ids
+from .errors import VgrayError
+from .job import Job, stage_record, versions
 from .progress import Progress
-from .resume import (VARIED, SweepSummary, cell, complete_sweep, digest_file, make_shards, name,
-                     sweep_settings, train_settings)
+from .resume import (VARIED, Check, SweepSummary, cell, check_sweep, digest_file, make_shards,
+                     name, sweep_settings, train_settings)
+from .store import WORK, RunDir, copy_file, read_json, save_npy, shard_name, write_text
+from .units import Count, Fit, ReduceUnit, ShardStats, TokenizeUnit, Vocabulary, totals
 
 PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy")
-from .store import (COOCCUR_SCHEMA, WORK, RunDir, copy_file, distance_table, read_distance_table,
-                    read_json, read_tokens, save_npy, shard_name, tokens_table, write_table,
-                    write_text)
-
-# ---------------------------------------------------------------------------------------------
-# On the shard workers
-
-def assign_shard(worker, shard: int, videos: list, train: list[bool], todo: list[dict],
-                 window: int, reducers: int) -> dict:
-    """One shard for each vocabulary of `todo` ({K, root, centroids, tokenise, count}): the
-    features are read once and tokenised with every vocabulary to tokenise; the others' tokens
-    are read back. Pairs of the training videos are counted per distance up to `window` where
-    `count`; each vocabulary's tokens part, partials and marker go to its shared root (the marker
-    last, with the fields of train's assign marker)."""
-    t0, began = time.perf_counter(), worker._began()
-    fresh = [t for t in todo if t["tokenise"]]
-    books = [worker.codebook(t["centroids"]) for t in fresh]
-    device = str(books[0].centers.device) if books else "cpu"
-    is_train = {v.video_id: flag for v, flag in zip(videos, train)}
-    ids, seqs, skips = [], {t["K"]: [] for t in fresh}, []
-    if fresh:
-        for v, tokens in tokenize(videos, books, worker.streams, worker.batch_clips, device):
-            if isinstance(tokens, BadVideo):
-                skips.append(Skip(v.video_id, v.rgb_path, str(tokens)).to_dict())
-                continue
-            ids.append(v.video_id)
-            for t, words in zip(fresh, tokens):
-                seqs[t["K"]].append(words)
-    for t in todo:
-        k_run, vocab_size = RunDir(t["root"]), t["K"]
-        part = k_run.path("tokens", f"part-{shard_name(shard)}.parquet")
-        old = k_run.read_marker("assign", shard) if k_run.done("assign", shard) else {}
-        if t["tokenise"]:
-            write_table(part, tokens_table(ids, seqs[vocab_size]))
-            k_ids, k_seqs, k_skips = ids, seqs[vocab_size], skips
-        else:
-            tokens = read_tokens([part])
-            k_ids, k_seqs, k_skips = list(tokens), list(tokens.values()), old["skips"]
-        trained = [s for v, s in zip(k_ids, k_seqs) if is_train[v]]
-        pairs = old.get("pairs", 0)
-        if t["count"]:
-            i, j, c = cooccur.count_by_distance(trained, vocab_size, window)
-            paths = partial_paths(k_run, shard, reducers)
-            for r, rows in enumerate(cooccur.partition(i, reducers)):
-                write_table(paths[r], distance_table(i[rows], j[rows], c[rows]))
-            pairs = int(len(i))
-        where = here(began)
-        k_run.mark("assign", shard, {
-            "shard": shard, "node": where["node"], "device": device.split(":")[0],
-            "videos": len(k_ids), "clips": int(sum(len(s) for s in k_seqs)),
-            "train_videos": len(trained), "pairs": pairs, "skips": k_skips,
-            "count_window": window if t["count"] else old.get("count_window"),
-            "seconds": round(time.perf_counter() - t0, 3), "where": where})
-    return {"shard": shard, "where": here(began)}
-
-
-def reduce_partition(worker, root: str, partition: int, shards: int, reducers: int,
-                     vocab_size: int, merge: bool, targets: list[tuple[int, list[str]]]) -> dict:
-    """Partition r of one vocabulary: with `merge`, every shard's per-distance partials are
-    summed into bydistance/part-r (else it is read back); then for each (window, RUNs) of
-    `targets`, the counts at that window are written to each RUN's cooccur/part-r, exactly as
-    train's reducer writes them."""
-    began = worker._began()
-    k_run = RunDir(root)
-    merged = k_run.path("bydistance", f"part-{partition:05d}.parquet")
-    if merge:
-        parts = [read_distance_table(partial_paths(k_run, s, reducers)[partition])
-                 for s in range(shards)]
-        i, j, c = cooccur.merge_by_distance(parts, vocab_size)
-        write_table(merged, distance_table(i, j, c))
-    else:
-        i, j, c = read_distance_table(merged)
-    for window, roots in targets:
-        wi, wj, s = cooccur.at_window(i, j, c, window)
-        table = pa.table([wi, wj, cooccur.weights(s, window)], schema=COOCCUR_SCHEMA)
-        for run_root in roots:
-            write_table(RunDir(run_root).path("cooccur", f"part-{partition:05d}.parquet"), table)
-    return {"partition": partition, "nonzeros": int(len(i)), "where": here(began)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,8 +58,10 @@ def reduce_partition(worker, root: str, partition: int, shards: int, reducers: i
 
 def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], dims: list[int],
           config: TrainConfig | None = None, train_ids: str | None = None,
-          labels: str | None = None, echo=None) -> SweepSummary:
-    """Train and evaluate every (K, window, dim) of the lists on FEATURES into DIR `out`."""
+          labels: str | None = None, echo=None, checked: Check | None = None) -> SweepSummary:
+    """Train and evaluate every (K, window, dim) of the lists on FEATURES into DIR `out`.
+    `checked` is what resume.check_sweep already found (FEATURES as it scanned it is not
+    scanned again); without it the check runs here."""
     from .evaluate import read_labels
 
     config = config or TrainConfig()
@@ -151,10 +74,10 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
     except ValueError as e:
         raise VgrayError(str(e)) from None
     label_map = read_labels(labels) if labels else None
-    done = complete_sweep(features, out, vocab_sizes, windows, dims, config, train_ids, labels,
-                          echo)
-    if done is not None:  # nothing to do: no Ray, no file written
-        return done
+    checked = checked or check_sweep(features, out, vocab_sizes, windows, dims, config,
+                                     train_ids, labels, echo)
+    if checked.summary is not None:  # nothing to do: no Ray, no file written
+        return checked.summary
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     old = RunDir(out).read_manifest()
@@ -163,7 +86,8 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
                          "use another --out")
     connect()
     with Job(out, echo) as job:
-        return _Sweep(job, features, config, configs, train_ids, ids, labels, label_map).run()
+        return _Sweep(job, features, config, configs, train_ids, ids, labels, label_map
+                      ).run(checked)
 
 
 class _Sweep:
@@ -177,6 +101,7 @@ class _Sweep:
         self.vocab_sizes = sorted({k for k, _, _ in self.grid})
         self.window = max(w for _, w, _ in self.grid)  # counts are kept up to this distance
         self.echo = job.echo
+        self.assigned: dict[int, list[ShardStats]] = {}  # K -> every shard's assign record
 
     # --- paths and state ------------------------------------------------------------------
     def shared(self, vocab_size: int) -> RunDir:
@@ -194,11 +119,10 @@ class _Sweep:
                     and fs.exists(self.combo(c).path("glove", "vectors.npy")))
 
     def counted(self, c: tuple) -> bool:
-        return all(fs.exists(self.combo(c).path("cooccur", f"part-{r:05d}.parquet"))
-                   for r in range(self.config.reducers))
+        return all(fs.exists(self.combo(c).part("cooccur", r)) for r in range(self.config.reducers))
 
     # --- the run --------------------------------------------------------------------------
-    def run(self) -> SweepSummary:
+    def run(self, scanned: Check | None = None) -> SweepSummary:
         job, cfg = self.job, self.config
         settings = sweep_settings(cfg, self.features, self.ids)
         job.open({"command": "sweep", "features": self.features,
@@ -209,8 +133,8 @@ class _Sweep:
                            "dim": sorted({d for _, _, d in self.grid})},
                   "labels_file": fs.normalize(self.labels) if self.labels else None}, settings)
         job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)
-        self.corpus = corpus = job.scan(self.features, cfg.streams, cfg.strict, self.ids,
-                                        follow_symlinks=cfg.follow_symlinks)
+        self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
+                                           follow_symlinks=cfg.follow_symlinks, scanned=scanned)
         if not corpus.train_videos:
             raise VgrayError("none of the --train-ids has usable features")
         if self.label_map is not None:
@@ -254,27 +178,26 @@ class _Sweep:
         if not vocab_left:
             return
         for k in vocab_left:
-            _remove_tree(self.shared(k).root)
+            fs.remove_tree(self.shared(k).root)
             # Every combination of this K: of this grid, and (locally) of earlier ones.
             for entry in {name(*c) for c in self.grid if c[0] == k} | set(
                     fs.listdir(self.run_dir.root)):
                 if entry.startswith(f"K{k}-w"):
-                    _remove_tree(self.run_dir.path(entry))
+                    fs.remove_tree(self.run_dir.path(entry))
             self.job.manifest.setdefault("vocabularies", {})[str(k)] = {}
         t = time.perf_counter()
 
-        def save(cfg: TrainConfig, result: dict, where: list) -> None:
+        def save(cfg: TrainConfig, fit: Fit, where: list) -> None:
             nonlocal t
-            save_npy(self.centroids(cfg.vocab_size), result.pop("centroids"))
-            self.state(cfg.vocab_size)["vocab"] = {
-                "status": "done", "seconds": round(time.perf_counter() - t, 3),
-                "nodes": node_usage([(kind, w) for kind, w in where if w]), **result}
+            save_npy(self.centroids(cfg.vocab_size), fit.centroids)
+            self.state(cfg.vocab_size)["vocab"] = stage_record(time.perf_counter() - t, where,
+                                                               **fit.figures)
             job.work["vocab"] += 1
             job.save()
-            job.echo(vocab_line(cfg, result, time.perf_counter() - t))
+            job.echo(stages.vocab_line(cfg, fit.figures, time.perf_counter() - t))
             t = time.perf_counter()
 
-        fit_vocabularies(job, [self.configs[(k, *self.grid[0][1:])] for k in vocab_left],
+        stages.fit_vocabularies(job, [self.configs[(k, *self.grid[0][1:])] for k in vocab_left],
                          self.corpus, self.shards, save)
 
     def _counts(self, needed: list[int], todo: list[tuple]) -> None:
@@ -288,57 +211,46 @@ class _Sweep:
             state = self.state(k)
             if state.get("counted_window", 0) < reach:
                 if state.get("counting_window") != self.window:  # an older, smaller count
-                    _remove_tree(self.shared(k).path("bydistance"))
-                    _remove_tree(self.shared(k).path(WORK, "cooccur"))
+                    fs.remove_tree(self.shared(k).path("bydistance"))
+                    fs.remove_tree(self.shared(k).path(WORK, "cooccur"))
                     state.pop("counted_window", None)
                     state["counting_window"] = self.window
                 recount.append(k)
         job.save()
-
-        def work(k: int, shard: int) -> dict | None:
+        count = Count(0, self.window, cfg.reducers, by_distance=True)
+        vocabularies: dict[int, list[Vocabulary]] = {s: [] for s in range(len(shards))}
+        for k in needed:  # what each shard still owes each vocabulary, from one listing each
             run = self.shared(k)
-            marker = run.read_marker("assign", shard) if run.done("assign", shard) else None
-            count = k in recount and not (marker and marker.get("count_window") == self.window
-                                          and all(fs.exists(p) for p in
-                                                  partial_paths(run, shard, cfg.reducers)))
-            merged_all = all(fs.exists(run.path("bydistance", f"part-{r:05d}.parquet"))
-                             for r in range(cfg.reducers))
-            count = count and not merged_all
-            if marker is not None and not count:
-                return None
-            return {"K": k, "root": run.root, "centroids": self.centroids(k),
-                    "tokenise": marker is None, "count": count}
-
-        units = {s: [w for w in (work(k, s) for k in needed) if w] for s in range(len(shards))}
-        units = {s: u for s, u in units.items() if u}
+            marked = run.done_shards("assign")
+            merged = all(fs.exists(run.part("bydistance", r)) for r in range(cfg.reducers))
+            partials = run.partials_listed() if k in recount and not merged else set()
+            for s in range(len(shards)):
+                counted = False
+                if k in recount and not merged and s in marked:
+                    counted = (ShardStats.from_dict(run.read_marker("assign", s)).count_window
+                               == self.window
+                               and all((s, r) in partials for r in range(cfg.reducers)))
+                recounts = k in recount and not merged and not counted
+                if s in marked and not recounts:
+                    continue
+                vocabularies[s].append(Vocabulary(
+                    run.root, self.centroids(k), run.path("tokens", f"part-{shard_name(s)}.parquet"),
+                    tokenise=s not in marked,
+                    count=dataclasses.replace(count, vocab_size=k) if recounts else None))
+        corpus = self.corpus
+        units = {s: TokenizeUnit(s, shards[s], [corpus.is_train(v.video_id) for v in shards[s]],
+                                 vocabs) for s, vocabs in vocabularies.items() if vocabs}
         job.work["assign_shards"] = len(units)
         t = time.perf_counter()
-        if units:
-            corpus = self.corpus
-            fresh = {s: any(u["tokenise"] for u in units[s]) for s in units}
-            progress = Progress(self.echo, "assign", sum(_clips(shards[s]) for s in units), "clips")
-
-            def on_done(s, stats, finished):
-                if cfg.strict:
-                    for k in needed:
-                        skips = self.shared(k).read_marker("assign", s)["skips"]
-                        if skips:
-                            raise VgrayError(f"{skips[0]['video_id']}: {skips[0]['reason']} "
-                                             f"({skips[0]['path']}) [--strict]")
-                progress.advance(_clips(shards[s]))
-
-            job.run_shards("assign", cfg.workers, sorted(units), lambda actor, s: actor.sweep_assign.remote(
-                s, shards[s], [corpus.is_train(v.video_id) for v in shards[s]], units[s],
-                self.window, cfg.reducers), on_done, gpu=any(fresh.values()))
-            progress.close()
+        done = stages.tokenize(job, shards, units, cfg.workers, cfg.strict)
         for k in needed:
-            markers = [self.shared(k).read_marker("assign", s) for s in range(len(shards))]
-            self.state(k)["assign"] = {
-                "status": "done", "seconds": round(time.perf_counter() - t, 3),
-                "nodes": node_usage([("assign", m.get("where")) for m in markers if m.get("where")]),
-                "shards": len(shards), "videos": sum(m["videos"] for m in markers),
-                "clips": sum(m["clips"] for m in markers),
-                "skipped": sum(len(m["skips"]) for m in markers)}
+            fresh = {s: next(r for v, r in zip(units[s].vocabularies, records)
+                             if v.root == self.shared(k).root)
+                     for s, records in done.items()
+                     if any(v.root == self.shared(k).root for v in units[s].vocabularies)}
+            stats = self.assigned[k] = stages.records(self.shared(k), "assign", len(shards), fresh)
+            self.state(k)["assign"] = stage_record(
+                time.perf_counter() - t, [("assign", r.where) for r in stats], **totals(stats))
         if units:
             self.echo(f"assign: {len(needed)} vocabularies, {len(units)} shards "
                       f"({time.perf_counter() - t:.1f} s)")
@@ -347,33 +259,28 @@ class _Sweep:
         t = time.perf_counter()
         reduce_units = []
         for k in needed:
+            run = self.shared(k)
             merge = k in recount
             targets: dict[int, list[str]] = {}
             for c in todo:
                 if c[0] == k and not self.counted(c):
                     targets.setdefault(c[1], []).append(self.combo(c).root)
             for r in range(cfg.reducers):
-                merged = fs.exists(self.shared(k).path("bydistance", f"part-{r:05d}.parquet"))
-                missing = [(w, [root for root in roots if not fs.exists(
-                    RunDir(root).path("cooccur", f"part-{r:05d}.parquet"))])
-                    for w, roots in sorted(targets.items())]
-                missing = [(w, roots) for w, roots in missing if roots]
+                merged = fs.exists(run.part("bydistance", r))
+                missing = [(w, tuple(root for root in roots
+                                     if not fs.exists(RunDir(root).part("cooccur", r))))
+                           for w, roots in sorted(targets.items())]
+                missing = tuple((w, roots) for w, roots in missing if roots)
                 if (merge and not merged) or missing:
-                    reduce_units.append((k, r, merge and not merged, missing))
+                    reduce_units.append(ReduceUnit(
+                        run.root, r, len(shards), dataclasses.replace(count, vocab_size=k),
+                        merge=merge and not merged, targets=missing))
         job.work["reduce_parts"] = len(reduce_units)
-        if reduce_units:
-            progress = Progress(self.echo, "cooccur: reduce", len(reduce_units), "partitions")
-            job.run_shards("reduce", cfg.workers, list(range(len(reduce_units))),
-                           lambda actor, n: actor.sweep_reduce.remote(
-                               self.shared(reduce_units[n][0]).root, reduce_units[n][1],
-                               len(shards), cfg.reducers, reduce_units[n][0],
-                               reduce_units[n][2], reduce_units[n][3]),
-                           lambda n, stats, finished: progress.advance(1))
-            progress.close()
+        stages.reduce(job, reduce_units, cfg.workers)
         for k in recount:
             state = self.state(k)
             state["counted_window"] = state.pop("counting_window", self.window)
-            _remove_tree(self.shared(k).path(WORK, "cooccur"))  # merged for good
+            fs.remove_tree(self.shared(k).path(WORK, "cooccur"))  # merged for good
         job.save()
         if reduce_units:
             self.echo(f"cooccur: {len(recount)} vocabularies counted up to window {self.window}, "
@@ -391,8 +298,8 @@ class _Sweep:
             for c in todo:
                 self._prepare(c)
                 t, where = time.perf_counter(), []
-                result = job.fit_glove(self.combo(c).root, self.configs[c], where)
-                self._record(c, result, time.perf_counter() - t, where)
+                fit = job.fit_glove(self.combo(c).root, self.configs[c], where)
+                self._record(c, fit, time.perf_counter() - t, where)
             return
         actors = job.pool.one_per_node()
         started = {}
@@ -403,49 +310,44 @@ class _Sweep:
             started[n] = time.perf_counter()
             return actor.glove.remote(self.combo(todo[n]).root, self.configs[todo[n]].to_dict())
 
-        def on_done(n, result, finished):
-            self._record(todo[n], result, time.perf_counter() - started[n],
-                         [("glove", result.pop("where"))])
+        def on_done(n, fit: Fit, finished):
+            self._record(todo[n], fit, time.perf_counter() - started[n], [("glove", fit.where)])
             progress.advance(1)
 
         for actor in job.pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
-                                  own=False):
+                                  own=False, stage="glove"):
             job.pool.give(actor)
         progress.close()
 
     def _prepare(self, c: tuple) -> None:
         self._materialise(c)
-        _remove_tree(self.combo(c).path("glove"))
+        fs.remove_tree(self.combo(c).path("glove"))
 
-    def _record(self, c: tuple, result: dict, seconds: float, where: list) -> None:
+    def _record(self, c: tuple, fit: Fit, seconds: float, where: list) -> None:
         """The combination's manifest and skip list, written once its GloVe is fitted: from now
         on it is a RUN."""
         job, cfg = self.job, self.configs[c]
-        run, shared = self.combo(c), self.shared(c[0])
+        run = self.combo(c)
         job.work["glove"] += 1
-        seconds = round(seconds, 3)
         state = self.state(c[0])
-        nonzeros = result["nonzeros"]
-        skips = self.skips(shared)
+        skips = self.skips(c[0])
         manifest = {
             "command": "train", "features": self.features,
             "train_ids_file": job.manifest.get("train_ids_file"), "config": cfg.to_dict(),
-            "settings": train_settings(cfg, self.features, self.ids), "versions": _versions(),
+            "settings": train_settings(cfg, self.features, self.ids), "versions": versions(),
             "status": "complete", "corpus": job.manifest["corpus"],
             "stages": {"scan": job.manifest["stages"]["scan"], "vocab": state["vocab"],
                        "assign": state["assign"],
-                       "cooccur": {"status": "done", "nonzeros": nonzeros,
+                       "cooccur": {"status": "done", "nonzeros": fit.figures["nonzeros"],
                                    "reducers": cfg.reducers,
                                    "derived_from_window": state["counted_window"]},
-                       "glove": {"status": "done", "seconds": seconds,
-                                 "nodes": node_usage([(kind, w) for kind, w in where if w]),
-                                 **result}},
+                       "glove": stage_record(seconds, where, **fit.figures)},
             "counts": {"videos": state["assign"]["videos"], "clips": state["assign"]["clips"],
                        "skipped": len(skips)},
             "sweep": {"dir": self.run_dir.root, "combination": name(*c)}}
-        write_skips(run.path("skipped.jsonl"), skips)
+        stages.write_skips(run.path("skipped.jsonl"), skips)
         run.write_manifest(manifest)
-        job.echo(glove_line(f"glove {name(*c)}", result, seconds))
+        job.echo(stages.glove_line(f"glove {name(*c)}", fit.figures, seconds))
 
     def _materialise(self, c: tuple) -> None:
         """The combination's RUN gets its vocabulary's centroids, tokens and assign markers (hard
@@ -457,10 +359,13 @@ class _Sweep:
             copy_file(shared.path("tokens", part), run.path("tokens", part))
             copy_file(shared.marker("assign", s), run.marker("assign", s))
 
-    def skips(self, shared: RunDir) -> list[dict]:
-        """Every input not used, and why (as train's skipped.jsonl)."""
-        return skip_records(self.corpus, [shared.read_marker("assign", s)["skips"]
-                                          for s in range(len(self.shards))])
+    def skips(self, vocab_size: int) -> list[dict]:
+        """Every input not used, and why (as train's skipped.jsonl), from the vocabulary's
+        assign records (read once)."""
+        if vocab_size not in self.assigned:
+            self.assigned[vocab_size] = stages.records(self.shared(vocab_size), "assign",
+                                                       len(self.shards), {})
+        return stages.skip_records(self.corpus, [r.skips for r in self.assigned[vocab_size]])
 
     # --- evaluation and the table -----------------------------------------------------------
     def _evaluate(self, c: tuple) -> dict:
@@ -515,19 +420,11 @@ class _Sweep:
         scored = [r for r in rows if ranked_by and r[ranked_by] is not None]
         best = max(scored, key=lambda r: r[ranked_by]) if scored else None
         write_text(self.run_dir.path("report.html"), report_page(rows, ranked_by, best))
-        shared = self.shared(self.vocab_sizes[0])
-        write_skips(self.run_dir.path("skipped.jsonl"), self.skips(shared))
-        seconds = time.perf_counter() - job.t0
-        job.manifest["status"] = "complete"
+        stages.write_skips(self.run_dir.path("skipped.jsonl"), self.skips(self.vocab_sizes[0]))
         job.manifest["best"] = {"by": ranked_by, "combination": name(*(best[k] for k in VARIED))
                                 } if best else None
-        job.manifest["last_invocation"] = {"seconds": round(seconds, 3), "work": job.work}
-        job.demand.clear()
-        job.manifest["nodes"] = usage_by_type({f"vocab K{k}": s.get("vocab", {})
-                                               for k, s in job.manifest["vocabularies"].items()})
-        job.manifest["cluster"] = {**job.capacity.to_dict(), "gpu": dataclasses.asdict(job.gpu),
-                                   "asked": job.demand.history}
-        job.save()
+        seconds = job.complete({f"vocab K{k}": s.get("vocab", {})
+                                for k, s in job.manifest["vocabularies"].items()})
         return SweepSummary(self.run_dir.root, rows, best, ranked_by, seconds, dict(job.work))
 
 

@@ -4,7 +4,7 @@ Lloyd's assignment step is one matrix product per block of clips. Where the hard
 bfloat16 natively (AVX512-BF16 / AMX CPUs, CUDA), the product runs in bfloat16 to propose each
 clip's word, and the exact float32 distance decides between that proposal and the clip's current
 word: a clip only moves when it gets exactly closer, so every iteration lowers the exact inertia,
-as plain Lloyd does. The tokens of the pipeline (`nearest`, `assign`) are always exact float32.
+as plain Lloyd does. The tokens of a run (`nearest`, `assign`) are always exact float32.
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""`vgray assign` and `vgray embed`: a trained RUN applied to any corpus, composed of the same
+stages as train (scan, tokenise, embed) over another output directory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from . import fs, stages
+from .cluster import connect
+from .config import TrainConfig
+from .errors import VgrayError
+from .job import Job
+from .resume import Summary, make_shards
+from .store import TOKENS_SCHEMA, WORK, RunDir, atomic_path, load_run, read_table, shard_name
+
+
+def assign(run_dir: str, features: str, out: str, workers: int | None = None,
+           strict: bool = False, echo=None, follow_symlinks: bool = False) -> Summary:
+    """Tokens of any corpus with a trained vocabulary: OUT/{id}.npy and OUT/tokens.parquet."""
+    return _apply(run_dir, features, out, "assign", workers, strict, echo, follow_symlinks)
+
+
+def embed_corpus(run_dir: str, features: str, out: str, workers: int | None = None,
+                 strict: bool = False, echo=None, follow_symlinks: bool = False) -> Summary:
+    """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN."""
+    return _apply(run_dir, features, out, "embed", workers, strict, echo, follow_symlinks)
+
+
+def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
+           strict: bool, echo, follow_symlinks: bool) -> Summary:
+    manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
+    features = fs.normalize(features)
+    cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
+                         "follow_symlinks": follow_symlinks})
+    connect()
+    with Job(out, echo) as job:
+        if job.run.root == RunDir(run_dir).root:
+            raise VgrayError("--out must be another directory than RUN")
+        return _apply_job(job, run_dir, features, command, cfg, manifest, centroids, vectors)
+
+
+def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainConfig,
+               manifest: dict, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
+    job.open({"command": command, "features": features, "run": fs.normalize(run_dir)},
+             {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
+              "shard_clips": cfg.shard_clips})
+    dims = manifest["corpus"]
+    uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
+    corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
+                         dims["rgb_dim"] if uses_rgb else None,
+                         dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks)
+    width = corpus.videos[0].stream_dim(cfg.streams)
+    if width != centroids.shape[1]:
+        raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "
+                         f"({cfg.streams}) is {width}-d")
+    shards = make_shards(corpus.videos, cfg.shard_clips)
+    job.start_workers(cfg)
+    vocabulary = RunDir(run_dir).path("vocab", "centroids.npy")
+    if command == "assign":
+        tokens_part = lambda k: job.run.path(WORK, "tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
+        assigned = stages.assign(job, shards, cfg, vocabulary, tokens_part, None,
+                                 tokens_dir=job.run.root)
+        merge_tokens([tokens_part(k) for k in range(len(shards))], job.run.path("tokens.parquet"))
+        return stages.finish(job, assigned, None)
+    tokens_part = lambda k: job.run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
+    assigned = stages.assign(job, shards, cfg, vocabulary, tokens_part, None)
+    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers)
+    return stages.finish(job, assigned, embedded)
+
+
+def merge_tokens(parts: list[str], target: str) -> None:
+    """One tokens.parquet from the shards' parts, streamed part by part."""
+    with atomic_path(target) as tmp:
+        with pq.ParquetWriter(tmp, TOKENS_SCHEMA) as writer:
+            for part in parts:
+                writer.write_table(read_table(part, schema=TOKENS_SCHEMA))

@@ -1,0 +1,238 @@
+"""One invocation's bookkeeping over one output directory: its lock, its manifest and stage
+records, its workers (the pool, the GPU worker) and the calls made on them.
+
+A Job knows nothing of what a command computes: the stages (stages.py) hand it units to run and
+figures to record, and `train`, `sweep`, `assign` and `embed` say which stages run in which order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import time
+
+import numpy as np
+import ray
+
+from . import __version__, fs
+from .cluster import (Capacity, Demand, GpuPlan, avoiding, capacity, node_usage, usage_by_type)
+from .config import TrainConfig
+from .errors import VgrayError
+from .live import get_with_progress, start_board
+from .pool import Pool, on_one_actor
+from .store import RunDir, RunLock
+from .units import Fit
+from .worker import GPU_WORKER, ShardWorker
+
+
+def versions() -> dict:
+    """Versions of what made a RUN (torch's read from its metadata: the driver never imports
+    torch, which would cost it seconds at every start)."""
+    import importlib.metadata
+
+    import pyarrow
+
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = None
+    return {"vgray": __version__, "vgray_location": os.path.dirname(os.path.abspath(__file__)),
+            "python": platform.python_version(), "ray": ray.__version__,
+            "torch": torch_version, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
+
+
+class Job:
+    """One invocation over one output directory: lock, manifest, stage records, workers."""
+
+    def __init__(self, out: str, echo=None):
+        self.run = RunDir(out)
+        self.echo = echo or (lambda message: None)
+        self.t0 = time.perf_counter()
+        self.work: dict[str, int] = {}
+        self.manifest: dict = {}
+        self.lock = RunLock(self.run.root)
+        self.corpus = None  # FEATURES as scanned (stages.scan)
+        self._board = None
+        self.capacity: Capacity | None = None
+        self.demand: Demand | None = None
+        self.gpu = GpuPlan(False, False, 0.0)  # train sets it; assign and embed use no GPU
+        self.hold_gpu = False  # a GPU stage is still to come: keep asking for its node
+        self.pool: Pool | None = None  # the run's shard workers (see start_workers)
+        self.gpu_worker = None  # the worker given a GPU, kept from k-means to GloVe
+        self.gpu_computes = False  # ... and its torch can use that GPU (it then assigns too)
+        self._make_worker = None
+
+    def board(self):
+        """The actor that a long remote task posts its progress to: started on first use (or
+        early, see start_workers), emptied for each task."""
+        if self._board is None:
+            self._board = start_board()
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(self._board.clear.remote(), timeout=10)
+        return self._board
+
+    def __enter__(self) -> "Job":
+        self._created = not fs.is_uri(self.run.root) and not os.path.exists(self.run.root)
+        self.capacity = capacity()
+        self.demand = Demand(self.capacity)
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self.release_gpu_worker()
+        if self.pool is not None:
+            self.pool.close()
+        self.demand.clear()  # every node may go back once idle
+        if self._board is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._board)
+        self.lock.release()
+        if kind is not None and self._created:  # a run that failed before writing anything
+            with contextlib.suppress(OSError):    # leaves no empty --out behind
+                os.rmdir(self.run.root)
+
+    # --- manifest -------------------------------------------------------------------------
+    def open(self, header: dict, must_match: dict) -> None:
+        """Start or resume: a RUN in use by another vgray, or made with other result-changing
+        settings, is refused."""
+        self.lock.acquire()
+        old = self.run.read_manifest()
+        if old is not None:
+            for key, value in must_match.items():
+                before = old.get("settings", {}).get(key)
+                if before != value:
+                    flag = "--" + key.replace("_", "-")
+                    raise VgrayError(
+                        f"{self.run.root} was made with {flag} {before!r}, this run asks for "
+                        f"{value!r}; use another --out (or delete it to start over)")
+            self.manifest = old
+        else:
+            self.manifest = {"settings": must_match, "stages": {}}
+        self.manifest.update(header)
+        self.manifest["versions"] = versions()
+        self.manifest["status"] = "running"  # first saved once FEATURES has been scanned
+
+    def save(self) -> None:
+        self.run.write_manifest(self.manifest)
+
+    def stage_done(self, name: str) -> bool:
+        return self.manifest["stages"].get(name, {}).get("status") == "done"
+
+    def invalidate(self, *paths: str) -> None:
+        """Remove outputs (and markers) made from state that is being recomputed."""
+        for path in paths:
+            fs.remove_tree(path)
+
+    def finish_stage(self, name: str, seconds: float, where: list | None = None,
+                     **figures) -> None:
+        """Record a finished stage; `where` is [(kind of work, here() of it)] for its nodes."""
+        self.manifest["stages"][name] = stage_record(seconds, where, **figures)
+        self.save()
+
+    def complete(self, stages: dict) -> float:
+        """Close the manifest of a finished invocation: its status, time and work, the
+        node-seconds per node type of `stages`, what the cluster was and what was asked of it;
+        returns the invocation's seconds."""
+        seconds = time.perf_counter() - self.t0
+        self.manifest["status"] = "complete"
+        self.manifest["last_invocation"] = {"seconds": round(seconds, 3), "work": self.work}
+        self.demand.clear()  # the run's work is over: every node may go back once idle
+        self.manifest["nodes"] = usage_by_type(stages)
+        self.manifest["cluster"] = {**self.capacity.to_dict(), "gpu": dataclasses.asdict(self.gpu),
+                                    "asked": self.demand.history}
+        self.save()
+        return seconds
+
+    # --- the workers ----------------------------------------------------------------------
+    def start_workers(self, cfg: TrainConfig, gpu_now: bool = False, train: bool = False) -> None:
+        """The run's shard workers, started as the first stage needs them and kept to the end.
+        With `gpu_now` and a GPU plan, the GPU worker is asked for at once, so that its node
+        boots, its process starts and torch loads while clips are sampled; with `train` (k-means
+        or GloVe to come), the progress board starts now too, not when k-means waits for it."""
+        def make(gpus: int = 0, avoid: tuple = ()):
+            if gpus:
+                return ShardWorker.options(**GPU_WORKER, **avoiding(avoid)).remote(
+                    cfg.streams, cfg.batch_clips, cfg.device, None, time.time())
+            return ShardWorker.options(**avoiding(avoid)).remote(
+                cfg.streams, cfg.batch_clips, "cpu", None, time.time())
+
+        self._make_worker = make
+        self.pool = Pool(make)
+        if gpu_now and self.gpu.request and self.gpu_worker is None:
+            self.gpu_worker = make(1)
+        if train and self._board is None:
+            self._board = start_board()
+
+    def release_gpu_worker(self) -> None:
+        """Nothing of vgray stays on the GPU node once the GPU stages are over."""
+        if self.gpu_worker is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.gpu_worker)
+        self.gpu_worker, self.gpu_computes = None, False
+
+    def workers(self, stage: str, requested: int | None, units: int) -> int:
+        """Workers for `units` units: --workers, else as many as the work needs up to the CPUs
+        the cluster has or its autoscaler can add; the autoscaler is asked for them."""
+        n = max(1, min(requested or int(self.capacity.cpus()), units))
+        self.demand.ask(stage, cpus=max(n, len(self.pool)), gpu=self.hold_gpu)
+        return n
+
+    def run_units(self, stage: str, requested: int | None, units: list[int], submit, on_done,
+                  gpu: bool = False) -> None:
+        """Every unit of a stage on the pool (grown to what the stage needs); with `gpu`, the
+        GPU worker takes units too where its GPU computes."""
+        n = self.workers(stage, requested, len(units))
+        lent = [self.gpu_worker] if gpu and self.gpu_computes and self.gpu_worker else []
+        if not self.pool.run(n, units, submit, on_done, extra=lent, stage=stage) and lent:
+            self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
+
+    def on_trainer(self, what: str, call, where: list) -> Fit:
+        """call(actor) for k-means or GloVe: on the GPU worker where the GPU plan says so (it is
+        kept for the next GPU stage), else on a shard worker that then uses every core of its
+        node (see pool.on_one_actor for the wait and the retries); its node and those of
+        attempts lost with their node are added to `where`."""
+        def make(gpus, avoid):
+            if gpus:
+                if self.gpu_worker is None or avoid:
+                    self.release_gpu_worker()
+                    self.gpu_worker = self._make_worker(1, avoid)
+                return self.gpu_worker
+            return self.pool.take(avoid)  # alive, and off the nodes found lost
+
+        def keep(actor, ok):
+            if actor is self.gpu_worker:
+                if not ok:
+                    self.release_gpu_worker()
+            elif ok:
+                self.pool.give(actor)
+            else:
+                self.pool.discard(actor)
+
+        lost = []
+        try:
+            fit = on_one_actor(make, self.gpu, call, what, self.echo, lost, keep)
+        finally:
+            where += [(f"{what} (lost)", w) for w in lost]
+        where.append((what, fit.where))
+        if self.gpu_worker is not None and fit.device == "cuda":
+            self.gpu_computes = True
+        return fit
+
+    def fit_glove(self, root: str, cfg: TrainConfig, where: list) -> Fit:
+        """GloVe on the counts of the RUN at `root` (writes its glove/), on the trainer that
+        on_trainer picks, its epochs shown live."""
+        def fit(actor):
+            board = self.board()
+            return get_with_progress(actor.glove.remote(root, cfg.to_dict(), board), board,
+                                     self.echo)
+
+        return self.on_trainer("glove", fit, where)
+
+
+def stage_record(seconds: float, where: list | None = None, **figures) -> dict:
+    """A finished stage as the manifest records it; `where` is [(kind of work, here() of it)]."""
+    stage = {"status": "done", "seconds": round(seconds, 3), **figures}
+    if where is not None:
+        stage["nodes"] = node_usage([(kind, w) for kind, w in where if w])
+    return stage

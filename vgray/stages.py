@@ -1,0 +1,321 @@
+"""The stages of a run, each a function of (job, what to do): scan, vocabularies, tokenise and
+count, reduce, embed; and the records every command ends with (skipped.jsonl, the stage lines).
+
+A stage builds its units (units.py), runs them on the job's workers, shows progress and returns
+the records; the commands (train.py, sweep.py, apply.py) decide which units a stage still has to
+run and where the outputs go, so that `vgray train` and `vgray sweep` are two compositions of the
+same stages. The driver holds video metadata and small results, never the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import ray
+
+from . import fs
+from .config import TrainConfig
+from .corpus import Corpus, Video, scan as scan_features, total_clips
+from .cluster import usage_line
+from .errors import VgrayError
+from .live import get_with_progress
+from .pool import MAX_ATTEMPTS, RETRIABLE
+from .progress import Progress
+from .resume import Check, Summary, fingerprint
+from .store import RunDir, write_text
+from .units import (Count, EmbedUnit, Reduced, ReduceUnit, SampleUnit, ShardStats, TokenizeUnit,
+                    Vocabulary, first_skip, totals)
+
+if TYPE_CHECKING:  # a stage is handed its job; it never makes one
+    from .job import Job
+
+log = logging.getLogger("vgray")
+
+
+def strict_failure(skip: dict) -> VgrayError:
+    """What --strict fails with on the first unusable video."""
+    return VgrayError(f"{skip['video_id']}: {skip['reason']} ({skip['path']}) [--strict]")
+
+
+# ---------------------------------------------------------------------------------------------
+# scan
+
+def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
+         rgb_dim: int | None = None, flow_dim: int | None = None, follow_symlinks: bool = False,
+         scanned: Check | None = None) -> Corpus:
+    """FEATURES listed and checked (or as the no-op check already `scanned` it: FEATURES is
+    scanned once per command), recorded in the manifest as the corpus of the run."""
+    t = time.perf_counter() - (scanned.scan_seconds if scanned else 0.0)
+    corpus = scanned.corpus if scanned else None
+    if corpus is None:
+        progress = None
+
+        def on_video(done: int, total: int) -> None:
+            nonlocal progress
+            progress = progress or Progress(job.echo, "scan", total, "videos")
+            progress.advance(1)
+
+        corpus = scan_features(features, streams, train_ids, rgb_dim, flow_dim, follow_symlinks,
+                               on_video)
+        if progress is not None:
+            progress.close()
+    if strict and corpus.skips:
+        s = corpus.skips[0]
+        raise VgrayError(f"{s.video_id}: {s.reason} ({s.path}) [--strict]")
+    if not corpus.videos:
+        raise VgrayError(f"no usable videos in {features}"
+                         + (f" (first problem: {corpus.skips[0].reason})" if corpus.skips else ""))
+    made_from = fingerprint(corpus)
+    before = job.manifest.get("corpus", {}).get("fingerprint")
+    if before is not None and before != made_from:
+        raise VgrayError(f"FEATURES {features} changed since {job.run.root} was started; "
+                         "use another --out (or delete it to start over)")
+    job.manifest["corpus"] = {
+        "layout": corpus.layout, "videos": len(corpus.videos),
+        "clips": total_clips(corpus.videos), "train_videos": len(corpus.train_videos),
+        "rgb_dim": corpus.rgb_dim, "flow_dim": corpus.flow_dim,
+        "skipped_at_scan": len(corpus.skips), "missing_train_ids": len(corpus.missing_train_ids),
+        "fingerprint": made_from}
+    job.finish_stage("scan", time.perf_counter() - t, videos=len(corpus.videos),
+                     skipped=len(corpus.skips))
+    job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
+             + (f", {len(corpus.missing_train_ids)} training ids without files"
+                if corpus.missing_train_ids else "") + f" ({time.perf_counter() - t:.1f} s)")
+    job.corpus = corpus
+    return corpus
+
+
+# ---------------------------------------------------------------------------------------------
+# vocabularies
+
+def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
+                     shards: list[list[Video]], save) -> None:
+    """Shard workers sample the training clips once; k-means fits each config's vocabulary on
+    its sample, one after the other; save(cfg, fit, where) as each is fitted.
+
+    One config (`vgray train`) samples with its own probability. Several (`vgray sweep`) sample
+    with the largest and keep each clip's draw: a config's sample is then exactly the clips
+    `vgray train` with its settings would draw (draw < its own probability), in the same order."""
+    first = configs[0]
+    train_clips = total_clips(corpus.train_videos)
+    chance = [min(1.0, c.sample_size / train_clips) for c in configs]
+    draws = len(configs) > 1
+    train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
+    train_shards = [s for s in train_shards if s]
+    left = list(range(len(configs)))
+
+    def on_done(k, stats: ShardStats, finished):
+        if first.strict and stats.skips:
+            raise strict_failure(stats.skips[0])
+        where.append(("sample", stats.where))
+        progress.advance(total_clips(train_shards[k]))
+
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        samples, kept, where = {}, {}, []
+        progress = Progress(job.echo, "vocab: sampling", sum(map(total_clips, train_shards)),
+                            "clips")
+
+        def submit(actor, k):
+            unit = SampleUnit(k, train_shards[k], max(chance), first.seed, draws)
+            if draws:
+                samples[k], kept[k], stats = actor.sample.options(num_returns=3).remote(unit)
+            else:
+                samples[k], stats = actor.sample.options(num_returns=2).remote(unit)
+            return stats
+
+        job.run_units("vocab", first.workers, list(range(len(train_shards))), submit, on_done)
+        progress.close()
+        order = range(len(train_shards))  # shard order, not finish order
+        ordered = [samples[k] for k in order] + ([kept[k] for k in order] if draws else [])
+        try:
+            while left:
+                n = left[0]
+                job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
+
+                def fit(actor):
+                    board = job.board()
+                    return get_with_progress(actor.kmeans.remote(
+                        configs[n].to_dict(), board, *ordered, below=chance[n] if draws else None),
+                        board, job.echo)
+
+                result = job.on_trainer("kmeans", fit, where)
+                save(configs[n], result, where)
+                where = []  # the sampling is counted once, with the first fit
+                left.pop(0)
+            return
+        except RETRIABLE as e:  # a sample was lost with its node: draw it again
+            if attempt == MAX_ATTEMPTS:
+                raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
+            log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenise and count, reduce
+
+def tokenize(job: Job, shards: list[list[Video]], units: dict[int, TokenizeUnit],
+             workers: int | None, strict: bool) -> dict[int, list[ShardStats]]:
+    """Every unit on the workers (the GPU worker helps where its GPU computes and a unit has a
+    vocabulary to tokenise with): shard -> one record per vocabulary of its unit."""
+    done: dict[int, list[ShardStats]] = {}
+    if not units:
+        return done
+    progress = Progress(job.echo, "assign", sum(total_clips(shards[k]) for k in units), "clips")
+
+    def on_done(k, stats: list[ShardStats], finished):
+        if strict and first_skip(stats):
+            raise strict_failure(first_skip(stats))
+        done[k] = stats
+        progress.advance(total_clips(shards[k]))
+
+    fresh = any(v.tokenise for u in units.values() for v in u.vocabularies)
+    job.run_units("assign", workers, sorted(units),
+                  lambda actor, k: actor.tokenize.remote(units[k]), on_done, gpu=fresh)
+    progress.close()
+    return done
+
+
+def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str, tokens_part,
+           count: Count | None, tokens_dir: str | None = None) -> list[ShardStats]:
+    """The assign stage of one RUN: every shard not yet done is tokenised with one vocabulary
+    (and, with `count`, its training pairs counted); the stage's figures from every shard's
+    record, which are returned. A shard whose partial counts are gone is redone while the merge
+    still needs them."""
+    run = job.run
+    t = time.perf_counter()
+    marked = run.done_shards("assign")
+    if count is not None:
+        merged = {r for r in range(count.reducers) if fs.exists(run.part("cooccur", r))}
+        if len(merged) < count.reducers:  # partials are deleted once merged
+            partials = run.partials_listed()
+            marked = {k for k in marked if all((k, r) in partials for r in range(count.reducers))}
+    corpus = job.corpus
+    units = {k: TokenizeUnit(k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
+                             [Vocabulary(run.root, centroids, tokens_part(k), count=count)],
+                             tokens_dir)
+             for k in range(len(shards)) if k not in marked}
+    job.work["assign_shards"] = len(units)
+    done = tokenize(job, shards, units, cfg.workers, cfg.strict)
+    stats = records(run, "assign", len(shards), {k: s[0] for k, s in done.items()})
+    figures = totals(stats)
+    job.finish_stage("assign", time.perf_counter() - t, [("assign", s.where) for s in stats],
+                     **figures)
+    job.echo(f"assign: {figures['clips']} clips tokenised ({time.perf_counter() - t:.1f} s)")
+    return stats
+
+
+def reduce(job: Job, units: list[ReduceUnit], workers: int | None) -> list[Reduced]:
+    """Every reduce unit on the workers, with the partitions' progress."""
+    done: list[Reduced] = []
+    if not units:
+        return done
+    progress = Progress(job.echo, "cooccur: reduce", len(units), "partitions")
+
+    def on_done(n, result: Reduced, finished):
+        done.append(result)
+        progress.advance(1)
+
+    job.run_units("reduce", workers, list(range(len(units))),
+                  lambda actor, n: actor.reduce.remote(units[n]), on_done)
+    progress.close()
+    return done
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+
+def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, tokens_part, batch_clips: int,
+          workers: int | None = None) -> list[ShardStats]:
+    """Embeddings and concatenations of every shard not yet embedded; the stage's figures from
+    every shard's record, which are returned."""
+    run = job.run
+    marked = run.done_shards("embed")
+    todo = [k for k in range(len(shards)) if k not in marked]
+    job.work["embed_shards"] = len(todo)
+    t = time.perf_counter()
+    done: dict[int, ShardStats] = {}
+    if todo:
+        ref = ray.put(vectors)
+        progress = Progress(job.echo, "embed", sum(len(shards[k]) for k in todo), "videos")
+
+        def on_done(k, stats: ShardStats, finished):
+            done[k] = stats
+            progress.advance(len(shards[k]))
+
+        job.run_units("embed", workers, todo, lambda actor, k: actor.embed.remote(
+            EmbedUnit(run.root, k, shards[k], tokens_part(k), batch_clips), ref), on_done)
+        progress.close()
+    stats = records(run, "embed", len(shards), done)
+    figures = totals(stats)
+    job.finish_stage("embed", time.perf_counter() - t, [("embed", s.where) for s in stats],
+                     shards=figures["shards"], videos=figures["videos"],
+                     skipped=figures["skipped"])
+    job.echo(f"embed: {figures['videos']} videos ({time.perf_counter() - t:.1f} s)")
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+
+def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | None) -> Summary:
+    """Write skipped.jsonl (every input not used, and why: the scan's and those in the shards'
+    records) and close the manifest."""
+    run = job.run
+    skips = skip_records(job.corpus, [s.skips for s in assigned + (embedded or [])])
+    write_skips(run.path("skipped.jsonl"), skips)
+    stage = job.manifest["stages"]["embed" if embedded is not None else "assign"]
+    job.manifest["counts"] = {"videos": stage["videos"], "skipped": len(skips),
+                              "clips": job.manifest["stages"]["assign"]["clips"]}
+    seconds = job.complete(job.manifest["stages"])
+    if job.manifest["nodes"]:
+        job.echo(usage_line(job.manifest["nodes"]))
+    return Summary(run.root, stage["videos"], job.manifest["counts"]["clips"], len(skips),
+                   seconds, dict(job.work))
+
+
+def records(run: RunDir, stage: str, shards: int, fresh: dict[int, ShardStats]
+            ) -> list[ShardStats]:
+    """Every shard's record of a stage: those this invocation made, the others' markers."""
+    return [fresh[k] if k in fresh else ShardStats.from_dict(run.read_marker(stage, k))
+            for k in range(shards)]
+
+
+def skip_records(corpus: Corpus, found: list[list[dict]]) -> list[dict]:
+    """Every input not used, and why: the scan's skips, those the workers `found` (one list per
+    record) and training ids without files; sorted as skipped.jsonl holds them."""
+    skips = [s.to_dict() for s in corpus.skips]
+    for found_here in found:
+        skips.extend(found_here)
+    skips.extend({"video_id": vid, "path": None, "reason": "training id has no feature files"}
+                 for vid in corpus.missing_train_ids)
+    return sorted(skips, key=lambda s: (s["video_id"], s["path"] or ""))
+
+
+def write_skips(path: str, skips: list[dict]) -> None:
+    """skipped.jsonl; left alone when its content is unchanged (sync tools copy what changes)."""
+    text = "".join(json.dumps(s) + "\n" for s in skips)
+    if not fs.exists(path) or fs.read_bytes(path) != text.encode("utf-8"):
+        write_text(path, text)
+
+
+def device_line(figures: dict) -> str:
+    """Where a GPU stage computed; why not on the GPU it was given is a warning of its own."""
+    if figures.get("device_note"):
+        log.warning("%s; it ran on CPU", figures["device_note"])
+        return f"on {figures['device']} (its GPU is not usable by torch)"
+    return f"on {figures['device']}"
+
+
+def vocab_line(cfg: TrainConfig, figures: dict, seconds: float) -> str:
+    return (f"vocab: K={cfg.vocab_size} on {figures['sample_clips']} clips, inertia/clip "
+            f"{figures['inertia_per_clip']:.4g}, {figures['iterations']} iterations, "
+            f"{device_line(figures)} ({seconds:.1f} s)")
+
+
+def glove_line(what: str, figures: dict, seconds: float) -> str:
+    return (f"{what}: {figures['epochs']} epochs on {figures['nonzeros']} non-zeros, loss "
+            f"{figures['initial_loss']:.4g} -> {figures['final_loss']:.4g}, "
+            f"{device_line(figures)} ({seconds:.1f} s)")
