@@ -2,14 +2,17 @@
 
 Two-stream layout: `{id}_rgb.npy` with an optional `{id}_flow.npy`. Single-stream layout (no
 `*_rgb.npy` at all): every `{id}.npy` is one video. Arrays are `[T, D]` of a float dtype.
-Only `.npy` headers are read while scanning; arrays are memory-mapped and read in row blocks, so
-a worker's memory is bounded by the block size, never by a video's length.
+Only `.npy` headers are read while scanning (one request each on object storage, sizes from the
+listing); arrays are memory-mapped and read in row blocks, so a worker's memory is bounded by the
+block size, never by a video's length. On object storage a block is one ranged read at the
+offset the scan found, and a fault of the storage is a StorageError, never a skip.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,19 +20,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import fs
-from .errors import BadVideo, VgrayError
+from .errors import BadVideo, StorageError, VgrayError
 
 RGB_SUFFIX = "_rgb.npy"
 FLOW_SUFFIX = "_flow.npy"
 NPY_SUFFIX = ".npy"
 TWO_STREAM = "two-stream"
 SINGLE_STREAM = "single-stream"
-HEADER_THREADS = 16  # header reads in flight while scanning
+# Reads in flight per process on object storage: a request costs tens of milliseconds there,
+# so a few dozen in flight keep a stage bound by bandwidth, not latency (S3 allows ~5,500 GETs a
+# second per prefix; 64 per worker x 64 workers stays below it at 30 ms per request).
+IO_THREADS = 64
+HEADER_BYTES = 4096  # read with the header: every .npy header vgray meets fits (~128 bytes)
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    shape: tuple
+    fortran_order: bool
+    dtype: np.dtype
+    offset: int
 
 
 @dataclass(frozen=True)
 class Video:
-    """One video: its id, the files of its streams, its clip count T and widths D."""
+    """One video: its id, the files of its streams, its clip count T and widths D, and (once
+    scanned) the headers of its files, so that a block is read without reading them again."""
 
     video_id: str
     rgb_path: str
@@ -37,6 +53,8 @@ class Video:
     frames: int
     rgb_dim: int
     flow_dim: int | None
+    rgb_header: NpyHeader | None = field(default=None, compare=False, repr=False)
+    flow_header: NpyHeader | None = field(default=None, compare=False, repr=False)
 
     def stream_dim(self, streams: str) -> int:
         return {"rgb": self.rgb_dim, "flow": self.flow_dim or 0,
@@ -81,31 +99,49 @@ class Corpus:
         return [v for v in self.videos if self.is_train(v.video_id)]
 
 
-@dataclass(frozen=True)
-class NpyHeader:
-    shape: tuple
-    fortran_order: bool
-    dtype: np.dtype
-    offset: int
-
-
-def read_header(path: str) -> NpyHeader:
-    """Read and check a `.npy` header without reading (or unpickling) the array."""
+def _read(path: str, start: int, length: int) -> bytes:
+    """Bytes of a file; a missing or unreadable file is a BadVideo, a fault of the storage (on
+    a URI) a StorageError."""
     try:
-        with fs.open_input(path) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
-            offset = f.tell()
-            size = f.seek(0, 2)  # the file's size, without another request on object stores
-    except BadVideo:
+        return fs.read_range(path, start, length)
+    except StorageError:
         raise
+    except FileNotFoundError:
+        raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
     except OSError as e:
         raise BadVideo(f"unreadable file: {e.strerror or e}") from None
+
+
+def read_header(path: str, size: int | None = None) -> NpyHeader:
+    """Read and check a `.npy` header without reading (or unpickling) the array: one read of
+    its first HEADER_BYTES (`size`, the file's size, as the listing gave it; else it is asked)."""
+    if size is None:
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
+        except StorageError:
+            raise
+        except OSError as e:
+            raise BadVideo(f"unreadable file: {e.strerror or e}") from None
+    head = _read(path, 0, HEADER_BYTES)
+    try:
+        f = io.BytesIO(head)
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
+        if version == (2, 0) and len(head) >= 12:  # a header longer than what was read
+            need = 12 + int.from_bytes(head[8:12], "little")
+            if need > len(head) and size >= need:
+                f = io.BytesIO(_read(path, 0, need))
+                np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    except BadVideo:
+        raise
     except Exception as e:  # numpy raises ValueError/SyntaxError/... on garbage headers
         raise BadVideo(f"not a valid .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if dtype.hasobject:
@@ -125,18 +161,20 @@ def read_header(path: str) -> NpyHeader:
     return NpyHeader(tuple(shape), bool(fortran), dtype, offset)
 
 
-def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+def load_rows(path: str, start: int = 0, stop: int | None = None,
+              header: NpyHeader | None = None) -> np.ndarray:
     """Rows [start, stop) of a `.npy` file as C-contiguous float32; raise BadVideo on NaN/inf.
 
-    Local files are memory-mapped; on object storage only the rows' byte range is fetched."""
+    Local files are memory-mapped; on object storage only the rows' byte range is fetched, in
+    one request where the `header` (as the scan read it) is given."""
     try:
         if fs.is_uri(path):
-            block = _read_remote_rows(path, start, stop)
+            block = _read_remote_rows(path, start, stop, header or read_header(path))
         else:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
             with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
                 block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy, not the map
-    except BadVideo:
+    except (BadVideo, StorageError):
         raise
     except OSError as e:
         raise BadVideo(f"unreadable file: {e.strerror or e}") from None
@@ -148,20 +186,24 @@ def load_rows(path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     return block
 
 
-def _read_remote_rows(path: str, start: int, stop: int | None) -> np.ndarray:
-    head = read_header(path)
+def _read_remote_rows(path: str, start: int, stop: int | None, head: NpyHeader) -> np.ndarray:
     frames, dim = head.shape
     stop = frames if stop is None else min(stop, frames)
     item = head.dtype.itemsize
-    with fs.open_input(path) as f:
-        if head.fortran_order:  # columns are contiguous: the whole array has to be read
-            f.seek(head.offset)
-            data = f.read(frames * dim * item)
-            array = np.frombuffer(data, dtype=head.dtype).reshape((dim, frames)).T[start:stop]
-        else:
-            f.seek(head.offset + start * dim * item)
-            data = f.read((stop - start) * dim * item)
-            array = np.frombuffer(data, dtype=head.dtype).reshape((stop - start, dim))
+    if head.fortran_order:  # columns are contiguous: the whole array has to be read
+        want = frames * dim * item
+        data = _read(path, head.offset, want)
+        if len(data) < want:
+            raise BadVideo(f"truncated: {head.offset + len(data)} bytes, the header declares "
+                           f"{head.offset + want}")
+        array = np.frombuffer(data, dtype=head.dtype).reshape((dim, frames)).T[start:stop]
+    else:
+        want = (stop - start) * dim * item
+        data = _read(path, head.offset + start * dim * item, want)
+        if len(data) < want:
+            raise BadVideo(f"truncated: the file ends before clip {stop} (changed since it "
+                           "was scanned?)")
+        array = np.frombuffer(data, dtype=head.dtype).reshape((stop - start, dim))
     with np.errstate(over="ignore"):
         return np.array(array, dtype=np.float32, order="C")
 
@@ -173,16 +215,17 @@ def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = No
     skipped whole.
     """
     if streams == "rgb":
-        rgb = load_rows(video.rgb_path, start, stop)
+        rgb = load_rows(video.rgb_path, start, stop, video.rgb_header)
         if video.flow_path is not None:
-            load_rows(video.flow_path, start, stop)
+            load_rows(video.flow_path, start, stop, video.flow_header)
         return rgb
     if video.flow_path is None:
         raise BadVideo(f"no flow file, but --streams {streams} needs one")
-    flow = load_rows(video.flow_path, start, stop)
+    flow = load_rows(video.flow_path, start, stop, video.flow_header)
     if streams == "flow":
         return flow
-    return np.concatenate([load_rows(video.rgb_path, start, stop), flow], axis=1)
+    return np.concatenate([load_rows(video.rgb_path, start, stop, video.rgb_header), flow],
+                          axis=1)
 
 
 def read_train_ids(path: str) -> list[str]:
@@ -251,7 +294,8 @@ def scan(
     """
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
-    names = sorted(n for n in fs.listdir(root) if n.endswith(NPY_SUFFIX))
+    sizes = fs.files(root)  # one listing: names and sizes (no request per file for its size)
+    names = sorted(n for n in sizes if n.endswith(NPY_SUFFIX))
     layout = TWO_STREAM if any(n.endswith(RGB_SUFFIX) for n in names) else SINGLE_STREAM
     if layout == SINGLE_STREAM and streams != "rgb":
         raise VgrayError(f"--streams {streams} needs {{id}}_flow.npy files, but FEATURES has the "
@@ -303,14 +347,14 @@ def scan(
                 skips.append(Skip(tid, None, f"training id rejected: {problem}"))
     def probe(vid: str) -> Video | Skip:
         try:
-            head = read_header(rgb[vid])
+            head = read_header(rgb[vid], sizes.get(fs.basename(rgb[vid])))
         except BadVideo as e:
             return Skip(vid, rgb[vid], str(e))
         fpath = flow.get(vid)
-        fdim = None
+        fdim, fhead = None, None
         if fpath is not None:
             try:
-                fhead = read_header(fpath)
+                fhead = read_header(fpath, sizes.get(fs.basename(fpath)))
             except BadVideo as e:
                 return Skip(vid, fpath, f"flow: {e}")
             if fhead.shape[0] != head.shape[0]:
@@ -319,13 +363,13 @@ def scan(
             fdim = fhead.shape[1]
         elif streams != "rgb":
             return Skip(vid, rgb[vid], f"no flow file, but --streams {streams} needs one")
-        return Video(vid, rgb[vid], fpath, head.shape[0], head.shape[1], fdim)
+        return Video(vid, rgb[vid], fpath, head.shape[0], head.shape[1], fdim, head, fhead)
 
     # On object stores a header read is a round trip: threads keep many in flight (results in
     # id order all the same). Local reads are CPU-bound (~50 us each) and go one by one.
     candidates = []
     ids = sorted(rgb)
-    with concurrent.futures.ThreadPoolExecutor(HEADER_THREADS) as threads:
+    with concurrent.futures.ThreadPoolExecutor(IO_THREADS) as threads:
         found_all = threads.map(probe, ids) if fs.is_uri(root) else map(probe, ids)
         for done, found in enumerate(found_all, 1):
             (candidates if isinstance(found, Video) else skips).append(found)

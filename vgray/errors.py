@@ -7,3 +7,9 @@ class VgrayError(Exception):
 
 class BadVideo(VgrayError):
     """A video that cannot be used; it is skipped and recorded (or fails the run with --strict)."""
+
+
+class StorageError(VgrayError):
+    """The storage failed (throttling, 5xx, a reset, a timeout) after its retries: a fault of the
+    machinery, never a verdict on a file. The unit of work that met it is run again; a run that
+    cannot get past it fails with this one line, and records nothing as skipped."""

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import ray
 
-from . import __version__, fs
+from . import __version__, fs, s3
 from .cluster import (Capacity, Demand, GpuPlan, avoiding, capacity, node_usage, usage_by_type)
 from .config import TrainConfig
 from .errors import VgrayError
@@ -110,6 +110,7 @@ class Job:
         else:
             self.manifest = {"settings": must_match, "stages": {}}
         self.manifest.update(header)
+        self.manifest["retries"] = {}  # this invocation's, per stage (see run_units)
         self.manifest["versions"] = versions()
         self.manifest["status"] = "running"  # first saved once FEATURES has been scanned
 
@@ -137,6 +138,8 @@ class Job:
         seconds = time.perf_counter() - self.t0
         self.manifest["status"] = "complete"
         self.manifest["last_invocation"] = {"seconds": round(seconds, 3), "work": self.work}
+        # requests this driver sent again (the scan's header reads, the manifest, listings)
+        self.manifest["retries"]["driver"] = {"requests": s3.retries(), "units": 0}
         self.demand.clear()  # the run's work is over: every node may go back once idle
         self.manifest["nodes"] = usage_by_type(stages)
         self.manifest["cluster"] = {**self.capacity.to_dict(), "gpu": dataclasses.asdict(self.gpu),
@@ -184,8 +187,20 @@ class Job:
         GPU worker takes units too where its GPU computes."""
         n = self.workers(stage, requested, len(units))
         lent = [self.gpu_worker] if gpu and self.gpu_computes and self.gpu_worker else []
-        if not self.pool.run(n, units, submit, on_done, extra=lent, stage=stage) and lent:
-            self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
+        retries = self.manifest.setdefault("retries", {}).setdefault(stage, {"requests": 0,
+                                                                             "units": 0})
+        reruns = self.pool.reruns.get(stage, 0)
+
+        def done(k, result, finished):
+            first = result[0] if isinstance(result, list) and result else result
+            retries["requests"] += getattr(first, "retries", 0)
+            on_done(k, result, finished)
+
+        try:
+            if not self.pool.run(n, units, submit, done, extra=lent, stage=stage) and lent:
+                self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
+        finally:
+            retries["units"] += self.pool.reruns.get(stage, 0) - reruns
 
     def on_trainer(self, what: str, call, where: list) -> Fit:
         """call(actor) for k-means or GloVe: on the GPU worker where the GPU plan says so (it is

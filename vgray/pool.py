@@ -15,7 +15,7 @@ import time
 import ray
 
 from .cluster import GpuPlan, node_alive, node_facts
-from .errors import VgrayError
+from .errors import StorageError, VgrayError
 
 log = logging.getLogger("vgray")
 
@@ -27,6 +27,12 @@ RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
 LOST_WORKER = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
 MAX_ATTEMPTS = 4
+
+
+def storage_fault(error: BaseException) -> StorageError | None:
+    """The StorageError that failed a remote call (its worker is fine), or None."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, StorageError) else None
 
 
 class Pool:
@@ -44,6 +50,7 @@ class Pool:
         self.starting: dict = {}  # readiness ref -> actor
         self.ready: list = []     # started and free
         self.failed_starts = 0
+        self.reruns: dict[str, int] = {}  # stage -> units run again (lost worker, storage fault)
 
     def __len__(self) -> int:
         return len(self.starting) + len(self.ready)
@@ -144,6 +151,23 @@ class Pool:
                 actor, k = inflight.pop(ref)
                 try:
                     stats = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    fault = storage_fault(e)
+                    if fault is None:
+                        raise
+                    # The storage failed past its own retries: the worker is fine, the unit
+                    # is run again (its outputs are idempotent) after a pause.
+                    attempts[k] = attempts.get(k, 1) + 1
+                    if attempts[k] > MAX_ATTEMPTS:
+                        raise StorageError(f"the storage kept failing ({MAX_ATTEMPTS} attempts "
+                                           f"of {stage or 'a'} unit {k}): {fault}") from None
+                    log.warning("%s unit %d met a storage fault (%s); running it again", stage,
+                                k, fault)
+                    self.reruns[stage] = self.reruns.get(stage, 0) + 1
+                    (spare if id(actor) in lent else self.ready).append(actor)
+                    time.sleep(min(30.0, 2.0 ** attempts[k]))
+                    queue.append(k)
+                    continue
                 except RETRIABLE as e:
                     attempts[k] = attempts.get(k, 1) + 1
                     if attempts[k] > MAX_ATTEMPTS:
@@ -151,6 +175,7 @@ class Pool:
                                          f"last: {type(e).__name__}") from e
                     log.warning("%s unit %d lost (%s); running it again", stage, k,
                                 type(e).__name__)
+                    self.reruns[stage] = self.reruns.get(stage, 0) + 1
                     if id(actor) in lent:
                         lent.discard(id(actor))
                         with contextlib.suppress(Exception):

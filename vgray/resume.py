@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from . import fs
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids, scan
-from .errors import VgrayError
+from .errors import StorageError, VgrayError
 from .progress import Progress
 from .store import RunDir
 
@@ -111,6 +111,8 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
     run = RunDir(fs.normalize(out))
     try:
         manifest = run.read_manifest()
+    except StorageError:  # a fault of the storage is said at once, in one line
+        raise
     except Exception:  # noqa: BLE001 - anything unreadable: the run says what is wrong
         return Check()
     if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "train":
@@ -261,6 +263,8 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
     run = RunDir(fs.normalize(out))
     try:
         manifest = run.read_manifest()
+    except StorageError:
+        raise
     except Exception:  # noqa: BLE001 - the sweep says what is wrong
         return Check()
     if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "sweep":

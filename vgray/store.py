@@ -130,14 +130,17 @@ def write_table(path: str, table: pa.Table) -> None:
         pq.write_table(table, tmp)
 
 
+def _parquet_source(path: str):
+    """A local path as it is; a URI's bytes in one read (the run's tables are small)."""
+    return pa.BufferReader(fs.read_bytes(path)) if fs.is_uri(path) else path
+
+
 def read_table(path: str, schema: pa.Schema | None = None) -> pa.Table:
-    source, filesystem = fs.parquet_source(path)
-    return pq.read_table(source, schema=schema, filesystem=filesystem)
+    return pq.read_table(_parquet_source(path), schema=schema)
 
 
 def parquet_rows(path: str) -> int:
-    source, filesystem = fs.parquet_source(path)
-    return pq.ParquetFile(source, filesystem=filesystem).metadata.num_rows
+    return pq.ParquetFile(_parquet_source(path)).metadata.num_rows
 
 
 def tokens_table(video_ids: list[str], tokens: list[np.ndarray]) -> pa.Table:
@@ -222,9 +225,9 @@ class RunDir:
 
     def read_manifest(self) -> dict | None:
         try:
-            if not fs.exists(self.manifest_path):
-                return None
             return read_json(self.manifest_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
         except (OSError, json.JSONDecodeError) as e:
             raise VgrayError(f"{self.manifest_path} is unreadable: {e}") from None
 
@@ -260,10 +263,10 @@ class RunLock:
         """The lock's content and age in seconds, or None if there is no lock."""
         try:
             if fs.is_uri(self.path):
-                info = fs.info(self.path)
-                if info.type == fs.pafs.FileType.NotFound:
+                info = fs.stat(self.path)
+                if info is None:
                     return None
-                age = time.time() - info.mtime.timestamp() if info.mtime else 0.0
+                age = time.time() - info["mtime"].timestamp() if info["mtime"] else 0.0
                 data = fs.read_bytes(self.path)
             else:
                 age = time.time() - os.path.getmtime(self.path)

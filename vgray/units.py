@@ -105,6 +105,7 @@ class ShardStats:
     device: str | None = None
     count_window: int | None = None  # counted per distance up to this window (a sweep)
     where: dict | None = None        # cluster.here() of the work
+    retries: int = 0                 # requests to the storage sent again after a fault
 
     def to_dict(self) -> dict:
         record = dataclasses.asdict(self)
@@ -149,3 +150,4 @@ class Reduced:
     partition: int
     nonzeros: int
     where: dict
+    retries: int = 0

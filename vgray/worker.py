@@ -9,6 +9,8 @@ and `vgray sweep` hand it different units of the same kinds.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import os
 import time
@@ -19,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from . import cooccur, fs
+from . import cooccur, fs, s3
 from .cluster import actor_start, here, pick_device
 from .config import TrainConfig
-from .corpus import Skip, Video, load_clips, load_rows
+from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .live import Reporter
@@ -76,6 +78,39 @@ def all_cores():
         torch.set_num_threads(before)
 
 
+def prefetch(videos: list[Video], load, batch_clips: int, remote: bool | None = None):
+    """(video, load(video) or the BadVideo it raised) for each video, in order. On object storage
+    (`remote`: by default, where the videos are) up to IO_THREADS loads are in flight ahead of
+    the caller (its next videos arrive while it computes), within about 2 x batch_clips clips
+    held; local files are read one by one (the reads are CPU-bound there). A fault of the
+    storage is raised, never yielded."""
+    def attempt(v):
+        try:
+            return load(v)
+        except BadVideo as e:
+            return e
+
+    if remote is None:
+        remote = bool(videos) and fs.is_uri(videos[0].rgb_path)
+    if not remote:
+        for v in videos:
+            yield v, attempt(v)
+        return
+    with concurrent.futures.ThreadPoolExecutor(IO_THREADS) as threads:
+        queue, held = collections.deque(), 0
+        for v in videos:
+            cost = min(v.frames, batch_clips)
+            while queue and (len(queue) >= IO_THREADS or held + cost > 2 * batch_clips):
+                done, future = queue.popleft()
+                held -= min(done.frames, batch_clips)
+                yield done, future.result()
+            queue.append((v, threads.submit(attempt, v)))
+            held += cost
+        while queue:
+            done, future = queue.popleft()
+            yield done, future.result()
+
+
 def tokenize(videos: list[Video], codebooks: list[Codebook], streams: str, batch_clips: int,
              device: str):
     """(video, [int32 tokens per codebook] or the BadVideo that stopped it) for each video, in
@@ -105,7 +140,10 @@ def tokenize(videos: list[Video], codebooks: list[Codebook], streams: str, batch
                 at += len(b)
         pending.clear()
 
-    for v in videos:
+    def whole(v: Video):  # a long video is read block by block below, not ahead
+        return None if v.frames > batch_clips else load_clips(v, streams, 0, v.frames)
+
+    for v, block in prefetch(videos, whole, batch_clips):
         if v.frames > batch_clips:
             yield from flush()
             rows = 0
@@ -116,10 +154,6 @@ def tokenize(videos: list[Video], codebooks: list[Codebook], streams: str, batch
             except BadVideo as e:
                 yield v, e
             continue
-        try:
-            block = load_clips(v, streams, 0, v.frames)
-        except BadVideo as e:
-            block = e
         pending.append((v, block))
         rows += 0 if isinstance(block, BadVideo) else len(block)
         if rows >= batch_clips:
@@ -171,7 +205,7 @@ def reduce_partition(unit: ReduceUnit) -> int:
 
 
 def write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
-                 batch_clips: int) -> None:
+                 batch_clips: int, header=None) -> None:
     """[features, emb] of one stream file, read and written in blocks (bounded memory for long
     videos); the output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy).
 
@@ -181,7 +215,7 @@ def write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         for start in range(0, frames, batch_clips):
             stop = min(start + batch_clips, frames)
-            block = concat(load_rows(source, start, stop), emb[start:stop], two_streams)
+            block = concat(load_rows(source, start, stop, header), emb[start:stop], two_streams)
             if start == 0:
                 np.lib.format.write_array_header_1_0(
                     f, {"descr": "<f4", "fortran_order": False, "shape": (frames, block.shape[1])})
@@ -249,25 +283,27 @@ class ShardWorker:
         """(the sampled clips, ShardStats) of a shard's training videos; with unit.draws,
         (clips, their draws, ShardStats): a smaller vocabulary's sample is then the clips whose
         draw is below its own probability (see clip_draws)."""
-        began = self._began()
+        began, retried = self._began(), s3.retries()
         rows, kept, skips = [], [], []
-        for v in unit.videos:
+
+        def picked(v: Video):
             u = clip_draws(v.video_id, v.frames, unit.seed) if unit.draws else None
             mask = sample_mask(v.video_id, v.frames, unit.probability, unit.seed, u)
-            try:
-                picked = [load_clips(v, self.streams, s, min(s + self.batch_clips, v.frames))
-                          [mask[s:s + self.batch_clips]]
-                          for s in range(0, v.frames, self.batch_clips)]
-            except BadVideo as e:
-                skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
+            clips = [load_clips(v, self.streams, s, min(s + self.batch_clips, v.frames))
+                     [mask[s:s + self.batch_clips]] for s in range(0, v.frames, self.batch_clips)]
+            return clips, (u[mask] if unit.draws else None)
+
+        for v, found in prefetch(unit.videos, picked, self.batch_clips):
+            if isinstance(found, BadVideo):
+                skips.append(Skip(v.video_id, v.rgb_path, str(found)).to_dict())
                 continue
-            rows.extend(picked)
+            rows.extend(found[0])
             if unit.draws:
-                kept.append(u[mask])
+                kept.append(found[1])
         dim = unit.videos[0].stream_dim(self.streams)
         sample = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
         stats = ShardStats(unit.shard, len(unit.videos) - len(skips), len(sample), skips=skips,
-                           where=here(began))
+                           where=here(began), retries=s3.retries() - retried)
         if unit.draws:
             return sample, np.concatenate(kept) if kept else np.zeros(0), stats
         return sample, stats
@@ -277,7 +313,7 @@ class ShardWorker:
         (the others' tokens are read back); each vocabulary's tokens part, partial counts (where
         it has a `count`) and marker go under its root, the marker last. One record per
         vocabulary, in order."""
-        t0, began = time.perf_counter(), self._began()
+        t0, began, retried = time.perf_counter(), self._began(), s3.retries()
         fresh = [v for v in unit.vocabularies if v.tokenise]
         books = [self.codebook(v.centroids) for v in fresh]
         device = str(books[0].centers.device) if books else "cpu"
@@ -313,39 +349,48 @@ class ShardWorker:
             stats = ShardStats(unit.shard, len(v_ids), int(sum(len(s) for s in v_seqs)),
                                len(trained), pairs, v_skips,
                                round(time.perf_counter() - t0, 3), device.split(":")[0], window,
-                               here(began))
+                               here(began), s3.retries() - retried)
             run.mark("assign", unit.shard, stats.to_dict())
             records.append(stats)
         return records
 
     def reduce(self, unit: ReduceUnit) -> Reduced:
         """One partition of one vocabulary's counts, merged exactly (see ReduceUnit)."""
-        began = self._began()
+        began, retried = self._began(), s3.retries()
         nonzeros = reduce_partition(unit)
-        return Reduced(unit.partition, nonzeros, here(began))
+        return Reduced(unit.partition, nonzeros, here(began), s3.retries() - retried)
 
     def embed(self, unit: EmbedUnit, vectors: np.ndarray) -> ShardStats:
         """Embeddings and concatenations of one shard's videos, written block by block; then
         the shard's marker."""
-        t0, began = time.perf_counter(), self._began()
+        t0, began, retried = time.perf_counter(), self._began(), s3.retries()
         run = RunDir(unit.root)
         tokens = read_tokens([unit.tokens_part])
         written, clips, skips = 0, 0, []
-        for v in unit.videos:
-            if v.video_id not in tokens:
-                continue  # skipped at assignment, recorded there
+
+        def write(v: Video) -> int:
+            """The video's concatenations, then its embeddings (written last: a video whose
+            embeddings exist is done)."""
             emb = embed(tokens[v.video_id], vectors)
-            try:
-                for source in filter(None, (v.rgb_path, v.flow_path)):
+            for source, header in ((v.rgb_path, v.rgb_header), (v.flow_path, v.flow_header)):
+                if source is not None:
                     write_concat(run.path("concat", fs.basename(source)), source, emb,
-                                 v.flow_path is not None, unit.batch_clips)
-            except BadVideo as e:  # the file changed since it was assigned
-                skips.append(Skip(v.video_id, v.rgb_path, str(e)).to_dict())
-                continue
+                                 v.flow_path is not None, unit.batch_clips, header)
             save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
-            written, clips = written + 1, clips + len(emb)
+            return len(emb)
+
+        # Videos skipped at assignment are recorded there; on object storage the reads and
+        # writes of the next videos are in flight while one is written.
+        todo = [v for v in unit.videos if v.video_id in tokens]
+        remote = fs.is_uri(run.root) or any(fs.is_uri(v.rgb_path) for v in todo[:1])
+        for v, done in prefetch(todo, write, unit.batch_clips, remote):
+            if isinstance(done, BadVideo):  # the file changed since it was assigned
+                skips.append(Skip(v.video_id, v.rgb_path, str(done)).to_dict())
+                continue
+            written, clips = written + 1, clips + done
         stats = ShardStats(unit.shard, written, clips, skips=skips,
-                           seconds=round(time.perf_counter() - t0, 3), where=here(began))
+                           seconds=round(time.perf_counter() - t0, 3), where=here(began),
+                           retries=s3.retries() - retried)
         run.mark("embed", unit.shard, stats.to_dict())
         return stats
 
