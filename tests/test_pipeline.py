@@ -122,12 +122,15 @@ def test_quality_on_planted_corpus(trained, corpus):
 def test_rerun_does_no_work(trained, corpus, monkeypatch):
     """A complete RUN is recognised from its manifest, markers and outputs: no Ray work, and not
     one file of RUN written again (sync tools copy whatever was rewritten)."""
+    import vgray.corpus
     import vgray.train
 
     run, _ = trained
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "**"), recursive=True)}
     assert os.path.join(run, "manifest.json") in files and os.path.join(run, "skipped.jsonl") in files
     monkeypatch.setattr(vgray.train, "connect", lambda *a: pytest.fail("Ray was used"))
+    # one listing of FEATURES tells it: not one header is read
+    monkeypatch.setattr(vgray.corpus, "read_header", lambda *a: pytest.fail("a header was read"))
     result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",
                                       corpus["train_ids"], *ARGS[:-1]])
     assert result.exit_code == 0, result.output
@@ -154,9 +157,11 @@ def test_resumed_run_leaves_an_unchanged_skip_list_alone(trained, corpus, tmp_pa
     assert os.stat(os.path.join(copy, "skipped.jsonl")).st_mtime_ns == before
 
 
-def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkeypatch):
-    """The no-op check scans FEATURES (the RUN looks complete); the run it hands over to resumes
-    with that scan instead of scanning again."""
+@pytest.mark.parametrize("made_by", ["this vgray", "an earlier vgray"])
+def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkeypatch, made_by):
+    """A RUN that looks complete but is not: the no-op check tells it from one listing and the
+    run scans; on a RUN of an earlier vgray (no listing fingerprint in its manifest) the check
+    scans FEATURES and the run resumes with that scan instead of scanning again."""
     import vgray.resume
     import vgray.stages
 
@@ -164,6 +169,11 @@ def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkey
     copy = str(tmp_path / "rescan")
     shutil.copytree(run, copy)
     os.remove(os.path.join(copy, ".work", "embed", "00001.json"))
+    if made_by == "an earlier vgray":
+        path = os.path.join(copy, "manifest.json")
+        manifest = json.load(open(path))
+        del manifest["corpus"]["listing"]
+        json.dump(manifest, open(path, "w"))
     scans = []
     for module, name in ((vgray.resume, "scan"), (vgray.stages, "scan_features")):
         real = getattr(module, name)
@@ -172,6 +182,25 @@ def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkey
     work = json.load(open(os.path.join(copy, "manifest.json")))["last_invocation"]["work"]
     assert work["embed_shards"] == 1 and len(scans) == 1
     assert_same_results(run, copy)
+
+
+def test_features_changed_after_the_run_are_told_from_the_listing(ray_session, tmp_path):
+    """A file of FEATURES of another length (or a video added) since RUN was made: the no-op
+    check, which reads no header, does not call RUN complete, and the run refuses it."""
+    from vgray.synth import make_corpus
+
+    info = make_corpus(str(tmp_path / "c"), videos=12, dim=6, words=4, topics=2, min_clips=5,
+                       max_clips=9)
+    run = str(tmp_path / "run")
+    args = ["train", info["features"], "--out", run, "--vocab-size", "4", "--dim", "3",
+            "--epochs", "10"]
+    cli(*args)
+    assert "nothing to do" in cli(*args).output
+    path = os.path.join(info["features"], "v_00003_rgb.npy")
+    np.save(path, np.load(path)[:-1])  # one clip less: the same name, another size
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "nothing to do" not in result.output
+    assert f"FEATURES {info['features']} changed since {run} was started" in result.output
 
 
 def test_changed_setting_is_refused(trained, corpus):

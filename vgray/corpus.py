@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
 import io
 import json
 import os
@@ -90,6 +91,7 @@ class Corpus:
     flow_dim: int | None = None
     train_ids: set[str] | None = None  # None: every video trains
     missing_train_ids: list[str] = field(default_factory=list)
+    listing: str | None = None  # listing_fingerprint of FEATURES as it was scanned
 
     def is_train(self, video_id: str) -> bool:
         return self.train_ids is None or video_id in self.train_ids
@@ -226,6 +228,23 @@ def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = No
         return flow
     return np.concatenate([load_rows(video.rgb_path, start, stop, video.rgb_header), flow],
                           axis=1)
+
+
+def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = False) -> str:
+    """What one listing of FEATURES says of it: every .npy file's name and size (a file added,
+    removed, renamed or of another length changes it), under the scan's own setting."""
+    h = hashlib.sha256(b"follow-symlinks" if follow_symlinks else b"")
+    for name in sorted(n for n in sizes if n.endswith(NPY_SUFFIX)):
+        h.update(f"\0{name}\0{sizes[name]}".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+def list_features(root: str, follow_symlinks: bool = False) -> str:
+    """The listing fingerprint of FEATURES, from one listing: no file is opened (the no-op
+    check of a run at a million videos reads no header)."""
+    if not fs.isdir(root):
+        raise VgrayError(f"FEATURES {root} is not a directory")
+    return listing_fingerprint(fs.files(root), follow_symlinks)
 
 
 def read_train_ids(path: str) -> list[str]:
@@ -394,4 +413,5 @@ def scan(
     found = set(rgb) | set(flow)
     missing = sorted(wanted - found) if wanted is not None else []
     skips.sort(key=lambda s: (s.video_id, s.path or ""))
-    return Corpus(root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing)
+    return Corpus(root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
+                  listing_fingerprint(sizes, follow_symlinks))

@@ -1,10 +1,12 @@
 """What a run is and whether it is already complete, decided without Ray and without torch.
 
-A re-run of a finished `vgray train` must cost the scan and nothing else: it starts no Ray,
+A re-run of a finished `vgray train` must cost one listing of FEATURES and nothing else: it
+reads no header (at a million videos on object storage that would be hours), starts no Ray,
 imports no torch and rewrites no file (a sync tool would copy a rewritten file again). The
-pieces that define a run's identity (its shards, its settings, the corpus fingerprint) live here,
-so the fast check and the stages cannot disagree about them. What the check scanned is handed
-on to the run (`Check.corpus`): FEATURES is scanned once per command.
+pieces that define a run's identity (its shards, its settings, the corpus and listing
+fingerprints) live here, so the fast check and the stages cannot disagree about them. Where the
+check had to scan (a RUN of an earlier vgray), what it scanned is handed on to the run
+(`Check.corpus`): FEATURES is scanned once per command.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, read_train_ids, scan
+from .corpus import Corpus, Video, list_features, read_train_ids, scan
 from .errors import StorageError, VgrayError
 from .progress import Progress
 from .store import RunDir
@@ -129,17 +131,28 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
     outputs += [run.part("cooccur", r) for r in range(config.reducers)]
     if not all(fs.exists(p) for p in outputs):  # looked up before the (longer) scan
         return Check()
-    corpus, seconds = scan_corpus(features, config, ids, echo)
-    scanned = Check(corpus=corpus, scan_seconds=seconds)
-    if config.strict and corpus.skips or not corpus.videos or not corpus.train_videos:
-        return scanned  # the run fails with the reason
-    if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
-        return scanned
-    shards = len(make_shards(corpus.videos, config.shard_clips))
+    counts = manifest["counts"]
+    listed = manifest.get("corpus", {}).get("listing")
+    if listed is not None:
+        # FEATURES as one listing says it is, as it was when RUN was made: no header is read.
+        if config.strict and counts.get("skipped"):
+            return Check()  # the run fails with the reason
+        if list_features(features, config.follow_symlinks) != listed:
+            return Check()
+        shards, corpus, seconds = stages["assign"].get("shards"), None, 0.0
+        if shards is None:
+            return Check()
+    else:  # a RUN of an earlier vgray: FEATURES is scanned, and handed on if there is work
+        corpus, seconds = scan_corpus(features, config, ids, echo)
+        scanned = Check(corpus=corpus, scan_seconds=seconds)
+        if config.strict and corpus.skips or not corpus.videos or not corpus.train_videos:
+            return scanned  # the run fails with the reason
+        if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
+            return scanned
+        shards = len(make_shards(corpus.videos, config.shard_clips))
     if any(len(run.done_shards(stage) & set(range(shards))) < shards
            for stage in ("assign", "embed")):
-        return scanned
-    counts = manifest["counts"]
+        return Check(corpus=corpus, scan_seconds=seconds)
     if echo is not None:
         echo(f"{run.root} is complete: nothing to do")
     return Check(Summary(run.root, counts["videos"], counts["clips"], counts["skipped"],
@@ -291,9 +304,15 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
     rows = read_rows(fs.read_bytes(run.path("sweep.csv")).decode("utf-8"))
     if [name(*(r[k] for k in VARIED)) for r in rows] != combos:
         return Check()
-    corpus, seconds = scan_corpus(features, config, ids, echo)
-    if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
-        return Check(corpus=corpus, scan_seconds=seconds)
+    listed = manifest.get("corpus", {}).get("listing")
+    corpus, seconds = None, 0.0
+    if listed is not None:  # one listing, no header read
+        if list_features(features, config.follow_symlinks) != listed:
+            return Check()
+    else:  # a sweep of an earlier vgray
+        corpus, seconds = scan_corpus(features, config, ids, echo)
+        if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
+            return Check(corpus=corpus, scan_seconds=seconds)
     best = manifest.get("best")
     ranked_by = best["by"] if best else None
     best_row = next((r for r in rows if best and name(*(r[k] for k in VARIED)) == best["combination"]),

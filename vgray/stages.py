@@ -79,7 +79,7 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
         "clips": total_clips(corpus.videos), "train_videos": len(corpus.train_videos),
         "rgb_dim": corpus.rgb_dim, "flow_dim": corpus.flow_dim,
         "skipped_at_scan": len(corpus.skips), "missing_train_ids": len(corpus.missing_train_ids),
-        "fingerprint": made_from}
+        "fingerprint": made_from, "listing": corpus.listing}
     job.finish_stage("scan", time.perf_counter() - t, videos=len(corpus.videos),
                      skipped=len(corpus.skips))
     job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
