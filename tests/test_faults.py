@@ -182,3 +182,43 @@ def test_a_unit_that_meets_a_storage_fault_is_run_again_then_fails_in_one_line(r
             pool.run(1, [0], lambda a, k: a.work.remote(k), lambda *a: None, stage="embed")
     finally:
         pool.close()
+
+
+@ray.remote(num_cpus=0)
+class Stalling:
+    """Answers at once, but the first call ever made for unit 1 (told by a file) hangs, as a
+    read from a connection that never answers would."""
+
+    def __init__(self, flag: str):
+        self.flag = flag
+
+    def work(self, k):
+        if k == 1 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            time.sleep(3600)
+        time.sleep(0.05)
+        return k
+
+
+def test_a_unit_past_its_deadline_runs_again_on_another_worker(ray_session, tmp_path,
+                                                               monkeypatch):
+    import vgray.pool
+    from vgray.pool import Pool
+
+    monkeypatch.setattr(vgray.pool, "UNIT_DEADLINE_MIN_S", 2.0)
+    made, done = [], {}
+
+    def make():
+        made.append(Stalling.remote(str(tmp_path / "stalled")))
+        return made[-1]
+
+    pool = Pool(make)
+    started = time.perf_counter()
+    try:
+        pool.run(2, list(range(6)), lambda a, k: a.work.remote(k),
+                 lambda k, result, finished: done.__setitem__(k, result), stage="assign")
+    finally:
+        pool.close()
+    assert done == {k: k for k in range(6)} and pool.reruns == {"assign": 1}
+    assert len(made) == 3  # the stalled worker was replaced
+    assert time.perf_counter() - started < 60

@@ -27,6 +27,11 @@ RETRIABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
 LOST_WORKER = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
                ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
 MAX_ATTEMPTS = 4
+# A unit still running past max(UNIT_DEADLINE_MIN_S, UNIT_DEADLINE_FACTOR x the slowest unit of
+# its stage that finished) is taken for stalled (a hung read, a wedged node): its worker is
+# replaced and the unit runs again, as for a lost worker. A stage's first unit has no deadline.
+UNIT_DEADLINE_MIN_S = 600.0
+UNIT_DEADLINE_FACTOR = 10.0
 
 
 def storage_fault(error: BaseException) -> StorageError | None:
@@ -126,15 +131,34 @@ class Pool:
         self._start()
 
     def run(self, n: int, units: list[int], submit, on_done, extra: list | tuple = (),
-            own: bool = True, stage: str = "") -> list:
+            own: bool = True, stage: str = "", deadline: bool = True) -> list:
         """Every unit of a stage (submit(actor, k) for each k of `units`) on up to n actors of
         the pool, plus `extra` actors lent for this stage (the GPU worker, served first); without
         `own`, on the `extra` actors only (one taken from the pool replaces them if all are
-        lost). on_done(k, result, finished) as each ends. Returns the extra actors not lost."""
+        lost). on_done(k, result, finished) as each ends. Returns the extra actors not lost.
+        With `deadline` (units of like size: shards, partitions), a stalled unit runs again."""
         self.grow(n)
         spare = list(extra)
         lent = {id(a) for a in spare}
         queue, attempts, inflight, finished = list(units), {}, {}, 0
+        started, slowest = {}, None  # ref -> when it was submitted; the slowest finished unit
+
+        def lost(actor, k, why: str) -> None:
+            """The unit's worker is lost (or stalled): replaced, and the unit queued again."""
+            attempts[k] = attempts.get(k, 1) + 1
+            if attempts[k] > MAX_ATTEMPTS:
+                raise VgrayError(f"{stage or 'a'} unit {k} failed {MAX_ATTEMPTS} times; "
+                                 f"last: {why}")
+            log.warning("%s unit %d lost (%s); running it again", stage, k, why)
+            self.reruns[stage] = self.reruns.get(stage, 0) + 1
+            if id(actor) in lent:
+                lent.discard(id(actor))
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+            else:
+                self.discard(actor)
+            queue.append(k)
+
         try:
             while queue or inflight:
                 if queue and not own and not spare and not inflight:
@@ -143,12 +167,27 @@ class Pool:
                 while queue and (spare or (own and self.ready)):
                     actor = spare.pop() if spare else self.ready.pop()
                     k = queue.pop(0)
-                    inflight[submit(actor, k)] = (actor, k)
-                [ref], _ = ray.wait(list(inflight) + list(self.starting), num_returns=1)
+                    ref = submit(actor, k)
+                    inflight[ref], started[ref] = (actor, k), time.monotonic()
+                limit = (None if slowest is None or not inflight or not deadline else
+                         max(UNIT_DEADLINE_MIN_S, UNIT_DEADLINE_FACTOR * slowest))
+                timeout = None if limit is None else max(
+                    0.1, min(started[r] for r in inflight) + limit - time.monotonic())
+                ready, _ = ray.wait(list(inflight) + list(self.starting), num_returns=1,
+                                    timeout=timeout)
+                if not ready:  # a unit past its deadline
+                    now = time.monotonic()
+                    for ref in [r for r in inflight if now - started[r] >= limit]:
+                        actor, k = inflight.pop(ref)
+                        started.pop(ref)
+                        lost(actor, k, f"no answer within {limit:.0f} s")
+                    continue
+                [ref] = ready
                 if ref in self.starting:
                     self._started(ref)
                     continue
                 actor, k = inflight.pop(ref)
+                took = time.monotonic() - started.pop(ref)
                 try:
                     stats = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
@@ -169,22 +208,10 @@ class Pool:
                     queue.append(k)
                     continue
                 except RETRIABLE as e:
-                    attempts[k] = attempts.get(k, 1) + 1
-                    if attempts[k] > MAX_ATTEMPTS:
-                        raise VgrayError(f"{stage or 'a'} unit {k} failed {MAX_ATTEMPTS} times; "
-                                         f"last: {type(e).__name__}") from e
-                    log.warning("%s unit %d lost (%s); running it again", stage, k,
-                                type(e).__name__)
-                    self.reruns[stage] = self.reruns.get(stage, 0) + 1
-                    if id(actor) in lent:
-                        lent.discard(id(actor))
-                        with contextlib.suppress(Exception):
-                            ray.kill(actor)
-                    else:
-                        self.discard(actor)
-                    queue.append(k)
+                    lost(actor, k, type(e).__name__)
                     continue
                 (spare if id(actor) in lent else self.ready).append(actor)
+                slowest = took if slowest is None else max(slowest, took)
                 finished += 1
                 on_done(k, stats, finished)
         finally:  # after a failure, actors still busy finish their call before the next one

@@ -314,8 +314,9 @@ class _Sweep:
             self._record(todo[n], fit, time.perf_counter() - started[n], [("glove", fit.where)])
             progress.advance(1)
 
+        # Fits of different K and dim take very different times: none is judged stalled.
         for actor in job.pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
-                                  own=False, stage="glove"):
+                                  own=False, stage="glove", deadline=False):
             job.pool.give(actor)
         progress.close()
 
