@@ -43,6 +43,7 @@ from .cluster import connect, plan_gpu
 from .config import TrainConfig
 from .corpus import read_train_ids
 from .errors import VgrayError
+from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
 from .progress import Progress
 from .resume import (VARIED, Check, SweepSummary, cell, check_sweep, digest_file, make_shards,
@@ -62,8 +63,6 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
     """Train and evaluate every (K, window, dim) of the lists on FEATURES into DIR `out`.
     `checked` is what resume.check_sweep already found (FEATURES as it scanned it is not
     scanned again); without it the check runs here."""
-    from .evaluate import read_labels
-
     config = config or TrainConfig()
     grid = [(k, w, d) for k in sorted(set(vocab_sizes)) for w in sorted(set(windows))
             for d in sorted(set(dims))]
@@ -371,8 +370,6 @@ class _Sweep:
     # --- evaluation and the table -----------------------------------------------------------
     def _evaluate(self, c: tuple) -> dict:
         """The combination's evaluation.json, computed once per labels file."""
-        from .evaluate import evaluate
-
         run = self.combo(c)
         key = digest_file(self.labels)
         record = self.job.manifest.setdefault("evaluated", {}).get(name(*c))
