@@ -52,7 +52,7 @@ def test_corpus_of_another_width(trained, tmp_path):
     other = make_corpus(str(tmp_path / "wide"), videos=4, dim=16, words=6, topics=2)
     for command in ("assign", "embed"):
         line = invoke(command, trained["run"], other["features"], tmp_path / command)
-        assert "D = 16 but the corpus has D = 8" in line
+        assert "D = 16 but the RUN has D = 8" in line
 
 
 def test_incomplete_run(trained, tmp_path):

@@ -462,7 +462,7 @@ def test_explicit_rgb_dim_overrides_the_majority(tmp_path):
     assert corpus.rgb_dim == RGB_D + 3
     assert [v.video_id for v in corpus.videos] == ["x"]
     for vid in GOOD:
-        assert f"D = {RGB_D} but the corpus has D = {RGB_D + 3} (rgb)" in skip_of(corpus, vid).reason
+        assert f"D = {RGB_D} but the RUN has D = {RGB_D + 3} (rgb)" in skip_of(corpus, vid).reason
 
 
 def test_explicit_flow_dim_overrides_the_majority(tmp_path):

@@ -114,7 +114,7 @@ def test_a_bad_file_on_s3_is_a_skip_and_a_clean_run_is_cheap(clean):
     assert len(run["tokens"]) == 28
     # a header read and three passes over two files, three files written, and the shards' own
     # files (this corpus is tiny: 28 videos share them)
-    assert per_video < 14, per_video
+    assert per_video < 13, per_video  # 12.2 with the scan on the workers (small files read whole)
 
 
 def test_five_percent_of_requests_failing_changes_nothing(store, clean):

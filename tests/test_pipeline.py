@@ -175,7 +175,7 @@ def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkey
         del manifest["corpus"]["listing"]
         json.dump(manifest, open(path, "w"))
     scans = []
-    for module, name in ((vgray.resume, "scan"), (vgray.stages, "scan_features")):
+    for module, name in ((vgray.resume, "scan"), (vgray.stages, "list_videos")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, real=real, **k: scans.append(1) or real(*a, **k))
     cli("train", corpus["features"], "--out", copy, "--train-ids", corpus["train_ids"], *ARGS)
@@ -489,7 +489,7 @@ def test_python_cli_py_subprocess(tmp_path):
     assert "\nvocab: seeding: 3/3 words (100%)" in done.stderr
     assert "\nglove: 5/5 epochs (100%)" in done.stderr and ", loss " in done.stderr
     assert "\ncooccur: reduce: 4/4 partitions (100%)" in done.stderr
-    assert done.stderr.startswith("scan: 1/8 videos") and "\nscan: 8/8 videos (100%)" in done.stderr
+    assert done.stderr.startswith("scan: 8/8 videos (100%)")  # the workers read a chunk at a time
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train",
                           str(tmp_path / "nope"), "--out", str(tmp_path / "r2")],
                          env=env, capture_output=True, text=True, timeout=300)
@@ -544,3 +544,38 @@ def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
             pool.run(2, [0, 1], lambda actor, k: None, lambda *a: None)
     finally:
         pool.close()
+
+
+def test_embeddings_as_parquet_equal_the_per_video_files(trained, corpus, tmp_path, monkeypatch):
+    """--embeddings parquet: one table per shard, a row per clip, with the vectors the per-video
+    files hold; no concat/, and the check for BMT/MDVC says why it cannot be read there. The
+    driver lists FEATURES and reads no header: the workers do (a header read in the driver's
+    process fails the test)."""
+    import vgray.corpus
+
+    run, _ = trained
+    monkeypatch.setattr(vgray.corpus, "read_header", lambda *a: pytest.fail("the driver read a header"))
+    out = str(tmp_path / "parquet")
+    line = cli("train", corpus["features"], "--out", out, "--train-ids", corpus["train_ids"],
+               "--embeddings", "parquet", *ARGS).stdout.strip().splitlines()[-1]
+    assert line.startswith("embedded 60 videos")
+    assert json.load(open(os.path.join(out, "manifest.json")))["stages"]["scan"]["nodes"]
+    assert not os.path.exists(os.path.join(out, "concat"))
+    parts = sorted(glob.glob(os.path.join(out, "embeddings", "part-*.parquet")))
+    assert len(parts) == len(glob.glob(os.path.join(run, "tokens", "*.parquet"))) > 1
+    table = pq.read_table(parts)
+    assert table.column_names == ["video_id", "clip", "token", "embedding"]
+    assert table.num_rows == sum(len(t) for t in tokens_of(run).values())
+    emb = np.asarray(table["embedding"].combine_chunks().flatten()).reshape(table.num_rows, -1)
+    ids, clips = table["video_id"].to_pylist(), table["clip"].to_numpy()
+    for vid in sorted(set(ids))[:5]:
+        rows = [n for n, v in enumerate(ids) if v == vid]
+        assert list(clips[rows]) == list(range(len(rows)))
+        np.testing.assert_array_equal(emb[rows], np.load(os.path.join(run, "embeddings", f"{vid}.npy")))
+    # the same settings but the layout: another RUN, refused as any changed setting is
+    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", out, "--train-ids",
+                                      corpus["train_ids"], *ARGS])
+    assert result.exit_code == 1 and "--embeddings 'parquet'" in result.output
+    result = CliRunner().invoke(app, ["check", out, "--for", "mdvc"])
+    assert result.exit_code == 1 and "Parquet tables" in result.output
+

@@ -48,15 +48,16 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
               "shard_clips": cfg.shard_clips})
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
+    job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
                          dims["rgb_dim"] if uses_rgb else None,
-                         dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks)
+                         dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks,
+                         workers=cfg.workers)
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:
         raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "
                          f"({cfg.streams}) is {width}-d")
     shards = make_shards(corpus.videos, cfg.shard_clips)
-    job.start_workers(cfg)
     vocabulary = RunDir(run_dir).path("vocab", "centroids.npy")
     if command == "assign":
         tokens_part = lambda k: job.run.path(WORK, "tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731

@@ -153,6 +153,7 @@ def train(
     shard_clips: ShardClips = D.shard_clips,
     batch_clips: BatchClips = D.batch_clips,
     reducers: Reducers = D.reducers,
+    embeddings: Annotated[str, typer.Option("--embeddings", help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")] = D.embeddings,
     quiet: Quiet = False,
     address: Address = None,
     no_wait: NoWait = False,
@@ -164,7 +165,7 @@ def train(
                     follow_symlinks=follow_symlinks,
                     kmeans_iters=kmeans_iters,
                     kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
-                    reducers=reducers)
+                    reducers=reducers, embeddings=embeddings)
     config = _run(TrainConfig, **settings)
     argv = _argv(["train", features, "--out", out]
                  + (["--train-ids", train_ids] if train_ids else []), settings, quiet)

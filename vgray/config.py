@@ -6,6 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 
 STREAMS = ("rgb", "flow", "rgb+flow")
+# How embed writes: files, embeddings/{id}.npy and concat/{id}_rgb.npy (what BMT and MDVC read);
+# parquet, one embeddings/part-{shard}.parquet per shard, a row per clip (video_id, clip, token,
+# embedding) and no concatenation: no second copy of the features at HowTo100M's scale.
+EMBEDDINGS = ("files", "parquet")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -34,6 +38,7 @@ class TrainConfig:
     shard_clips: int = 50_000  # clips per unit of work; fixes the shards, not the workers
     batch_clips: int = 8192  # clips held in memory at once by one worker
     reducers: int = 4
+    embeddings: str = "files"
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +59,8 @@ class TrainConfig:
             (self.shard_clips >= 1, "--shard-clips must be at least 1"),
             (self.batch_clips >= 1, "--batch-clips must be at least 1"),
             (self.reducers >= 1, "--reducers must be at least 1"),
+            (self.embeddings in EMBEDDINGS,
+             f"--embeddings must be one of {', '.join(EMBEDDINGS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -70,4 +77,7 @@ class TrainConfig:
     # Settings that fix what a RUN holds on disk (results or their layout); the others (workers,
     # device, strict, batch_clips) only change how it is made.
     RESULT_KEYS = ("vocab_size", "window", "dim", "x_max", "alpha", "epochs", "learning_rate",
-                   "streams", "seed", "kmeans_iters", "kmeans_sample", "shard_clips", "reducers")
+                   "streams", "seed", "kmeans_iters", "kmeans_sample", "shard_clips", "reducers",
+                   "embeddings")
+    # Result keys added since RUNs were first made, with the value an older RUN was made with.
+    ADDED = {"embeddings": "files"}

@@ -2,16 +2,21 @@
 
 Two-stream layout: `{id}_rgb.npy` with an optional `{id}_flow.npy`. Single-stream layout (no
 `*_rgb.npy` at all): every `{id}.npy` is one video. Arrays are `[T, D]` of a float dtype.
-Only `.npy` headers are read while scanning (one request each on object storage, sizes from the
-listing); arrays are memory-mapped and read in row blocks, so a worker's memory is bounded by the
-block size, never by a video's length. On object storage a block is one ranged read at the
-offset the scan found, and a fault of the storage is a StorageError, never a skip.
+The driver lists FEATURES (`list_videos`: names and sizes, one request per 1,000 files on object
+storage, no file opened); the headers are read where the work runs (`probe`, a chunk of the
+listing at a time on the shard workers), and `assemble` makes the Corpus of what they found.
+On object storage a header costs one request, and a file of up to WHOLE_FILE_BYTES is read
+whole in that request and checked (`Video.checked`): the later passes then read only the
+streams they use. Arrays are memory-mapped (locally) or read in row blocks (one ranged read at
+the offset the scan found), so a worker's memory is bounded by the block size, never by a
+video's length; a fault of the storage is a StorageError, never a skip.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import io
 import json
@@ -33,9 +38,15 @@ SINGLE_STREAM = "single-stream"
 # second per prefix; 64 per worker x 64 workers stays below it at 30 ms per request).
 IO_THREADS = 64
 HEADER_BYTES = 4096  # read with the header: every .npy header vgray meets fits (~128 bytes)
+# On object storage a file up to this size is read whole by the scan's one request: at a cloud's
+# ~30 ms per request and ~50-100 MB/s per connection, 1 MiB more costs less than another round
+# trip, and the whole file checked there spares every later pass the read of a stream it does not
+# use (a two-stream video's flow, clustering rgb) - with the default --streams rgb, a video costs
+# 2 requests fewer.
+WHOLE_FILE_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NpyHeader:
     shape: tuple
     fortran_order: bool
@@ -43,10 +54,12 @@ class NpyHeader:
     offset: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Video:
     """One video: its id, the files of its streams, its clip count T and widths D, and (once
-    scanned) the headers of its files, so that a block is read without reading them again."""
+    scanned) the headers of its files, so that a block is read without reading them again;
+    `checked`: every stream was read whole by the scan and holds only finite values (a pass then
+    reads only the streams it uses). Slotted: the driver holds one per video of the corpus."""
 
     video_id: str
     rgb_path: str
@@ -56,6 +69,7 @@ class Video:
     flow_dim: int | None
     rgb_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     flow_header: NpyHeader | None = field(default=None, compare=False, repr=False)
+    checked: bool = field(default=False, compare=False, repr=False)
 
     def stream_dim(self, streams: str) -> int:
         return {"rgb": self.rgb_dim, "flow": self.flow_dim or 0,
@@ -118,24 +132,34 @@ def read_header(path: str, size: int | None = None) -> NpyHeader:
     """Read and check a `.npy` header without reading (or unpickling) the array: one read of
     its first HEADER_BYTES (`size`, the file's size, as the listing gave it; else it is asked)."""
     if size is None:
-        try:
-            size = fs.size(path)
-        except FileNotFoundError:
-            raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
-        except StorageError:
-            raise
-        except OSError as e:
-            raise BadVideo(f"unreadable file: {e.strerror or e}") from None
+        size = _size(path)
     head = _read(path, 0, HEADER_BYTES)
+    return parse_header(head, size, lambda need: _read(path, 0, need))
+
+
+def _size(path: str) -> int:
+    try:
+        return fs.size(path)
+    except FileNotFoundError:
+        raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
+    except StorageError:
+        raise
+    except OSError as e:
+        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
+
+
+def parse_header(head: bytes, size: int, more=None) -> NpyHeader:
+    """The header of a `.npy` file of `size` bytes from its first bytes `head`, checked (a 2-D
+    float array, not truncated); more(n) gives the first n bytes where the header is longer."""
     try:
         f = io.BytesIO(head)
         version = np.lib.format.read_magic(f)
         if version not in ((1, 0), (2, 0)):
             raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
-        if version == (2, 0) and len(head) >= 12:  # a header longer than what was read
-            need = 12 + int.from_bytes(head[8:12], "little")
+        if version == (2, 0) and len(head) >= 12 and more is not None:
+            need = 12 + int.from_bytes(head[8:12], "little")  # a header longer than was read
             if need > len(head) and size >= need:
-                f = io.BytesIO(_read(path, 0, need))
+                f = io.BytesIO(more(need))
                 np.lib.format.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -160,7 +184,26 @@ def read_header(path: str, size: int | None = None) -> NpyHeader:
     expected = offset + frames * dim * dtype.itemsize
     if size < expected:
         raise BadVideo(f"truncated: {size} bytes, the header declares {expected}")
-    return NpyHeader(tuple(shape), bool(fortran), dtype, offset)
+    return NpyHeader(tuple(shape), bool(fortran), _canonical(dtype), offset)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype(text: str) -> np.dtype:
+    return np.dtype(text)
+
+
+def _canonical(dtype: np.dtype) -> np.dtype:
+    """One dtype object per kind of float (the driver holds a header per file of the corpus)."""
+    return _dtype(dtype.str)
+
+
+def all_finite(data: bytes, head: NpyHeader) -> bool:
+    """Whether a whole `.npy` file's array (its bytes `data`) holds only values finite in
+    float32, as load_rows requires of every block."""
+    frames, dim = head.shape
+    array = np.frombuffer(data, dtype=head.dtype, count=frames * dim, offset=head.offset)
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(array.astype(np.float32, copy=False)).all())
 
 
 def load_rows(path: str, start: int = 0, stop: int | None = None,
@@ -214,11 +257,12 @@ def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = No
     """Clips [start, stop) of the features that are clustered: rgb, flow, or both side by side.
 
     Every stream of the video is read and checked, clustered or not: a video is used whole or
-    skipped whole.
+    skipped whole. A stream the scan already read whole and checked (`Video.checked`) is not
+    read again where it is not clustered.
     """
     if streams == "rgb":
         rgb = load_rows(video.rgb_path, start, stop, video.rgb_header)
-        if video.flow_path is not None:
+        if video.flow_path is not None and not video.checked:
             load_rows(video.flow_path, start, stop, video.flow_header)
         return rgb
     if video.flow_path is None:
@@ -295,22 +339,38 @@ def _mode(values: list[int]) -> int | None:
     return min(counts, key=lambda d: (-counts[d], d))
 
 
-def scan(
-    root: str,
-    streams: str = "rgb",
-    train_ids: list[str] | None = None,
-    rgb_dim: int | None = None,
-    flow_dim: int | None = None,
-    follow_symlinks: bool = False,
-    on_video=None,
-) -> Corpus:
-    """List the videos of FEATURES from their headers; everything unusable becomes a Skip.
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A video as one listing of FEATURES has it: its files and their sizes, nothing read."""
 
-    `rgb_dim`/`flow_dim` are the widths a trained RUN expects; without them the most common
-    width per stream (over training videos) is the corpus width. Ids that could not safely name
-    output files, ids equal but for case, and (unless follow_symlinks) symlinks to files outside
-    FEATURES are skipped with their reason. on_video(done, total) follows the header reads.
-    """
+    video_id: str
+    rgb_path: str
+    rgb_size: int | None
+    flow_path: str | None = None
+    flow_size: int | None = None
+
+
+@dataclass
+class Listing:
+    """What one listing of FEATURES says: its layout, the videos whose headers are to be read
+    (sorted by id), what is already skipped, the training ids asked for and the fingerprint."""
+
+    root: str
+    layout: str
+    streams: str
+    entries: list[Entry]
+    skips: list[Skip]
+    wanted: set[str] | None
+    found: set[str]  # every id with a file, usable or not (for the missing training ids)
+    fingerprint: str
+
+
+def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = None,
+                follow_symlinks: bool = False) -> Listing:
+    """FEATURES from one listing (on object storage one request per 1,000 files; no file is
+    opened): the videos to probe, and the files skipped by their names alone. Ids that could
+    not safely name output files, ids equal but for case, and (unless follow_symlinks) symlinks
+    to files outside FEATURES are skipped with their reason."""
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
     sizes = fs.files(root)  # one listing: names and sizes (no request per file for its size)
@@ -332,29 +392,34 @@ def scan(
                                           "uses it)"))
             continue
         if layout == SINGLE_STREAM:
-            rgb[name[: -len(NPY_SUFFIX)]] = path
+            rgb[name[: -len(NPY_SUFFIX)]] = name
         elif name.endswith(RGB_SUFFIX):
-            rgb[name[: -len(RGB_SUFFIX)]] = path
+            rgb[name[: -len(RGB_SUFFIX)]] = name
         elif name.endswith(FLOW_SUFFIX):
-            flow[name[: -len(FLOW_SUFFIX)]] = path
+            flow[name[: -len(FLOW_SUFFIX)]] = name
         else:
             skips.append(Skip(name[: -len(NPY_SUFFIX)], path,
                               "not named {id}_rgb.npy or {id}_flow.npy in a two-stream FEATURES"))
     for vid in sorted(set(flow) - set(rgb)):
-        skips.append(Skip(vid, flow[vid], "flow file without an rgb file"))
+        skips.append(Skip(vid, fs.join(root, flow[vid]), "flow file without an rgb file"))
     seen: dict[str, str] = {}
+    entries = []
     for vid in sorted(rgb):  # ids that cannot name output files, or that collide but for case
         problem = id_problem(vid)
         if problem is None and vid.casefold() in seen:
             problem = (f"id differs from {seen[vid.casefold()]!r} only in case (their outputs "
                        "would collide on a case-insensitive filesystem)")
+        fname = flow.get(vid)
         if problem is not None:
-            skips.append(Skip(vid, rgb.pop(vid), problem))
-            if vid in flow:
-                skips.append(Skip(vid, flow.pop(vid), problem))
-        else:
-            seen[vid.casefold()] = vid
-
+            skips.append(Skip(vid, fs.join(root, rgb[vid]), problem))
+            if fname is not None:
+                skips.append(Skip(vid, fs.join(root, fname), problem))
+            continue
+        seen[vid.casefold()] = vid
+        entries.append(Entry(vid, fs.join(root, rgb[vid]), sizes.get(rgb[vid]),
+                             None if fname is None else fs.join(root, fname),
+                             None if fname is None else sizes.get(fname)))
+    found = {e.video_id for e in entries} | (set(flow) - set(rgb))
     wanted = None
     if train_ids is not None:
         wanted = set()
@@ -364,38 +429,73 @@ def scan(
                 wanted.add(tid)
             else:
                 skips.append(Skip(tid, None, f"training id rejected: {problem}"))
-    def probe(vid: str) -> Video | Skip:
+    return Listing(root, layout, streams, entries, skips, wanted, found,
+                   listing_fingerprint(sizes, follow_symlinks))
+
+
+def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
+    """A stream file's header, and whether the file was read whole and found finite: on object
+    storage one request either way (the whole file where it is small)."""
+    if size is None:
+        size = _size(path)
+    if whole and size <= WHOLE_FILE_BYTES:
+        data = _read(path, 0, size)  # shorter than listed: the file changed, told as truncated
+        head = parse_header(data[:HEADER_BYTES], len(data), lambda need: data[:need])
+        return head, all_finite(data, head)
+    return read_header(path, size), False
+
+
+def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
+    """The Video of a listed entry from its headers, or the Skip saying why it cannot be used;
+    with `whole`, small files are read whole and checked (Video.checked)."""
+    vid = entry.video_id
+    try:
+        head, rgb_ok = _stream(entry.rgb_path, entry.rgb_size, whole)
+    except BadVideo as e:
+        return Skip(vid, entry.rgb_path, str(e))
+    fdim, fhead, flow_ok = None, None, True
+    if entry.flow_path is not None:
         try:
-            head = read_header(rgb[vid], sizes.get(fs.basename(rgb[vid])))
+            fhead, flow_ok = _stream(entry.flow_path, entry.flow_size, whole)
         except BadVideo as e:
-            return Skip(vid, rgb[vid], str(e))
-        fpath = flow.get(vid)
-        fdim, fhead = None, None
-        if fpath is not None:
-            try:
-                fhead = read_header(fpath, sizes.get(fs.basename(fpath)))
-            except BadVideo as e:
-                return Skip(vid, fpath, f"flow: {e}")
-            if fhead.shape[0] != head.shape[0]:
-                return Skip(vid, fpath, f"rgb has T = {head.shape[0]} clips but flow has "
-                                        f"T = {fhead.shape[0]}")
-            fdim = fhead.shape[1]
-        elif streams != "rgb":
-            return Skip(vid, rgb[vid], f"no flow file, but --streams {streams} needs one")
-        return Video(vid, rgb[vid], fpath, head.shape[0], head.shape[1], fdim, head, fhead)
+            return Skip(vid, entry.flow_path, f"flow: {e}")
+        if fhead.shape[0] != head.shape[0]:
+            return Skip(vid, entry.flow_path, f"rgb has T = {head.shape[0]} clips but flow has "
+                                              f"T = {fhead.shape[0]}")
+        fdim = fhead.shape[1]
+    elif streams != "rgb":
+        return Skip(vid, entry.rgb_path, f"no flow file, but --streams {streams} needs one")
+    return Video(vid, entry.rgb_path, entry.flow_path, head.shape[0], head.shape[1], fdim, head,
+                 fhead, rgb_ok and flow_ok)
 
-    # On object stores a header read is a round trip: threads keep many in flight (results in
-    # id order all the same). Local reads are CPU-bound (~50 us each) and go one by one.
-    candidates = []
-    ids = sorted(rgb)
-    with concurrent.futures.ThreadPoolExecutor(IO_THREADS) as threads:
-        found_all = threads.map(probe, ids) if fs.is_uri(root) else map(probe, ids)
-        for done, found in enumerate(found_all, 1):
-            (candidates if isinstance(found, Video) else skips).append(found)
+
+def probe(entries: list[Entry], streams: str, on_video=None) -> list[Video | Skip]:
+    """probe_one of each entry, in order. On object storage a header read is a round trip:
+    IO_THREADS are kept in flight, and small files are read whole and checked. Local reads are
+    CPU-bound (~50 us each) and go one by one. on_video() follows each."""
+    remote = bool(entries) and fs.is_uri(entries[0].rgb_path)
+    found = []
+    with concurrent.futures.ThreadPoolExecutor(IO_THREADS if remote else 1) as threads:
+        each = threads.map(lambda e: probe_one(e, streams, True), entries) if remote else \
+            (probe_one(e, streams) for e in entries)
+        for result in each:
+            found.append(result)
             if on_video is not None:
-                on_video(done, len(ids))
+                on_video()
+    return found
 
+
+def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = None,
+             flow_dim: int | None = None) -> Corpus:
+    """The Corpus of what the probes found (in the listing's order). `rgb_dim`/`flow_dim` are
+    the widths a trained RUN expects; without them the most common width per stream (over
+    training videos) is the corpus width."""
+    wanted, skips = listing.wanted, list(listing.skips)
+    candidates = []
+    for result in found:
+        (candidates if isinstance(result, Video) else skips).append(result)
     pool = [v for v in candidates if wanted is None or v.video_id in wanted] or candidates
+    whose = "the RUN has" if rgb_dim is not None or flow_dim is not None else "the corpus has"
     if rgb_dim is None:
         rgb_dim = _mode([v.rgb_dim for v in pool])
     if flow_dim is None:
@@ -403,15 +503,38 @@ def scan(
     videos = []
     for v in candidates:
         if v.rgb_dim != rgb_dim:
-            skips.append(Skip(v.video_id, v.rgb_path, f"D = {v.rgb_dim} but the corpus has "
+            skips.append(Skip(v.video_id, v.rgb_path, f"D = {v.rgb_dim} but {whose} "
                                                       f"D = {rgb_dim} (rgb)"))
         elif v.flow_dim is not None and v.flow_dim != flow_dim:
-            skips.append(Skip(v.video_id, v.flow_path, f"D = {v.flow_dim} but the corpus has "
+            skips.append(Skip(v.video_id, v.flow_path, f"D = {v.flow_dim} but {whose} "
                                                        f"D = {flow_dim} (flow)"))
         else:
             videos.append(v)
-    found = set(rgb) | set(flow)
-    missing = sorted(wanted - found) if wanted is not None else []
+    missing = sorted(wanted - listing.found) if wanted is not None else []
     skips.sort(key=lambda s: (s.video_id, s.path or ""))
-    return Corpus(root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
-                  listing_fingerprint(sizes, follow_symlinks))
+    return Corpus(listing.root, listing.layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
+                  listing.fingerprint)
+
+
+def scan(
+    root: str,
+    streams: str = "rgb",
+    train_ids: list[str] | None = None,
+    rgb_dim: int | None = None,
+    flow_dim: int | None = None,
+    follow_symlinks: bool = False,
+    on_video=None,
+) -> Corpus:
+    """FEATURES listed and every header read in this process (list_videos, probe, assemble);
+    everything unusable becomes a Skip. A run reads the headers on its workers instead
+    (stages.scan). on_video(done, total) follows the header reads."""
+    listing = list_videos(root, streams, train_ids, follow_symlinks)
+    total, done = len(listing.entries), 0
+
+    def each() -> None:
+        nonlocal done
+        done += 1
+        if on_video is not None:
+            on_video(done, total)
+
+    return assemble(listing, probe(listing.entries, streams, each), rgb_dim, flow_dim)

@@ -73,6 +73,8 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     if manifest.get("stages", {}).get("embed", {}).get("status") != "done":
         raise VgrayError(f"{run_dir} has no embeddings (stage embed not done); make them with "
                          "vgray train (same settings and --out) or vgray embed")
+    if parquet_layout(manifest):
+        raise VgrayError(PARQUET_LINE)
     features = fs.normalize(features or manifest["features"])
     corpus = scan(features)
     skipped = {s["video_id"]: s["reason"] for s in run.skips()}
@@ -157,11 +159,21 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     return Report(model, len(corpus.videos), problems, flags)
 
 
+PARQUET_LINE = ("the embeddings of this RUN are Parquet tables (--embeddings parquet), with no "
+                "concat/; BMT and MDVC read per-video files (--embeddings files)")
+
+
+def parquet_layout(manifest: dict) -> bool:
+    return (manifest.get("config") or {}).get("embeddings") == "parquet"
+
+
 def mdvc_warning(run_dir: str) -> str | None:
     """One line when the settings of a finished RUN make outputs MDVC cannot read (from its
     manifest: the layout, the streams' widths and --dim); None when they fit."""
     run = RunDir(run_dir)
     manifest = run.read_manifest() or {}
+    if parquet_layout(manifest):
+        return "warning: " + PARQUET_LINE
     corpus = manifest.get("corpus", {})
     dim = (manifest.get("config") or {}).get("dim")
     if dim is None and manifest.get("run"):  # vgray embed: the model's own RUN says

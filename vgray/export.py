@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import fs
 from .errors import VgrayError
 from .progress import Progress
-from .store import TOKENS_SCHEMA, RunDir, atomic_path, load_run, read_table, write_text
+from .store import (TOKENS_SCHEMA, RunDir, atomic_path, clips_schema, clips_table, load_run,
+                    read_table, read_tokens, write_text)
 
 FORMATS = ("glove-text", "word2vec", "projector", "parquet")
 
@@ -75,23 +75,15 @@ def export(run_dir: str, fmt: str, out: str, echo=None) -> list[str]:
 
 
 def _clips_parquet(run: RunDir, vectors: np.ndarray, target: str, echo=None) -> str:
-    dim = vectors.shape[1]
-    schema = pa.schema([("video_id", pa.string()), ("clip", pa.int32()), ("token", pa.int32()),
-                        ("embedding", pa.list_(pa.float32(), dim))])
+    schema = clips_schema(vectors.shape[1])
     parts = token_parts(run)
     if not parts:
         raise VgrayError(f"{run.root} has no tokens/part-*.parquet")
     progress = Progress(echo, "export", len(parts), "shards")
     with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for part in parts:
-            table = read_table(part, schema=TOKENS_SCHEMA)
-            lists = table.column("tokens").combine_chunks()
-            tokens = lists.flatten().to_numpy().astype(np.int32)
-            lengths = np.diff(lists.offsets.to_numpy())
-            ids = np.repeat(np.array(table.column("video_id").to_pylist(), dtype=object), lengths)
-            clip = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]) if len(lengths) else np.zeros(0, np.int32)
-            emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors[tokens].reshape(-1)), dim)
-            writer.write_table(pa.table([pa.array(ids, pa.string()), clip, tokens, emb], schema=schema))
+            tokens = read_tokens([part])
+            writer.write_table(clips_table(list(tokens), list(tokens.values()), vectors))
             progress.advance(1)
     progress.close()
     return target

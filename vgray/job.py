@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .errors import VgrayError
 from .live import get_with_progress, start_board
 from .pool import Pool, on_one_actor
+from .resume import settings_of
 from .store import RunDir, RunLock
 from .units import Fit
 from .worker import GPU_WORKER, ShardWorker
@@ -100,7 +101,7 @@ class Job:
         old = self.run.read_manifest()
         if old is not None:
             for key, value in must_match.items():
-                before = old.get("settings", {}).get(key)
+                before = settings_of(old).get(key)
                 if before != value:
                     flag = "--" + key.replace("_", "-")
                     raise VgrayError(

@@ -64,6 +64,11 @@ def fingerprint(corpus: Corpus) -> str:
     return f"{h:08x}"
 
 
+def settings_of(manifest: dict) -> dict:
+    """The settings a RUN was made with, keys added since then at what an older vgray did."""
+    return {**TrainConfig.ADDED, **manifest.get("settings", {})}
+
+
 def train_settings(config: TrainConfig, features: str, ids: list[str] | None) -> dict:
     """The settings a RUN of `vgray train` must have been made with to be resumed."""
     settings = {k: getattr(config, k) for k in TrainConfig.RESULT_KEYS}
@@ -121,7 +126,7 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
         return Check()
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
-    if manifest.get("settings") != train_settings(config, features, ids):
+    if settings_of(manifest) != train_settings(config, features, ids):
         return Check()
     stages = manifest.get("stages", {})
     if any(stages.get(s, {}).get("status") != "done" for s in TRAIN_STAGES):
@@ -287,7 +292,7 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
     grid = {"vocab_size": sorted(set(vocab_sizes)), "window": sorted(set(windows)),
             "dim": sorted(set(dims))}
     labels_file = fs.normalize(labels) if labels else None
-    if (manifest.get("settings") != sweep_settings(config, features, ids)
+    if (settings_of(manifest) != sweep_settings(config, features, ids)
             or manifest.get("grid") != grid or manifest.get("labels_file") != labels_file):
         return Check()
     key = digest_file(labels) if labels else None

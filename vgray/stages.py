@@ -19,7 +19,7 @@ import ray
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, scan as scan_features, total_clips
+from .corpus import Corpus, Video, assemble, list_videos, total_clips
 from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
@@ -27,8 +27,8 @@ from .pool import MAX_ATTEMPTS, RETRIABLE
 from .progress import Progress
 from .resume import Check, Summary, fingerprint
 from .store import RunDir, write_text
-from .units import (Count, EmbedUnit, Reduced, ReduceUnit, SampleUnit, ShardStats, TokenizeUnit,
-                    Vocabulary, first_skip, totals)
+from .units import (Count, EmbedUnit, Reduced, ReduceUnit, SampleUnit, Scanned, ScanUnit,
+                    ShardStats, TokenizeUnit, Vocabulary, first_skip, totals)
 
 if TYPE_CHECKING:  # a stage is handed its job; it never makes one
     from .job import Job
@@ -44,25 +44,46 @@ def strict_failure(skip: dict) -> VgrayError:
 # ---------------------------------------------------------------------------------------------
 # scan
 
+# A scan unit: at most this many videos of the listing (2 header reads each on object storage,
+# IO_THREADS in flight: about 2 s a unit at 30 ms a request), at least SCAN_CHUNK_MIN, and some
+# 4 units per CPU between, so that every worker reads.
+SCAN_CHUNK_MAX = 2000
+SCAN_CHUNK_MIN = 64
+
+
+def scan_chunks(entries: list, cpus: int) -> list[list]:
+    """The listing cut into contiguous chunks for the workers to read."""
+    size = max(SCAN_CHUNK_MIN, min(SCAN_CHUNK_MAX, -(-len(entries) // max(1, 4 * cpus))))
+    return [entries[at:at + size] for at in range(0, len(entries), size)]
+
+
 def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
          rgb_dim: int | None = None, flow_dim: int | None = None, follow_symlinks: bool = False,
-         scanned: Check | None = None) -> Corpus:
-    """FEATURES listed and checked (or as the no-op check already `scanned` it: FEATURES is
-    scanned once per command), recorded in the manifest as the corpus of the run."""
+         scanned: Check | None = None, workers: int | None = None) -> Corpus:
+    """FEATURES listed by the driver, its headers read by the job's workers a chunk of the
+    listing at a time (or as the no-op check already `scanned` it: FEATURES is scanned once per
+    command), recorded in the manifest as the corpus of the run."""
     t = time.perf_counter() - (scanned.scan_seconds if scanned else 0.0)
     corpus = scanned.corpus if scanned else None
+    where = []
     if corpus is None:
-        progress = None
+        listing = list_videos(features, streams, train_ids, follow_symlinks)
+        chunks = scan_chunks(listing.entries, int(job.capacity.cpus()))
+        found: dict[int, list] = {}
+        progress = Progress(job.echo, "scan", len(listing.entries), "videos") if chunks else None
 
-        def on_video(done: int, total: int) -> None:
-            nonlocal progress
-            progress = progress or Progress(job.echo, "scan", total, "videos")
-            progress.advance(1)
+        def on_done(k, result: Scanned, finished):
+            found[k] = result.found
+            where.append(("scan", result.where))
+            progress.advance(len(result.found))
 
-        corpus = scan_features(features, streams, train_ids, rgb_dim, flow_dim, follow_symlinks,
-                               on_video)
-        if progress is not None:
+        if chunks:
+            job.run_units("scan", workers, list(range(len(chunks))), lambda actor, k:
+                          actor.scan.remote(ScanUnit(k, chunks[k], streams)), on_done)
             progress.close()
+        corpus = assemble(listing, [f for k in range(len(chunks)) for f in found[k]], rgb_dim,
+                          flow_dim)
+        del listing, chunks, found
     if strict and corpus.skips:
         s = corpus.skips[0]
         raise VgrayError(f"{s.video_id}: {s.reason} ({s.path}) [--strict]")
@@ -80,7 +101,7 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
         "rgb_dim": corpus.rgb_dim, "flow_dim": corpus.flow_dim,
         "skipped_at_scan": len(corpus.skips), "missing_train_ids": len(corpus.missing_train_ids),
         "fingerprint": made_from, "listing": corpus.listing}
-    job.finish_stage("scan", time.perf_counter() - t, videos=len(corpus.videos),
+    job.finish_stage("scan", time.perf_counter() - t, where or None, videos=len(corpus.videos),
                      skipped=len(corpus.skips))
     job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
              + (f", {len(corpus.missing_train_ids)} training ids without files"
@@ -228,9 +249,9 @@ def reduce(job: Job, units: list[ReduceUnit], workers: int | None) -> list[Reduc
 # embed
 
 def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, tokens_part, batch_clips: int,
-          workers: int | None = None) -> list[ShardStats]:
-    """Embeddings and concatenations of every shard not yet embedded; the stage's figures from
-    every shard's record, which are returned."""
+          workers: int | None = None, layout: str = "files") -> list[ShardStats]:
+    """Embeddings and concatenations of every shard not yet embedded (per video, or with layout
+    parquet a table per shard); the stage's figures from every shard's record, returned."""
     run = job.run
     marked = run.done_shards("embed")
     todo = [k for k in range(len(shards)) if k not in marked]
@@ -246,7 +267,7 @@ def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, tokens_part,
             progress.advance(len(shards[k]))
 
         job.run_units("embed", workers, todo, lambda actor, k: actor.embed.remote(
-            EmbedUnit(run.root, k, shards[k], tokens_part(k), batch_clips), ref), on_done)
+            EmbedUnit(run.root, k, shards[k], tokens_part(k), batch_clips, layout), ref), on_done)
         progress.close()
     stats = records(run, "embed", len(shards), done)
     figures = totals(stats)

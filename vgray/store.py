@@ -151,6 +151,26 @@ def tokens_table(video_ids: list[str], tokens: list[np.ndarray]) -> pa.Table:
     return pa.Table.from_arrays([pa.array(video_ids, pa.string()), column], schema=TOKENS_SCHEMA)
 
 
+def clips_schema(dim: int) -> pa.Schema:
+    """A row per clip: its video, its place in the video, its word and that word's vector."""
+    return pa.schema([("video_id", pa.string()), ("clip", pa.int32()), ("token", pa.int32()),
+                      ("embedding", pa.list_(pa.float32(), dim))])
+
+
+def clips_table(video_ids: list[str], tokens: list[np.ndarray], vectors: np.ndarray) -> pa.Table:
+    """The clips of these videos (tokens per video) as rows of clips_schema."""
+    dim = vectors.shape[1]
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    flat = np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, np.int32)
+    ids = np.repeat(np.array(video_ids, dtype=object), lengths)
+    clip = (np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]) if len(lengths)
+            else np.zeros(0, np.int32))
+    emb = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.asarray(vectors, np.float32)[flat].reshape(-1)), dim)
+    return pa.table([pa.array(ids, pa.string()), pa.array(clip), pa.array(flat), emb],
+                    schema=clips_schema(dim))
+
+
 def read_tokens(paths: list[str]) -> dict[str, np.ndarray]:
     """video_id -> int32 tokens from token Parquet files."""
     out: dict[str, np.ndarray] = {}

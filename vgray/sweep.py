@@ -132,19 +132,21 @@ class _Sweep:
                            "dim": sorted({d for _, _, d in self.grid})},
                   "labels_file": fs.normalize(self.labels) if self.labels else None}, settings)
         job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)
-        self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
-                                           follow_symlinks=cfg.follow_symlinks, scanned=scanned)
-        if not corpus.train_videos:
-            raise VgrayError("none of the --train-ids has usable features")
-        if self.label_map is not None:
-            self._check_labels()
-        self.shards = make_shards(corpus.videos, cfg.shard_clips)
         todo = [c for c in self.grid if not self.trained(c)]
         needed = sorted({c[0] for c in todo})
         vocab_left = [k for k in needed if not (self.state(k).get("vocab", {}).get("status") == "done"
                                                 and fs.exists(self.centroids(k)))]
         job.hold_gpu = job.gpu.request and bool(todo)
+        # The workers start first: they read the headers (the driver only lists FEATURES).
         job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
+        self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
+                                           follow_symlinks=cfg.follow_symlinks, scanned=scanned,
+                                           workers=cfg.workers)
+        if not corpus.train_videos:
+            raise VgrayError("none of the --train-ids has usable features")
+        if self.label_map is not None:
+            self._check_labels()
+        self.shards = make_shards(corpus.videos, cfg.shard_clips)
         job.work.update(vocab=0, assign_shards=0, reduce_parts=0, glove=0, evaluate=0)
         self._vocabularies(vocab_left)
         self._counts(needed, todo)

@@ -43,18 +43,21 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
               "config": cfg.to_dict()}, settings)
     run = job.run
     job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)  # fails here if cuda cannot be had
-    corpus = stages.scan(job, features, cfg.streams, cfg.strict, ids,
-                         follow_symlinks=cfg.follow_symlinks, scanned=scanned)
-    if not corpus.train_videos:
-        raise VgrayError("none of the --train-ids has usable features")
-    shards = make_shards(corpus.videos, cfg.shard_clips)
-    # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while clips are
-    # sampled, and is not given back and launched again between k-means and GloVe.
+    # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while FEATURES is
+    # scanned and clips are sampled, and is not given back and launched again between k-means
+    # and GloVe.
     job.hold_gpu = job.gpu.request and not job.stage_done("glove")
     centroids = run.path("vocab", "centroids.npy")
     # k-means to run: its GPU worker is asked for now (else GloVe asks when it starts).
     vocab_left = not (job.stage_done("vocab") and fs.exists(centroids))
+    # The workers start first: they read the headers (the driver only lists FEATURES).
     job.start_workers(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
+    corpus = stages.scan(job, features, cfg.streams, cfg.strict, ids,
+                         follow_symlinks=cfg.follow_symlinks, scanned=scanned,
+                         workers=cfg.workers)
+    if not corpus.train_videos:
+        raise VgrayError("none of the --train-ids has usable features")
+    shards = make_shards(corpus.videos, cfg.shard_clips)
 
     _vocabulary(job, cfg, corpus, shards, centroids)
     tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
@@ -63,7 +66,8 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     job.hold_gpu = False
     job.release_gpu_worker()
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers)
+    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers,
+                            cfg.embeddings)
     summary = stages.finish(job, assigned, embedded)
     summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .corpus import Video
+from .corpus import Entry, Video
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,36 @@ class ReduceUnit:
 @dataclass(frozen=True)
 class EmbedUnit:
     """One shard's embeddings and concatenations, written under `root` (the vectors travel beside
-    the unit, put once in the object store)."""
+    the unit, put once in the object store); with layout parquet, the shard's clips as one table
+    (see config.EMBEDDINGS)."""
 
     root: str
     shard: int
     videos: list[Video]
     tokens_part: str
     batch_clips: int
+    layout: str = "files"      # or "parquet": one table of the shard's clips, no concatenation
+
+
+@dataclass(frozen=True)
+class ScanUnit:
+    """A chunk of the listing of FEATURES whose headers a worker reads (the driver lists; the
+    workers read): `chunk` is its place in the listing."""
+
+    chunk: int
+    entries: list[Entry]
+    streams: str
+
+
+@dataclass
+class Scanned:
+    """What a scan unit found: a Video or a Skip per entry, in order; where it ran; the requests
+    sent again."""
+
+    chunk: int
+    found: list
+    where: dict
+    retries: int = 0
 
 
 @dataclass(frozen=True)

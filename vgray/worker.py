@@ -24,15 +24,15 @@ import ray
 from . import cooccur, fs, s3
 from .cluster import actor_start, here, pick_device
 from .config import TrainConfig
-from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows
+from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows, probe
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .live import Reporter
-from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, RunDir, atomic_path, distance_table,
-                    load_npy, read_distance_table, read_table, read_tokens, save_npy,
-                    tokens_table, write_table, write_text)
-from .units import (Count, EmbedUnit, Fit, Reduced, ReduceUnit, SampleUnit, ShardStats,
-                    TokenizeUnit)
+from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, RunDir, atomic_path, clips_table,
+                    distance_table, load_npy, read_distance_table, read_table, read_tokens,
+                    save_npy, shard_name, tokens_table, write_table, write_text)
+from .units import (Count, EmbedUnit, Fit, Reduced, ReduceUnit, SampleUnit, Scanned, ScanUnit,
+                    ShardStats, TokenizeUnit)
 
 if TYPE_CHECKING:  # the driver does not import torch
     from .vocab import Codebook
@@ -279,6 +279,13 @@ class ShardWorker:
         began, self._born = (self._born if self._born is not None else time.time()), None
         return began
 
+    def scan(self, unit: ScanUnit) -> Scanned:
+        """The headers of a chunk of the listing (IO_THREADS in flight on object storage, small
+        files read whole and checked): a Video or a Skip per entry."""
+        began, retried = self._began(), s3.retries()
+        found = probe(unit.entries, unit.streams)
+        return Scanned(unit.chunk, found, here(began), s3.retries() - retried)
+
     def sample(self, unit: SampleUnit):
         """(the sampled clips, ShardStats) of a shard's training videos; with unit.draws,
         (clips, their draws, ShardStats): a smaller vocabulary's sample is then the clips whose
@@ -367,6 +374,15 @@ class ShardWorker:
         run = RunDir(unit.root)
         tokens = read_tokens([unit.tokens_part])
         written, clips, skips = 0, 0, []
+        if unit.layout == "parquet":  # the tokens are all it needs: no feature is read
+            todo = [v.video_id for v in unit.videos if v.video_id in tokens]
+            write_table(run.path("embeddings", f"part-{shard_name(unit.shard)}.parquet"),
+                        clips_table(todo, [tokens[v] for v in todo], vectors))
+            stats = ShardStats(unit.shard, len(todo), sum(len(tokens[v]) for v in todo),
+                               seconds=round(time.perf_counter() - t0, 3), where=here(began),
+                               retries=s3.retries() - retried)
+            run.mark("embed", unit.shard, stats.to_dict())
+            return stats
 
         def write(v: Video) -> int:
             """The video's concatenations, then its embeddings (written last: a video whose
