@@ -357,7 +357,6 @@ class Listing:
 
     root: str
     layout: str
-    streams: str
     entries: list[Entry]
     skips: list[Skip]
     wanted: set[str] | None
@@ -429,7 +428,7 @@ def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = N
                 wanted.add(tid)
             else:
                 skips.append(Skip(tid, None, f"training id rejected: {problem}"))
-    return Listing(root, layout, streams, entries, skips, wanted, found,
+    return Listing(root, layout, entries, skips, wanted, found,
                    listing_fingerprint(sizes, follow_symlinks))
 
 
