@@ -136,9 +136,12 @@ class TestCpuAndGpuTypes:
         # Shard work followed the shards up to what the cluster can grow to: 4 CPUs of the CPU
         # type (the GPU type's CPU is kept for GPU work), and a GPU while k-means and GloVe are
         # still to come; all cleared at the end.
-        # The shard workers and the GPU are asked for from the sampling to GloVe (the workers are
-        # kept to the end), the GPU no more for the embedding, nothing at the end.
-        assert m["cluster"]["asked"] == [{"stage": "vocab", "cpus": 4, "gpu": True},
+        # The workers that read the headers are asked for first: one for this small corpus's
+        # one chunk of the listing, with the GPU, so that its node boots during the scan. Then
+        # the shard workers and the GPU from the sampling to GloVe (the workers are kept to the
+        # end), the GPU no more for the embedding, nothing at the end.
+        assert m["cluster"]["asked"] == [{"stage": "scan", "cpus": 1, "gpu": True},
+                                         {"stage": "vocab", "cpus": 4, "gpu": True},
                                          {"stage": "embed", "cpus": 4, "gpu": False},
                                          {"stage": "end", "cpus": 0, "gpu": False}]
 

@@ -231,3 +231,31 @@ def test_the_pool_keeps_its_workers_across_stages_and_lends_extra_ones(ray_sessi
     finally:
         pool.close()
     assert pool.ready == [] and pool.starting == {}
+
+
+def test_rays_benign_kill_line_is_kept_out_of_the_output_and_other_lines_are_not(ray_session,
+                                                                                  capsys):
+    """Ray's GCS streams 'Failed to kill actor NIL_ID … Socket closed' to the driver when an
+    actor is killed while it is being created (the kill worked); it would break vgray's one-line
+    errors and its stdout. Every other line Ray streams still reaches the driver."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from vgray.cluster import connect
+
+    connect()
+    connect()  # idempotent: wrapped once
+    assert sum(name == "ray_print_logs" for name, _ in dispatcher.handlers) == 1
+    benign = ("[2026-12-02 13:42:41,389 E 22436 22436] (gcs_server) gcs_actor_scheduler.cc:538: "
+              "Failed to kill actor NIL_ID, return status: Invalid: KillActor RPC failed for "
+              "actor NIL_ID: RpcError: RPC error: Socket closed rpc_code: 14")
+    other = "[2026-12-02 13:42:41,390 E 22436 22436] (gcs_server) gcs_server.cc:1: disk full"
+    base = {"ip": "127.0.0.1", "pid": "gcs_server", "job": "", "is_err": False,
+            "actor_name": "", "task_name": ""}
+    capsys.readouterr()
+    dispatcher.emit({**base, "lines": [benign]})
+    dispatcher.emit({**base, "lines": [benign, other]})
+    dispatcher.emit({**base, "pid": 1234, "lines": ["a worker's own line"]})
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert "Failed to kill actor" not in shown
+    assert "disk full" in shown and "a worker's own line" in shown

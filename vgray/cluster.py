@@ -33,12 +33,47 @@ def connect(address: str | None = None) -> None:
     """Use the Ray already initialised in this process; else attach to `address` (or the
     RAY_ADDRESS that a Ray job runs with); else start an embedded local Ray, never picking up
     some other cluster that happens to run on this machine."""
-    if ray.is_initialized():
+    if not ray.is_initialized():
+        env = os.environ.get("RAY_ADDRESS", "")
+        address = address or (env if env and not env.startswith(("http://", "https://"))
+                              else "local")
+        kwargs = {"include_dashboard": False} if address == "local" else {}
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **kwargs)
+    quiet_benign_ray_lines()
+
+
+# Lines that Ray's GCS logs as errors, and streams to the driver, for what is no fault: killing
+# an actor whose creation is still under way ("Failed to kill actor NIL_ID … Socket closed"; the
+# kill succeeded, the worker went before it could answer: ray-project/ray#53412, #58544).
+BENIGN_RAY_LINES = ("Failed to kill actor",)
+
+
+def _quiet(handler):
+    def handle(data: dict) -> None:
+        if data.get("pid") == "gcs_server":
+            lines = [line for line in data.get("lines", [])
+                     if not any(text in line for text in BENIGN_RAY_LINES)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        handler(data)
+
+    handle.vgray_quiet = True
+    return handle
+
+
+def quiet_benign_ray_lines() -> None:
+    """Keep Ray's benign GCS error lines (BENIGN_RAY_LINES) out of this driver's output, which
+    is vgray's one-line messages and results; every other line Ray streams is kept. (Ray's
+    stream dispatcher is not public API: where it is not as expected, nothing changes.)"""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+        with dispatcher._lock:
+            dispatcher.handlers = [
+                (name, handler if name != "ray_print_logs" or getattr(handler, "vgray_quiet", False)
+                 else _quiet(handler)) for name, handler in dispatcher.handlers]
+    except (ImportError, AttributeError, TypeError, ValueError):
         return
-    env = os.environ.get("RAY_ADDRESS", "")
-    address = address or (env if env and not env.startswith(("http://", "https://")) else "local")
-    kwargs = {"include_dashboard": False} if address == "local" else {}
-    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
