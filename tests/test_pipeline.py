@@ -578,4 +578,17 @@ def test_embeddings_as_parquet_equal_the_per_video_files(trained, corpus, tmp_pa
     assert result.exit_code == 1 and "--embeddings 'parquet'" in result.output
     result = CliRunner().invoke(app, ["check", out, "--for", "mdvc"])
     assert result.exit_code == 1 and "Parquet tables" in result.output
+    # `vgray embed --embeddings parquet`: RUN's model applied to the corpus, the same tables
+    applied = str(tmp_path / "applied")
+    line = cli("embed", run, corpus["features"], "--out", applied, "--embeddings", "parquet",
+               "--workers", "2").stdout.strip().splitlines()[-1]
+    assert line.startswith("embedded 60 videos") and not os.path.exists(os.path.join(applied, "concat"))
+    again = pq.read_table(sorted(glob.glob(os.path.join(applied, "embeddings", "part-*.parquet"))))
+    order = [("video_id", "ascending"), ("clip", "ascending")]
+    assert again.sort_by(order).equals(table.sort_by(order))
+    result = CliRunner().invoke(app, ["embed", run, corpus["features"], "--out", applied])
+    assert result.exit_code == 1 and "--embeddings 'parquet'" in result.output
+    result = CliRunner().invoke(app, ["embed", run, corpus["features"], "--out", applied,
+                                      "--embeddings", "npy"])
+    assert result.exit_code == 1 and result.output.startswith("error: --embeddings must be one of")
 

@@ -23,17 +23,20 @@ def assign(run_dir: str, features: str, out: str, workers: int | None = None,
 
 
 def embed_corpus(run_dir: str, features: str, out: str, workers: int | None = None,
-                 strict: bool = False, echo=None, follow_symlinks: bool = False) -> Summary:
-    """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN."""
-    return _apply(run_dir, features, out, "embed", workers, strict, echo, follow_symlinks)
+                 strict: bool = False, echo=None, follow_symlinks: bool = False,
+                 embeddings: str = "files") -> Summary:
+    """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN
+    (embeddings "files"), or one per-clip table per shard and no concatenations ("parquet")."""
+    return _apply(run_dir, features, out, "embed", workers, strict, echo, follow_symlinks,
+                  embeddings)
 
 
 def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
-           strict: bool, echo, follow_symlinks: bool) -> Summary:
+           strict: bool, echo, follow_symlinks: bool, embeddings: str = "files") -> Summary:
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
     features = fs.normalize(features)
     cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
-                         "follow_symlinks": follow_symlinks})
+                         "follow_symlinks": follow_symlinks, "embeddings": embeddings})
     connect()
     with Job(out, echo) as job:
         if job.run.root == RunDir(run_dir).root:
@@ -43,9 +46,11 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
 
 def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainConfig,
                manifest: dict, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
-    job.open({"command": command, "features": features, "run": fs.normalize(run_dir)},
-             {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
-              "shard_clips": cfg.shard_clips})
+    settings = {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
+                "shard_clips": cfg.shard_clips}
+    if command == "embed":
+        settings["embeddings"] = cfg.embeddings
+    job.open({"command": command, "features": features, "run": fs.normalize(run_dir)}, settings)
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
     job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
@@ -67,7 +72,8 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
         return stages.finish(job, assigned, None)
     tokens_part = lambda k: job.run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
     assigned = stages.assign(job, shards, cfg, vocabulary, tokens_part, None)
-    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers)
+    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers,
+                            cfg.embeddings)
     return stages.finish(job, assigned, embedded)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import TrainConfig
+from .config import EMBEDDINGS, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Visual GloVe on Ray: per-clip video features -> visual words -> "
@@ -43,6 +43,7 @@ KmeansIters = Annotated[int, typer.Option("--kmeans-iters", help="Lloyd iteratio
 KmeansSample = Annotated[Optional[int], typer.Option("--kmeans-sample", help="Training clips sampled for k-means (default 256 per word).")]
 ShardClips = Annotated[int, typer.Option("--shard-clips", help="Clips per unit of work.")]
 BatchClips = Annotated[int, typer.Option("--batch-clips", help="Clips a worker holds in memory at once.")]
+Embeddings = Annotated[str, typer.Option("--embeddings", help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")]
 Reducers = Annotated[int, typer.Option(help="Co-occurrence reduce partitions.")]
 
 
@@ -153,7 +154,7 @@ def train(
     shard_clips: ShardClips = D.shard_clips,
     batch_clips: BatchClips = D.batch_clips,
     reducers: Reducers = D.reducers,
-    embeddings: Annotated[str, typer.Option("--embeddings", help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")] = D.embeddings,
+    embeddings: Embeddings = D.embeddings,
     quiet: Quiet = False,
     address: Address = None,
     no_wait: NoWait = False,
@@ -194,15 +195,24 @@ def train(
 
 
 def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks=False):
+           follow_symlinks=False, embeddings: str | None = None):
     """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
     from . import apply
 
-    fn = apply.assign if command == "assign" else apply.embed_corpus
-    argv = _argv([command, run, features, "--out", out],
-                 {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}, quiet)
-    _dispatch(address, no_wait, quiet, argv, {1, 2, 4},
-              lambda: fn(run, features, out, workers, strict, _echo(quiet), follow_symlinks), verb,
+    options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}
+    if command == "embed":
+        if embeddings not in EMBEDDINGS:
+            _fail(ValueError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}"))
+        options["embeddings"] = embeddings
+    argv = _argv([command, run, features, "--out", out], options, quiet)
+
+    def local():
+        if command == "assign":
+            return apply.assign(run, features, out, workers, strict, _echo(quiet), follow_symlinks)
+        return apply.embed_corpus(run, features, out, workers, strict, _echo(quiet),
+                                  follow_symlinks, embeddings)
+
+    _dispatch(address, no_wait, quiet, argv, {1, 2, 4}, local, verb,
               after=(lambda summary: _mdvc_warning(summary.out)) if command == "embed" else None)
 
 
@@ -220,10 +230,11 @@ def assign(run: Run, features: Features,
 def embed(run: Run, features: Features,
           out: Annotated[str, typer.Option("--out", "-o", help="Directory for embeddings/ and concat/.")],
           workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
-          address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False):
+          address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False,
+          embeddings: Embeddings = "files"):
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
     _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks)
+           follow_symlinks, embeddings)
 
 
 @app.command()
