@@ -7,13 +7,17 @@ Writes --videos single-stream videos of 4 clips x 8 floats (240 bytes each, one 
 video as `video_features` writes them) unless they are there, then, in fresh subprocesses each
 (so that each peak is its own):
 
-- scan: `corpus.scan` (one listing, one header read per file) and `resume.make_shards` at the
-  default --shard-clips, with the driver's peak RSS (VmHWM) and the units' count;
+- workers: what `vgray train` does: the driver lists FEATURES and the run's shard workers (an
+  embedded local Ray, default workers) read the headers, a chunk of the listing each
+  (`stages.scan`); then `resume.make_shards` at the default --shard-clips. The driver's peak
+  RSS (its own process: Ray's GCS and raylet are other processes), the headers it read itself
+  (none), and the units' count;
+- in_process: `corpus.scan`, the same scan in one process (what `evaluate` and `check` do);
 - listing: `corpus.list_features`, what the no-op check of a complete RUN does with FEATURES
   (one listing, no header read).
 
 Local disk only: a million objects do not fit the S3 server this machine can run. On object
-storage the listing is one request per 1,000 files, and the scan's header reads are 64 in
+storage the listing is one request per 1,000 files, and each worker keeps 64 header reads in
 flight (benchmarks/s3.py measures requests and their latency).
 Writes benchmarks/results/million.json.
 """
@@ -32,15 +36,37 @@ import numpy as np
 from common import machine, write_result
 
 PROBE = r"""
-import json, resource, sys, time
+import json, resource, sys, tempfile, time
+import vgray.corpus
 from vgray.corpus import list_features, scan
 from vgray.resume import make_shards
 from vgray.config import TrainConfig
 root, what = sys.argv[1], sys.argv[2]
+cfg = TrainConfig()
 t = time.perf_counter()
-if what == "scan":
+if what == "workers":
+    from vgray import stages
+    from vgray.cluster import connect
+    from vgray.job import Job
+
+    headers = [0]
+    read_header = vgray.corpus.read_header
+    def counted(*a, **k):
+        headers[0] += 1
+        return read_header(*a, **k)
+    vgray.corpus.read_header = counted  # in this process only: the workers are others
+    connect()
+    started = time.perf_counter()
+    with Job(tempfile.mkdtemp(), None) as job:
+        job.open({"command": "benchmark"}, {})
+        job.start_workers(cfg)
+        corpus = stages.scan(job, root, cfg.streams, False)
+        shards = make_shards(corpus.videos, cfg.shard_clips)
+    out = {"videos": len(corpus.videos), "skipped": len(corpus.skips), "shards": len(shards),
+           "ray_start_s": round(started - t, 1), "driver_header_reads": headers[0]}
+elif what == "in_process":
     corpus = scan(root)
-    shards = make_shards(corpus.videos, TrainConfig().shard_clips)
+    shards = make_shards(corpus.videos, cfg.shard_clips)
     out = {"videos": len(corpus.videos), "skipped": len(corpus.skips), "shards": len(shards)}
 else:
     out = {"listing": list_features(root)}
@@ -71,7 +97,7 @@ def main() -> None:
     root = os.path.join(a.data, "features")
     corpus(root, a.videos)
     result = {"machine": machine(), "videos": a.videos}
-    for what in ("scan", "listing"):
+    for what in ("workers", "in_process", "listing"):
         done = subprocess.run([sys.executable, "-c", PROBE, root, what], capture_output=True,
                               text=True, check=True)
         result[what] = json.loads(done.stdout.strip().splitlines()[-1])
