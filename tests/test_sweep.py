@@ -162,11 +162,11 @@ def test_a_combination_is_a_run(swept, data, tmp_path):
 
 
 def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_path, monkeypatch):
-    import vgray.sweep
+    import vgray.job
 
     out, output = swept
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "**"), recursive=True)}
-    monkeypatch.setattr(vgray.sweep, "connect", lambda *a: pytest.fail("Ray was used"))
+    monkeypatch.setattr(vgray.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
     again = invoke("sweep", data["features"], "--out", out, "--train-ids", data["train_ids"],
                    "--labels", data["labels"], *SWEEP)
     assert "is complete: nothing to do" in again.output

@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from . import fs, stages
-from .cluster import connect
 from .config import TrainConfig
 from .errors import VgrayError
 from .job import Job
@@ -37,10 +36,9 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
     features = fs.normalize(features)
     cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
                          "follow_symlinks": follow_symlinks, "embeddings": embeddings})
-    connect()
-    with Job(out, echo) as job:
-        if job.run.root == RunDir(run_dir).root:
-            raise VgrayError("--out must be another directory than RUN")
+    if RunDir(out).root == RunDir(run_dir).root:
+        raise VgrayError("--out must be another directory than RUN")
+    with Job(out, echo, features) as job:
         return _apply_job(job, run_dir, features, command, cfg, manifest, centroids, vectors)
 
 
@@ -53,11 +51,14 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
     job.open({"command": command, "features": features, "run": fs.normalize(run_dir)}, settings)
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
+    # What the listing alone refuses is refused before Ray starts.
+    listing = stages.listed(features, cfg.streams, cfg.strict, None, cfg.follow_symlinks)
+    job.connect()
     job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
                          dims["rgb_dim"] if uses_rgb else None,
                          dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks,
-                         workers=cfg.workers)
+                         workers=cfg.workers, listing=listing)
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:
         raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "

@@ -18,8 +18,9 @@ import ray
 
 from . import __version__, fs, s3
 from .cluster import (Capacity, Demand, GpuPlan, avoiding, capacity, node_usage, usage_by_type)
+from .cluster import connect as connect_ray
 from .config import TrainConfig
-from .errors import VgrayError
+from .errors import StorageError, VgrayError
 from .live import get_with_progress, start_board
 from .pool import Pool, on_one_actor
 from .resume import settings_of
@@ -44,11 +45,57 @@ def versions() -> dict:
             "torch": torch_version, "numpy": np.__version__, "pyarrow": pyarrow.__version__}
 
 
-class Job:
-    """One invocation over one output directory: lock, manifest, stage records, workers."""
+LOCK = ".lock"
 
-    def __init__(self, out: str, echo=None):
+
+def out_state(out: str, features: str | None = None) -> str:
+    """What --out is before a command writes to it: "absent", "empty" (nothing in it but a lock
+    a killed vgray left) or "run" (it holds a vgray manifest.json). FEATURES itself, a directory
+    inside FEATURES, a file, or a non-empty directory that is no vgray RUN are refused in one
+    line, before anything is written or Ray starts."""
+    root = fs.normalize(out)
+    if features is not None:
+        inside = _inside(root, fs.normalize(features))
+        if inside is not None:
+            raise VgrayError(f"--out {root} is {inside}; a RUN needs a directory of its own "
+                             "(for example next to FEATURES)")
+    if not fs.is_uri(root) and os.path.lexists(root) and not os.path.isdir(root):
+        raise VgrayError(f"--out {root} is a file, not a directory")
+    listed = fs.listdir(root)  # locally every entry; on object storage the files at the top
+    names = [n for n in listed if n != LOCK]
+    if "manifest.json" in names:
+        return "run"
+    if names or (fs.is_uri(root) and LOCK not in listed and fs.isdir(root)):
+        raise VgrayError(f"--out {root} is not empty and is no vgray RUN (it has no "
+                         "manifest.json); use a new or empty directory")
+    return "empty" if fs.isdir(root) else "absent"
+
+
+def _inside(root: str, features: str) -> str | None:
+    """Whether the output directory is FEATURES or inside it (locally through symlinks too)."""
+    if not fs.is_uri(root) and not fs.is_uri(features):
+        root, features = os.path.realpath(root), os.path.realpath(features)
+    if root.rstrip("/") == features.rstrip("/"):
+        return "FEATURES"
+    if root.startswith(features.rstrip("/") + "/"):
+        return "inside FEATURES"
+    return None
+
+
+class Job:
+    """One invocation over one output directory: lock, manifest, stage records, workers.
+
+    Entering it and `open` need no cluster: --out is guarded, the lock taken and the settings
+    compared first, so that a refusal is instant; `connect` then starts (or joins) Ray. A new
+    RUN whose command is refused or fails before any stage past the scan is done is taken away
+    again: --out is left as it was found (absent or empty), and the corrected command starts
+    afresh. A fault of the machinery (storage, workers) or an interrupt leaves it to resume."""
+
+    def __init__(self, out: str, echo=None, features: str | None = None):
         self.run = RunDir(out)
+        self.features = features
+        self._found = "run"  # what --out was (out_state); set on entering
+        self._fresh = False  # this invocation made the manifest (see __exit__)
         self.echo = echo or (lambda message: None)
         self.t0 = time.perf_counter()
         self.work: dict[str, int] = {}
@@ -75,23 +122,50 @@ class Job:
         return self._board
 
     def __enter__(self) -> "Job":
-        self._created = not fs.is_uri(self.run.root) and not os.path.exists(self.run.root)
+        self._found = out_state(self.run.root, self.features)
+        return self
+
+    def connect(self) -> None:
+        """Ray, once the checks that need no cluster have passed: what it has and can grow to."""
+        connect_ray()
         self.capacity = capacity()
         self.demand = Demand(self.capacity)
-        return self
 
     def __exit__(self, kind, *exc) -> None:
         self.release_gpu_worker()
         if self.pool is not None:
             self.pool.close()
-        self.demand.clear()  # every node may go back once idle
+        if self.demand is not None:
+            self.demand.clear()  # every node may go back once idle
         if self._board is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self._board)
         self.lock.release()
-        if kind is not None and self._created:  # a run that failed before writing anything
-            with contextlib.suppress(OSError):    # leaves no empty --out behind
-                os.rmdir(self.run.root)
+        if kind is not None and self._undo(kind):
+            self._take_away()
+
+    def _undo(self, kind: type) -> bool:
+        """A new RUN refused or failed for what the command asked (not a fault of the machinery,
+        not an interrupt) before any stage past the scan was done."""
+        if not self._fresh or not issubclass(kind, VgrayError) or issubclass(kind, StorageError):
+            return False
+        stages = self.manifest.get("stages", {})
+        return not any(record.get("status") == "done" for name, record in stages.items()
+                       if name != "scan")
+
+    def _take_away(self) -> None:
+        """--out as it was found: absent, or the empty directory it was."""
+        root = self.run.root
+        with contextlib.suppress(Exception):  # never hides the error being reported
+            if self._found == "empty" and not fs.is_uri(root):
+                for name in os.listdir(root):
+                    path = os.path.join(root, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        fs.remove_tree(path)
+                    else:
+                        os.remove(path)
+            else:
+                fs.remove_tree(root)
 
     # --- manifest -------------------------------------------------------------------------
     def open(self, header: dict, must_match: dict) -> None:
@@ -99,6 +173,7 @@ class Job:
         settings, is refused."""
         self.lock.acquire()
         old = self.run.read_manifest()
+        self._fresh = old is None
         if old is not None:
             for key, value in must_match.items():
                 before = settings_of(old).get(key)

@@ -19,7 +19,7 @@ import ray
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, assemble, list_videos, total_clips
+from .corpus import Corpus, Listing, Skip, Video, assemble, list_videos, total_clips
 from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
@@ -57,17 +57,52 @@ def scan_chunks(entries: list, cpus: int) -> list[list]:
     return [entries[at:at + size] for at in range(0, len(entries), size)]
 
 
+def listed(features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
+           follow_symlinks: bool = False) -> Listing:
+    """FEATURES as one listing has it, with what can be refused from the names alone: no
+    FEATURES, no video in it, no file for any training id, a skip under --strict. It needs no
+    cluster: a command lists FEATURES before Ray starts, so that these refusals are instant."""
+    listing = list_videos(features, streams, train_ids, follow_symlinks)
+    if strict and listing.skips:
+        raise strict_skip(listing.skips[0])
+    if not listing.entries:
+        raise VgrayError(f"no usable videos in {features}"
+                         + (f" (first problem: {listing.skips[0].reason})" if listing.skips
+                            else ""))
+    if listing.wanted is not None and not any(e.video_id in listing.wanted
+                                              for e in listing.entries):
+        raise VgrayError("none of the --train-ids has usable features (none has a file in "
+                         "FEATURES)")
+    return listing
+
+
+def enough_training_clips(corpus: Corpus, vocab_size: int) -> None:
+    """Refused once the scan has counted them, before any clip is sampled: fewer training
+    videos or clips than the words asked for."""
+    if not corpus.train_videos:
+        raise VgrayError("none of the --train-ids has usable features")
+    clips = total_clips(corpus.train_videos)
+    if clips < vocab_size:
+        raise VgrayError(f"--vocab-size {vocab_size} needs at least that many training clips, "
+                         f"FEATURES has {clips:,}")
+
+
+def strict_skip(s: Skip) -> VgrayError:
+    return strict_failure({"video_id": s.video_id, "reason": s.reason, "path": s.path})
+
+
 def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
          rgb_dim: int | None = None, flow_dim: int | None = None, follow_symlinks: bool = False,
-         scanned: Check | None = None, workers: int | None = None) -> Corpus:
-    """FEATURES listed by the driver, its headers read by the job's workers a chunk of the
-    listing at a time (or as the no-op check already `scanned` it: FEATURES is scanned once per
-    command), recorded in the manifest as the corpus of the run."""
+         scanned: Check | None = None, workers: int | None = None,
+         listing: Listing | None = None) -> Corpus:
+    """FEATURES listed by the driver (or the `listing` it already made), its headers read by the
+    job's workers a chunk of the listing at a time (or as the no-op check already `scanned` it:
+    FEATURES is scanned once per command), recorded in the manifest as the corpus of the run."""
     t = time.perf_counter() - (scanned.scan_seconds if scanned else 0.0)
     corpus = scanned.corpus if scanned else None
     where = []
     if corpus is None:
-        listing = list_videos(features, streams, train_ids, follow_symlinks)
+        listing = listing or list_videos(features, streams, train_ids, follow_symlinks)
         chunks = scan_chunks(listing.entries, int(job.capacity.cpus()))
         found: dict[int, list] = {}
         progress = Progress(job.echo, "scan", len(listing.entries), "videos") if chunks else None
@@ -85,8 +120,7 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
                           flow_dim)
         del listing, chunks, found
     if strict and corpus.skips:
-        s = corpus.skips[0]
-        raise VgrayError(f"{s.video_id}: {s.reason} ({s.path}) [--strict]")
+        raise strict_skip(corpus.skips[0])
     if not corpus.videos:
         raise VgrayError(f"no usable videos in {features}"
                          + (f" (first problem: {corpus.skips[0].reason})" if corpus.skips else ""))

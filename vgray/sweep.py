@@ -39,7 +39,7 @@ import io
 import time
 
 from . import fs, stages
-from .cluster import connect, plan_gpu
+from .cluster import plan_gpu
 from .config import TrainConfig
 from .corpus import read_train_ids
 from .errors import VgrayError
@@ -83,8 +83,7 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
     if old is not None and old.get("command") != "sweep":
         raise VgrayError(f"{fs.normalize(out)} is a vgray {old.get('command')} RUN, not a sweep; "
                          "use another --out")
-    connect()
-    with Job(out, echo) as job:
+    with Job(out, echo, features) as job:
         return _Sweep(job, features, config, configs, train_ids, ids, labels, label_map
                       ).run(checked)
 
@@ -131,6 +130,10 @@ class _Sweep:
                            "window": sorted({w for _, w, _ in self.grid}),
                            "dim": sorted({d for _, _, d in self.grid})},
                   "labels_file": fs.normalize(self.labels) if self.labels else None}, settings)
+        # What the listing alone refuses is refused before Ray starts.
+        listing = None if scanned and scanned.corpus else stages.listed(
+            self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks)
+        job.connect()
         job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)
         todo = [c for c in self.grid if not self.trained(c)]
         needed = sorted({c[0] for c in todo})
@@ -141,9 +144,8 @@ class _Sweep:
         job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
         self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
                                            follow_symlinks=cfg.follow_symlinks, scanned=scanned,
-                                           workers=cfg.workers)
-        if not corpus.train_videos:
-            raise VgrayError("none of the --train-ids has usable features")
+                                           workers=cfg.workers, listing=listing)
+        stages.enough_training_clips(corpus, max(self.vocab_sizes))
         if self.label_map is not None:
             self._check_labels()
         self.shards = make_shards(corpus.videos, cfg.shard_clips)

@@ -10,10 +10,9 @@ import time
 import numpy as np
 
 from . import fs, stages
-from .cluster import connect, plan_gpu
+from .cluster import plan_gpu
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
-from .errors import VgrayError
 from .job import Job
 from .resume import Check, Summary, check_train, make_shards, train_settings
 from .store import WORK, load_npy, parquet_rows, save_npy, shard_name
@@ -30,8 +29,7 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
         return checked.summary
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
-    connect()
-    with Job(out, echo) as job:
+    with Job(out, echo, features) as job:
         return _train(job, features, config, train_ids, ids, checked)
 
 
@@ -41,6 +39,10 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     job.open({"command": "train", "features": features,
               "train_ids_file": fs.normalize(train_ids) if train_ids else None,
               "config": cfg.to_dict()}, settings)
+    # What the listing alone refuses is refused before Ray starts.
+    listing = None if scanned.corpus else stages.listed(features, cfg.streams, cfg.strict, ids,
+                                                          cfg.follow_symlinks)
+    job.connect()
     run = job.run
     job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)  # fails here if cuda cannot be had
     # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while FEATURES is
@@ -54,9 +56,8 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     job.start_workers(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, ids,
                          follow_symlinks=cfg.follow_symlinks, scanned=scanned,
-                         workers=cfg.workers)
-    if not corpus.train_videos:
-        raise VgrayError("none of the --train-ids has usable features")
+                         workers=cfg.workers, listing=listing)
+    stages.enough_training_clips(corpus, cfg.vocab_size)
     shards = make_shards(corpus.videos, cfg.shard_clips)
 
     _vocabulary(job, cfg, corpus, shards, centroids)
