@@ -264,7 +264,7 @@ def sweep(
     window: Annotated[str, typer.Option(help="Co-occurrence windows, comma-separated (each 1-24).")] = str(D.window),
     dim: Annotated[str, typer.Option(help="GloVe vector sizes, comma-separated.")] = str(D.dim),
     train_ids: TrainIds = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: each combination gets a linear probe (and retrieval) and is ranked by its accuracy.")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: each combination gets a linear probe (and retrieval) and is ranked by its accuracy, ties by retrieval mAP.")] = None,
     x_max: XMax = D.x_max, alpha: Alpha = D.alpha, epochs: Epochs = D.epochs,
     learning_rate: LearningRate = D.learning_rate, streams: Streams = D.streams, seed: Seed = D.seed,
     workers: Workers = None, device: Device = D.device, gpu_wait: GpuWait = None,
