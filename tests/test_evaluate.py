@@ -28,12 +28,13 @@ def run(ray_session, corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def labels(corpus, tmp_path_factory):
+def labels(corpus):
+    """The labels.json synth wrote beside the features: each video's planted topic."""
     truth = pq.read_table(os.path.join(corpus["root"], "truth.parquet")).to_pydict()
-    path = tmp_path_factory.mktemp("labels") / "labels.json"
-    topics = dict(zip(truth["video_id"], truth["topic"]))
-    path.write_text(json.dumps(topics))
-    return str(path), topics
+    path = os.path.join(corpus["root"], "labels.json")
+    topics = json.load(open(path))
+    assert topics == dict(zip(truth["video_id"], truth["topic"]))
+    return path, topics
 
 
 def test_intrinsic_measures_against_brute_force(run, corpus):

@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from vgray import VisualGlove
 from vgray import evaluate as ev
 from vgray.cli import app
 from vgray.errors import VgrayError
-from vgray.resume import parse_values
+from vgray.resume import SweepSummary, best_of, parse_values
+from vgray.sweep import report_page
 
 from test_cooccur import brute_force
 from test_pipeline import ROOT, tokens_of
@@ -133,12 +135,15 @@ def test_table_report_and_best(swept, data):
         assert float(r["probe_accuracy"]) == pytest.approx(probe, abs=1e-12)
         assert float(r["final_loss"]) == pytest.approx(result["intrinsic"]["final_loss"])
         assert r["held_out_loss"] != ""  # --train-ids left videos out
-    best = max(rows, key=lambda r: float(r["probe_accuracy"]))
+    # Highest probe accuracy, then highest retrieval mAP, then the first in the table.
+    best = min(enumerate(rows), key=lambda nr: (-float(nr[1]["probe_accuracy"]),
+                                                -float(nr[1]["retrieval_map"]), nr[0]))[1]
     name = f"K{best['vocab_size']}-w{best['window']}-d{best['dim']}"
     assert f"best by probe accuracy: {name}" in output
     assert float(best["probe_accuracy"]) > 0.9  # the planted topics, 3 classes (chance ~ 1/3)
     page = open(os.path.join(out, "report.html")).read()
-    assert page.count("data:image/png;base64,") == 5 and name in page
+    assert page.count("data:image/png;base64,") == 6 and name in page
+    assert 'alt="retrieval_map"' in page
 
 
 def test_a_combination_is_a_run(swept, data, tmp_path):
@@ -260,6 +265,64 @@ def test_a_sweep_dir_is_not_taken_for_a_run(swept):
     assert result.exit_code == 1 and "is a vgray sweep: each combination in it is a RUN" in result.output
     with pytest.raises(VgrayError, match="sweep.csv"):
         VisualGlove.load(out)
+
+
+def row(k, w, d, probe, retrieval):
+    return {"vocab_size": k, "window": w, "dim": d, "final_loss": 0.1, "inertia_per_clip": 1.0,
+            "perplexity": 2.0, "dead_words": 0, "tiny_words": 0, "neighbour_share": 0.5,
+            "held_out_loss": None, "probe_accuracy": probe, "retrieval_map": retrieval,
+            "kmeans_seconds": 1.0, "seconds": 0.5}
+
+
+# On real recordings all four combinations scored probe accuracy 1.0; the first was named best
+# although another had the higher retrieval mAP.
+TIED = [row(500, 3, 64, 1.0, 0.981), row(500, 3, 128, 1.0, 0.995), row(1000, 3, 64, 1.0, 0.990),
+        row(1000, 3, 128, 0.98, 0.999)]
+
+
+def test_ties_of_the_probe_are_broken_by_retrieval():
+    assert best_of(TIED, "probe_accuracy") is TIED[1]
+    # the same accuracy summed in another order is still a tie
+    near = [row(8, 2, 8, 0.1 + 0.2, 0.5), row(8, 2, 16, 0.3, 0.6)]
+    assert near[0]["probe_accuracy"] != near[1]["probe_accuracy"]
+    assert best_of(near, "probe_accuracy") is near[1]
+    # a tie on both goes to the first in the table; a higher probe wins whatever its mAP
+    both = [row(8, 2, 8, 0.9, 0.7), row(8, 2, 16, 0.9, 0.7), row(16, 2, 8, 0.8, 1.0)]
+    assert best_of(both, "probe_accuracy") is both[0]
+    assert best_of([row(8, 2, 8, 0.9, 0.1), row(16, 2, 8, 0.95, 0.0)],
+                   "probe_accuracy")["vocab_size"] == 16
+    assert best_of(TIED, None) is None  # without labels no best is named
+    assert best_of([row(8, 2, 8, None, None)], "probe_accuracy") is None
+
+
+def test_the_output_says_how_a_tie_was_broken():
+    summary = SweepSummary("SWEEP", TIED, best_of(TIED, "probe_accuracy"), "probe_accuracy",
+                           1.0, {})
+    lines = summary.lines()
+    assert lines[0].split() == ["vocab_size", "window", "dim", "final_loss", "perplexity",
+                                "neighbour_share", "probe_accuracy", "retrieval_map", "seconds"]
+    assert lines[2].split()[7] == "0.995"
+    assert lines[-2] == ("best by probe accuracy: K500-w3-d128 (1) -> SWEEP/K500-w3-d128; "
+                         "3 combinations tie on probe accuracy, broken by retrieval mAP (0.995)")
+    alone = [row(8, 2, 8, 0.9, 0.1), row(16, 2, 8, 0.95, 0.0)]
+    line = SweepSummary("S", alone, alone[1], "probe_accuracy", 1.0, {}).lines()[-2]
+    assert line == "best by probe accuracy: K16-w2-d8 (0.95) -> S/K16-w2-d8"
+    both = [row(8, 2, 8, 0.9, 0.7), row(8, 2, 16, 0.9, 0.7)]
+    line = SweepSummary("S", both, both[0], "probe_accuracy", 1.0, {}).lines()[-2]
+    assert line.endswith("broken by retrieval mAP (0.7), then by table order (2 tie on both)")
+
+
+def test_the_report_plots_retrieval_and_names_the_tie_break():
+    page = report_page(TIED, "probe_accuracy", TIED[1])
+    alts = re.findall(r'<img alt="([a-z_]+)" src="data:image/png;base64,', page)
+    assert alts == ["final_loss", "inertia_per_clip", "perplexity", "neighbour_share",
+                    "probe_accuracy", "retrieval_map"]
+    assert ("Best by probe accuracy: <b>K500-w3-d128</b>; 3 combinations tie on probe accuracy, "
+            "broken by retrieval mAP (0.995)</p>") in page
+    # without labels neither the probe nor retrieval is plotted, and no best is named
+    plain = [{**r, "probe_accuracy": None, "retrieval_map": None} for r in TIED]
+    page = report_page(plain, None, None)
+    assert page.count("data:image/png;base64,") == 4 and "no combination is named best" in page
 
 
 def test_parse_values():

@@ -264,7 +264,7 @@ def sweep(
     window: Annotated[str, typer.Option(help="Co-occurrence windows, comma-separated (each 1-24).")] = str(D.window),
     dim: Annotated[str, typer.Option(help="GloVe vector sizes, comma-separated.")] = str(D.dim),
     train_ids: TrainIds = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: each combination gets a linear probe (and retrieval) and is ranked by its accuracy.")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: each combination gets a linear probe (and retrieval) and is ranked by its accuracy, ties by retrieval mAP.")] = None,
     x_max: XMax = D.x_max, alpha: Alpha = D.alpha, epochs: Epochs = D.epochs,
     learning_rate: LearningRate = D.learning_rate, streams: Streams = D.streams, seed: Seed = D.seed,
     workers: Workers = None, device: Device = D.device, gpu_wait: GpuWait = None,
@@ -387,7 +387,7 @@ def job_stop(job_id: JobId, address: JobAddress):
 
 @app.command()
 def synth(
-    out: Annotated[str, typer.Argument(help="Directory to write: features/, train_ids.json, truth.parquet.")],
+    out: Annotated[str, typer.Argument(help="Directory to write: features/, train_ids.json, truth.parquet, labels.json (the topic of each video, for --labels).")],
     videos: Annotated[int, typer.Option(help="Number of videos.")] = 200,
     dim: Annotated[int, typer.Option(help="rgb feature width D.")] = 64,
     words: Annotated[int, typer.Option(help="Planted visual words.")] = 24,
@@ -398,14 +398,17 @@ def synth(
     max_clips: Annotated[int, typer.Option("--max-clips", help="Longest video, in clips.")] = 64,
     noise: Annotated[float, typer.Option(help="Std of the Gaussian noise around each word.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace the corpus an earlier synth wrote in OUT (a non-empty OUT is refused otherwise).")] = False,
 ):
     """Write a synthetic corpus with planted visual words and topics."""
     from .synth import make_corpus
 
     info = _run(make_corpus, out, videos=videos, dim=dim, words=words, topics=topics, flow=flow,
-                flow_dim=flow_dim, min_clips=min_clips, max_clips=max_clips, noise=noise, seed=seed)
+                flow_dim=flow_dim, min_clips=min_clips, max_clips=max_clips, noise=noise, seed=seed,
+                force=force)
     typer.echo(f"wrote {info['videos']} videos ({info['clips']} clips) to {info['features']}; "
-               f"training ids in {info['train_ids']}, truth in {info['truth']}")
+               f"training ids in {info['train_ids']}, truth in {info['truth']}, "
+               f"labels in {info['labels']}")
 
 
 @app.command()
@@ -422,7 +425,8 @@ def demo(
     root = out or tempfile.mkdtemp(prefix="vgray-demo-")
 
     def go():
-        info = make_corpus(os.path.join(root, "corpus"), videos=videos, flow=True)
+        # A re-run into the same --out replaces the corpus the first one wrote.
+        info = make_corpus(os.path.join(root, "corpus"), videos=videos, flow=True, force=True)
         config = TrainConfig(vocab_size=24, dim=32, epochs=300, shard_clips=2000)
         summary = run_train(info["features"], os.path.join(root, "run"), config,
                             info["train_ids"], echo=_echo(quiet))

@@ -229,6 +229,43 @@ def cell(value) -> str:
     return str(value)
 
 
+# What breaks a tie of the sweep's ranking score: a probe accuracy is a share of a few hundred
+# videos and often ties (at 1.0 on easy corpora); retrieval mAP ranks the whole order.
+TIE_BREAK = "retrieval_map"
+
+
+def _score(row: dict, key: str) -> float:
+    # Rounded so that means of the same fold accuracies summed in another order still tie.
+    value = row.get(key)
+    return float("-inf") if value is None else round(float(value), 9)
+
+
+def best_of(rows: list[dict], ranked_by: str | None) -> dict | None:
+    """The row with the highest `ranked_by`; among ties the one with the highest retrieval mAP,
+    then the first in the table (smallest K, then window, then dim). None without a score."""
+    scored = [(n, r) for n, r in enumerate(rows) if ranked_by and r.get(ranked_by) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda nr: (_score(nr[1], ranked_by), _score(nr[1], TIE_BREAK),
+                                       -nr[0]))[1]
+
+
+def ties(rows: list[dict], ranked_by: str, best: dict) -> tuple[int, int]:
+    """How many rows share `best`'s score, and how many of them its retrieval mAP too."""
+    same = [r for r in rows if _score(r, ranked_by) == _score(best, ranked_by)]
+    return len(same), sum(_score(r, TIE_BREAK) == _score(best, TIE_BREAK) for r in same)
+
+
+def tie_note(rows: list[dict], ranked_by: str, best: dict) -> str:
+    """'' when `best` is alone at its score, else how the tie was broken."""
+    tied, still = ties(rows, ranked_by, best)
+    if tied < 2:
+        return ""
+    note = (f"{tied} combinations tie on {ranked_by.replace('_', ' ')}, broken by retrieval mAP "
+            f"({cell(best.get(TIE_BREAK))})")
+    return note + (f", then by table order ({still} tie on both)" if still > 1 else "")
+
+
 @dataclass
 class SweepSummary:
     """What `vgray sweep` did: the table, the best combination (by `ranked_by`), the time."""
@@ -245,15 +282,17 @@ class SweepSummary:
 
     def lines(self) -> list[str]:
         head = ["vocab_size", "window", "dim", "final_loss", "perplexity", "neighbour_share",
-                "probe_accuracy", "seconds"]
+                "probe_accuracy", "retrieval_map", "seconds"]
         out = ["  ".join(f"{h:>15}" if n > 2 else f"{h:>10}" for n, h in enumerate(head))]
         for r in self.rows:
             out.append("  ".join((f"{cell(r[h]):>15}" if n > 2 else f"{r[h]:>10}")
                                  for n, h in enumerate(head)))
         if self.best is not None:
             best = name(*(self.best[k] for k in VARIED))
+            note = tie_note(self.rows, self.ranked_by, self.best)
             out.append(f"best by {self.ranked_by.replace('_', ' ')}: {best} "
-                       f"({cell(self.best[self.ranked_by])}) -> {fs.join(self.out, best)}")
+                       f"({cell(self.best[self.ranked_by])}) -> {fs.join(self.out, best)}"
+                       + (f"; {note}" if note else ""))
         else:
             out.append("no best without --labels: J, inertia, perplexity and the neighbours' "
                        "share each change with K or the window by construction")
@@ -320,8 +359,9 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
             return Check(corpus=corpus, scan_seconds=seconds)
     best = manifest.get("best")
     ranked_by = best["by"] if best else None
-    best_row = next((r for r in rows if best and name(*(r[k] for k in VARIED)) == best["combination"]),
-                    None)
+    # Chosen again from the table, as the sweep chooses: a sweep of an earlier vgray named the
+    # first of a tie.
+    best_row = best_of(rows, ranked_by)
     if echo is not None:
         echo(f"{run.root} is complete: nothing to do")
     return Check(SweepSummary(run.root, rows, best_row, ranked_by, time.perf_counter() - t0,

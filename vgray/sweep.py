@@ -46,12 +46,13 @@ from .errors import VgrayError
 from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
 from .progress import Progress
-from .resume import (VARIED, Check, SweepSummary, cell, check_sweep, digest_file, make_shards,
-                     name, sweep_settings, train_settings)
+from .resume import (TIE_BREAK, VARIED, Check, SweepSummary, best_of, cell, check_sweep,
+                     digest_file, make_shards, name, sweep_settings, tie_note, train_settings)
 from .store import WORK, RunDir, copy_file, read_json, save_npy, shard_name, write_text
 from .units import Count, Fit, ReduceUnit, ShardStats, TokenizeUnit, Vocabulary, totals
 
-PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy")
+PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy",
+           "retrieval_map")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,13 +419,13 @@ class _Sweep:
         write_text(self.run_dir.path("sweep.csv"), text.getvalue())
         # Only a probe ranks combinations of different K and windows on one scale: J, inertia
         # and the neighbours' share each move with K or the window by construction.
+        # Ties of the probe are broken by retrieval mAP (resume.best_of).
         ranked_by = "probe_accuracy" if self.labels else None
-        scored = [r for r in rows if ranked_by and r[ranked_by] is not None]
-        best = max(scored, key=lambda r: r[ranked_by]) if scored else None
+        best = best_of(rows, ranked_by)
         write_text(self.run_dir.path("report.html"), report_page(rows, ranked_by, best))
         stages.write_skips(self.run_dir.path("skipped.jsonl"), self.skips(self.vocab_sizes[0]))
-        job.manifest["best"] = {"by": ranked_by, "combination": name(*(best[k] for k in VARIED))
-                                } if best else None
+        job.manifest["best"] = {"by": ranked_by, "ties_by": TIE_BREAK,
+                                "combination": name(*(best[k] for k in VARIED))} if best else None
         seconds = job.complete({f"vocab K{k}": s.get("vocab", {})
                                 for k, s in job.manifest["vocabularies"].items()})
         return SweepSummary(self.run_dir.root, rows, best, ranked_by, seconds, dict(job.work))
@@ -461,8 +462,10 @@ def report_page(rows: list[dict], ranked_by: str | None, best: dict | None) -> s
     head = list(rows[0])
     table = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r[h]))}</td>" for h in head)
                     + "</tr>" for r in rows)
+    tie = tie_note(rows, ranked_by, best) if best else ""
     best_line = (f"<p>Best by {html.escape(str(ranked_by).replace('_', ' '))}: "
-                 f"<b>{html.escape(name(*(best[k] for k in VARIED)))}</b></p>" if best else "")
+                 f"<b>{html.escape(name(*(best[k] for k in VARIED)))}</b>"
+                 f"{html.escape('; ' + tie) if tie else ''}</p>" if best else "")
     note = ("" if best else
             "<p>Without --labels no combination is named best: J, inertia, perplexity and the "
             "neighbours' co-occurrence share each change with K or the window by construction. "
