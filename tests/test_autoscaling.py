@@ -220,8 +220,7 @@ class TestCpuTypeOnly:
         assert done.returncode == 1
         assert done.stderr.strip().splitlines() == [
             "error: --device cuda, but the Ray cluster has no GPU and cannot launch one (node "
-            "types: ray.head.default (head), cpu_worker (CPU 2)) (set VGRAY_DEBUG=1 for the "
-            "traceback)"]
+            "types: ray.head.default (head), cpu_worker (CPU 2))"]
         assert not (tmp_path / "run").exists()
 
     def test_device_auto_runs_on_cpu(self, cluster, corpus, local_run, tmp_path):

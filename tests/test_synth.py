@@ -93,5 +93,5 @@ def test_out_that_is_a_file_is_one_line(tmp_path):
     result = synth(path, "--force")
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        f"error: {path} is not a directory (set VGRAY_DEBUG=1 for the traceback)"]
+        f"error: {path} is not a directory"]
     assert path.read_text() == "x"

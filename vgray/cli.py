@@ -3,17 +3,58 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
+from . import __version__
 from .config import EMBEDDINGS, TrainConfig
+from .errors import Terminated, VgrayError
+
+
+class _OneLine(TyperGroup):
+    """Every error in one style: `error: …` on one line and a non-zero exit; a usage error
+    (exit 2) names the help to read instead of Typer's boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except typer.TyperException as e:  # a usage error: a bad option, a missing argument
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message()}{where}", err=True)
+            code = e.exit_code
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  cls=_OneLine, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Visual GloVe on Ray: per-clip video features -> visual words -> "
                        "GloVe embeddings for every clip.")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"vgray {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="Print vgray's version and exit.", callback=_show_version,
+        is_eager=True, metavar="")] = False) -> None:
+    """Visual GloVe on Ray: per-clip video features -> visual words -> GloVe embeddings for
+    every clip."""
 
 Features = Annotated[str, typer.Argument(help="Directory of {id}_rgb.npy [+ {id}_flow.npy] or {id}.npy, each [T, D].")]
 Run = Annotated[str, typer.Argument(help="A directory made by `vgray train`.")]
@@ -52,10 +93,13 @@ def _echo(quiet: bool):
 
 
 def _fail(error: BaseException) -> None:
+    """One line for a failure: vgray's own errors say all there is to say; anything else
+    (a bug, an error of a library) also says how to see its traceback."""
     if os.environ.get("VGRAY_DEBUG") == "1":
         raise error
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    typer.echo(f"error: {message} (set VGRAY_DEBUG=1 for the traceback)", err=True)
+    hint = "" if isinstance(error, VgrayError) else " (set VGRAY_DEBUG=1 for the traceback)"
+    typer.echo(f"error: {message}{hint}", err=True)
     raise typer.Exit(1)
 
 
@@ -70,10 +114,13 @@ def _run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except typer.Exit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         _quiet_ray()
+        if isinstance(e, Terminated):
+            typer.echo("terminated (SIGTERM); run the same command again to resume", err=True)
+            raise typer.Exit(143) from None
         typer.echo("interrupted; run the same command again to resume", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - every failure becomes one line
         _quiet_ray()
         _fail(_cause(e))
@@ -97,7 +144,7 @@ def _mdvc_warning(out: str) -> None:
 def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
     """Submit to the Jobs API (http address), or run here on the given/embedded Ray and print
     the summary line."""
-    from . import cluster, submit
+    from . import submit
 
     if submit.is_jobs_address(address):
         def go():
@@ -110,9 +157,16 @@ def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
 
         _run(go)
         return
-    if address:
-        _run(cluster.connect, address)
-    summary = _run(local)
+    previous = os.environ.get("RAY_ADDRESS")
+    if address:  # attached to when Ray is first needed (a refusal needs none)
+        os.environ["RAY_ADDRESS"] = address
+    try:
+        summary = _run(local)
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
     typer.echo(summary.line(verb))
     if after is not None:
         after(summary)
@@ -202,7 +256,7 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
     options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}
     if command == "embed":
         if embeddings not in EMBEDDINGS:
-            _fail(ValueError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}"))
+            _fail(VgrayError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}"))
         options["embeddings"] = embeddings
     argv = _argv([command, run, features, "--out", out], options, quiet)
 
@@ -438,8 +492,15 @@ def demo(
                f"same topic: {quality['neighbour_topic_agreement']:.0%}")
 
 
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup is not cut short
+    raise Terminated()
+
+
 def main() -> None:
-    """Entry point of the `vgray` console script."""
+    """Entry point of the `vgray` console script. SIGTERM ends a run as Ctrl-C does (exit 143);
+    cluster.connect keeps this handler over the one Ray's driver installs."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 

@@ -15,6 +15,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -38,7 +40,11 @@ def connect(address: str | None = None) -> None:
         address = address or (env if env and not env.startswith(("http://", "https://"))
                               else "local")
         kwargs = {"include_dashboard": False} if address == "local" else {}
+        main = threading.current_thread() is threading.main_thread()
+        on_term = signal.getsignal(signal.SIGTERM) if main else None
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, **kwargs)
+        if callable(on_term):  # Ray's driver installs a fatal-signal handler for SIGTERM (a
+            signal.signal(signal.SIGTERM, on_term)  # stack dump): the caller's is kept
     quiet_benign_ray_lines()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import SettingError
+
 STREAMS = ("rgb", "flow", "rgb+flow")
 # How embed writes: files, embeddings/{id}.npy and concat/{id}_rgb.npy (what BMT and MDVC read);
 # parquet, one embeddings/part-{shard}.parquet per shard, a row per clip (video_id, clip, token,
@@ -64,7 +66,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise SettingError(message)
 
     @property
     def sample_size(self) -> int:

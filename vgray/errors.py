@@ -13,3 +13,13 @@ class StorageError(VgrayError):
     """The storage failed (throttling, 5xx, a reset, a timeout) after its retries: a fault of the
     machinery, never a verdict on a file. The unit of work that met it is run again; a run that
     cannot get past it fails with this one line, and records nothing as skipped."""
+
+
+class SettingError(VgrayError, ValueError):
+    """A setting out of its range (TrainConfig): a ValueError to a library user, one line to the
+    command line's."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes, `timeout` and job runners send): the run ends as Ctrl-C
+    ends it, workers stopped, lock released, resumable."""
