@@ -108,5 +108,7 @@ def test_a_failed_train_leaves_out_as_it_found_it_and_the_corrected_command_work
                         lambda *a, **k: pytest.fail("Ray was started for a refusal"))
     assert "was made with --vocab-size 4, this run asks for 5" in refused(
         "train", features, "--out", out, *ARGS, "--vocab-size", "5")
+    line = refused("train", features, "--out", out, *ARGS, "--train-ids", corpus["train_ids"])
+    assert "was made without --train-ids, this run asks for '" in line and "None" not in line
     assert "is FEATURES" in refused("embed", out, features, "--out", features)
     assert {p: os.path.getmtime(os.path.join(out, p)) for p in listing(out)} == before

@@ -292,6 +292,16 @@ def embed(run: Run, features: Features,
 
 
 @app.command()
+def info(run: Annotated[str, typer.Argument(help="A directory made by vgray (train, sweep, assign, embed).")]):
+    """What a RUN holds: what made it and its settings, its corpus, its stages, and where its
+    outputs are with their sizes (from its manifest; nothing is computed, Ray is not started)."""
+    from .info import describe
+
+    for line in _run(describe, run):
+        typer.echo(line)
+
+
+@app.command()
 def evaluate(run: Run,
              features: Annotated[Optional[str], typer.Argument(help="FEATURES of RUN's videos: adds the raw features and raw + embeddings to the probe (needs --labels).")] = None,
              labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: a cross-validated linear probe and same-class retrieval for each representation.")] = None,

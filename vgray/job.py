@@ -179,9 +179,10 @@ class Job:
                 before = settings_of(old).get(key)
                 if before != value:
                     flag = "--" + key.replace("_", "-")
-                    raise VgrayError(
-                        f"{self.run.root} was made with {flag} {before!r}, this run asks for "
-                        f"{value!r}; use another --out (or delete it to start over)")
+                    made = f"with {flag} {before!r}" if before is not None else f"without {flag}"
+                    asks = f"for {value!r}" if value is not None else f"for no {flag}"
+                    raise VgrayError(f"{self.run.root} was made {made}, this run asks {asks}; "
+                                     "use another --out (or delete it to start over)")
             self.manifest = old
         else:
             self.manifest = {"settings": must_match, "stages": {}}

@@ -13,6 +13,11 @@ import sys
 import time
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files', '1,500 words'."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:

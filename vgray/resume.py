@@ -98,11 +98,23 @@ class Summary:
     seconds: float
     work: dict = field(default_factory=dict)  # units of work computed by this invocation
     figures: dict = field(default_factory=dict)
+    outputs: tuple = ()  # where the per-video outputs are (outputs_of)
 
     def line(self, what: str = "embedded") -> str:
-        return (f"{what} {self.videos} videos ({self.clips} clips), skipped {self.skipped} "
-                f"(see {fs.join(self.out, 'skipped.jsonl')}), manifest "
+        into = f" into {' and '.join(self.outputs)}" if self.outputs else ""
+        return (f"{what} {self.videos} videos ({self.clips} clips){into}, skipped "
+                f"{self.skipped} (see {fs.join(self.out, 'skipped.jsonl')}), manifest "
                 f"{fs.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
+
+
+def outputs_of(root: str, manifest: dict) -> tuple:
+    """Where a finished command's per-video outputs are, as its summary line names them."""
+    if manifest.get("command") == "assign":
+        return (fs.join(root, "{id}.npy"), fs.join(root, "tokens.parquet"))
+    if (manifest.get("config") or {}).get("embeddings") == "parquet" or (
+            manifest.get("settings") or {}).get("embeddings") == "parquet":
+        return (fs.join(root, "embeddings", "part-*.parquet"),)
+    return (fs.join(root, "embeddings") + "/", fs.join(root, "concat") + "/")
 
 
 def check_train(features: str, out: str, config: TrainConfig, train_ids: str | None,
@@ -164,7 +176,8 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
                          time.perf_counter() - t0, {"vocab": 0, "assign_shards": 0,
                                                     "reduce_parts": 0, "glove": 0,
                                                     "embed_shards": 0},
-                         {k: stages[k] for k in ("vocab", "cooccur", "glove")}), corpus, seconds)
+                         {k: stages[k] for k in ("vocab", "cooccur", "glove")},
+                         outputs_of(run.root, manifest)), corpus, seconds)
 
 
 def scan_corpus(features: str, config: TrainConfig, ids: list[str] | None, echo=None

@@ -25,7 +25,7 @@ from .errors import VgrayError
 from .live import get_with_progress
 from .pool import MAX_ATTEMPTS, RETRIABLE
 from .progress import Progress
-from .resume import Check, Summary, fingerprint
+from .resume import Check, Summary, fingerprint, outputs_of
 from .store import RunDir, write_text
 from .units import (Count, EmbedUnit, Reduced, ReduceUnit, SampleUnit, Scanned, ScanUnit,
                     ShardStats, TokenizeUnit, Vocabulary, first_skip, totals)
@@ -258,7 +258,8 @@ def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str
     figures = totals(stats)
     job.finish_stage("assign", time.perf_counter() - t, [("assign", s.where) for s in stats],
                      **figures)
-    job.echo(f"assign: {figures['clips']} clips tokenised ({time.perf_counter() - t:.1f} s)")
+    job.echo(f"assign: {figures['clips']:,} clips tokenised ({time.perf_counter() - t:.1f} s)"
+             if units else f"assign: {figures['clips']:,} clips tokenised by an earlier run (reused)")
     return stats
 
 
@@ -328,7 +329,7 @@ def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | No
     if job.manifest["nodes"]:
         job.echo(usage_line(job.manifest["nodes"]))
     return Summary(run.root, stage["videos"], job.manifest["counts"]["clips"], len(skips),
-                   seconds, dict(job.work))
+                   seconds, dict(job.work), outputs=outputs_of(run.root, job.manifest))
 
 
 def records(run: RunDir, stage: str, shards: int, fresh: dict[int, ShardStats]

@@ -1,0 +1,81 @@
+"""`vgray info RUN`: what a RUN holds, from its manifest and one listing per output directory
+(no feature file is read, Ray is not started): what made it and with which settings, its
+corpus, each stage's state and time, and where its outputs are, with their sizes."""
+
+from __future__ import annotations
+
+from . import fs
+from .errors import VgrayError
+from .progress import plural
+from .store import RunDir
+
+# What each output of a RUN is, in the order shown (directories end in /).
+OUTPUTS = (("vocab/", "the visual vocabulary (centroids.npy)"),
+           ("tokens/", "visual words per clip (Parquet)"),
+           ("cooccur/", "co-occurrence counts (Parquet)"),
+           ("glove/", "GloVe vectors (vectors.npy)"),
+           ("embeddings/", "per-clip Visual GloVe embeddings (BMT's audio stream)"),
+           ("concat/", "features + embeddings (what MDVC reads)"),
+           ("tokens.parquet", "visual words per clip"),
+           ("skipped.jsonl", "every input not used, and why"),
+           ("report/", "the HTML report"))
+STAGE_ORDER = ("scan", "vocab", "assign", "cooccur", "glove", "embed")
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def describe(run_dir: str) -> list[str]:
+    run = RunDir(run_dir)
+    manifest = run.read_manifest()
+    if manifest is None:
+        raise VgrayError(f"{run.root} is no vgray RUN (it has no manifest.json)")
+    lines = [f"{run.root}: vgray {manifest.get('command', '?')}, {manifest.get('status', '?')}"
+             + (f", made by vgray {manifest['versions']['vgray']}"
+                if manifest.get("versions", {}).get("vgray") else "")]
+    if manifest.get("features"):
+        lines.append(f"features: {manifest['features']}")
+    if manifest.get("run"):
+        lines.append(f"model: {manifest['run']}")
+    settings = {k: v for k, v in (manifest.get("settings") or {}).items()
+                if k not in ("features", "run") and v is not None}
+    if settings:
+        lines.append("settings: " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                               for k, v in settings.items()))
+    corpus = manifest.get("corpus") or {}
+    if corpus:
+        widths = ", ".join(f"{s} {corpus[f'{s}_dim']}" for s in ("rgb", "flow")
+                           if corpus.get(f"{s}_dim") is not None)
+        lines.append(f"corpus: {corpus.get('videos', 0):,} videos, {corpus.get('clips', 0):,} "
+                     f"clips ({corpus.get('train_videos', 0):,} for training), {corpus.get('layout')}"
+                     f" layout, D: {widths or '?'}; {corpus.get('skipped_at_scan', 0):,} skipped "
+                     "at the scan")
+    stages = manifest.get("stages") or {}
+    named = [s for s in STAGE_ORDER if s in stages] + [s for s in stages if s not in STAGE_ORDER]
+    if named:
+        lines.append("stages: " + ", ".join(
+            f"{s} {stages[s].get('status', '?')} ({stages[s].get('seconds', 0):.1f} s)"
+            for s in named))
+    if manifest.get("command") == "sweep":
+        combos = sorted(n for n in fs.listdir(run.root) if RunDir(run.path(n)).read_manifest())
+        lines.append(f"combinations: {len(combos)} ({', '.join(combos)}), each a RUN")
+    if manifest.get("command") == "assign":
+        tokens = {n: v for n, v in fs.files(run.root).items() if n.endswith(".npy")}
+        lines.append(f"{run.path('{id}.npy')}: {plural(len(tokens), 'file')}, "
+                     f"{size_text(sum(v or 0 for v in tokens.values()))}: visual words per video")
+    for name, what in OUTPUTS:
+        path = run.path(name.rstrip("/"))
+        if name.endswith("/"):
+            files = fs.files(path)
+            if not files:
+                continue
+            total = sum(v or 0 for v in files.values())
+            lines.append(f"{path}/: {plural(len(files), 'file')}, {size_text(total)}: {what}")
+        elif fs.exists(path):
+            lines.append(f"{path}: {size_text(fs.size(path))}: {what}")
+    return lines
