@@ -164,6 +164,10 @@ def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
                         board, job.echo)
 
                 result = job.on_trainer("kmeans", fit, where)
+                thin = thin_sample_warning(result.figures["sample_clips"], configs[n].vocab_size,
+                                           sampled=chance[n] < 1)
+                if thin:
+                    log.warning(thin)
                 save(configs[n], result, where)
                 where = []  # the sampling is counted once, with the first fit
                 left.pop(0)
@@ -172,6 +176,22 @@ def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
             if attempt == MAX_ATTEMPTS:
                 raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
             log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
+
+
+# faiss's min_points_per_centroid: with fewer clips per word, k-means places words on a handful
+# of clips each, and GloVe then fits counts that unseen videos do not share.
+MIN_CLIPS_PER_WORD = 39
+
+
+def thin_sample_warning(clips: int, words: int, sampled: bool = False) -> str | None:
+    """One line when k-means fitted `words` words on fewer than MIN_CLIPS_PER_WORD clips each (as
+    faiss warns), None otherwise; `sampled`: the clips were drawn from more (--kmeans-sample)."""
+    if clips >= MIN_CLIPS_PER_WORD * words:
+        return None
+    what, fix = ("clips in the k-means sample", "a smaller --vocab-size or a larger "
+                 "--kmeans-sample") if sampled else ("training clips", "a smaller --vocab-size")
+    return (f"warning: {clips:,} {what} for {words:,} words ({clips // words} per word); k-means "
+            f"wants at least {MIN_CLIPS_PER_WORD} per word: consider {fix}")
 
 
 # ---------------------------------------------------------------------------------------------
