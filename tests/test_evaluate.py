@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from vgray import evaluate as ev
 from vgray.cli import app
 from vgray.config import TrainConfig
-from vgray.glove import loss
+from vgray.glove import GloVe, loss
 
 from test_cooccur import brute_force
 from test_pipeline import ARGS, cooccur_of, tokens_of
@@ -75,6 +75,15 @@ def test_intrinsic_measures_against_brute_force(run, corpus):
                 TrainConfig().x_max, 0.75)
     assert m["held_out"]["loss"] == pytest.approx(want, rel=1e-9)
     assert m["held_out"]["nonzeros"] == len(i)
+    # J at initialization: of the state the fit started from (a fit of 0 epochs keeps it).
+    start = GloVe(dim=8, x_max=TrainConfig().x_max, epochs=0, seed=0).fit(
+        co["i"], co["j"], co["x"], 12)
+    assert start.best_epoch_ == 0
+    assert start.loss(co["i"], co["j"], co["x"]) == pytest.approx(
+        manifest["stages"]["glove"]["initial_loss"], rel=1e-4)
+    assert m["held_out"]["initial_loss"] == pytest.approx(start.loss(i, j, dense[i, j]), rel=1e-9)
+    assert m["held_out"]["loss"] < m["held_out"]["initial_loss"]  # the planted topics generalise
+    assert "overfitting" not in "\n".join(ev.lines(result))
     assert json.load(open(os.path.join(run, "evaluation.json")))["intrinsic"] == json.loads(
         json.dumps(m))
 
@@ -172,3 +181,40 @@ def test_a_lost_train_ids_file_skips_only_the_held_out_loss(run, tmp_path):
     held = json.load(open(os.path.join(copy, "evaluation.json")))["intrinsic"]["held_out"]
     assert held["loss"] is None and "cannot read --train-ids" in held["skipped"]
     assert "held-out J - (cannot read --train-ids" in result.output
+
+
+def test_an_overfit_run_is_said_to_be_one(ray_session, corpus, tmp_path, caplog):
+    """K = 100 on 990 training clips: k-means warns of too few clips per word, GloVe keeps the
+    epoch of lowest J and says which, evaluate says the held-out J got worse than at init."""
+    out = str(tmp_path / "overfit")
+    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", out, "--train-ids",
+                                      corpus["train_ids"], "--vocab-size", "100", "--dim", "16",
+                                      "--epochs", "600", "--learning-rate", "0.1",
+                                      "--shard-clips", "200"])
+    assert result.exit_code == 0, result.output
+    train = set(json.load(open(corpus["train_ids"])))
+    clips = sum(len(t) for v, t in tokens_of(out).items() if v in train)
+    assert clips < 39 * 100
+    assert (f"warning: {clips:,} training clips for 100 words ({clips // 100} per word); k-means "
+            "wants at least 39 per word: consider a smaller --vocab-size") in caplog.messages
+
+    fit = json.load(open(os.path.join(out, "manifest.json")))["stages"]["glove"]
+    curve = np.loadtxt(os.path.join(out, "glove", "loss.csv"), delimiter=",", skiprows=1)[:, 1]
+    assert fit["kept_epoch"] == int(np.argmin(curve)) < 600 and fit["final_loss"] == curve.min()
+    line = next(x for x in result.output.splitlines() if x.startswith("glove:"))
+    assert (f"loss {curve[0]:.4g} -> {curve.min():.4g} (last epoch {curve[-1]:.4g}), kept epoch "
+            f"{fit['kept_epoch']} of 600 (lowest J)") in line
+
+    shown = CliRunner().invoke(app, ["evaluate", out])
+    assert shown.exit_code == 0, shown.output
+    held = json.load(open(os.path.join(out, "evaluation.json")))["intrinsic"]["held_out"]
+    assert held["loss"] > held["initial_loss"]
+    assert (f"  the held-out J is worse than at initialization ({held['loss']:.4g} > "
+            f"{held['initial_loss']:.4g}): the vectors fit the counts of the training videos and "
+            "not those of unseen videos (overfitting)") in shown.output.splitlines()
+
+    from vgray.report import report
+
+    page = open(report(out), encoding="utf-8").read()
+    assert (f"{curve[0]:.4g} → {curve.min():.4g} (kept epoch {fit['kept_epoch']}, of lowest J; "
+            f"last epoch {curve[-1]:.4g})") in page and "(overfitting)" in page

@@ -1,4 +1,5 @@
-"""The GloVe trainer: loss decreasing, matching a direct evaluation, dense == sparse."""
+"""The GloVe trainer: loss decreasing, matching a direct evaluation, dense == sparse, and the
+state kept being the epoch of lowest J of a float64 reference trainer."""
 
 import numpy as np
 import pytest
@@ -23,8 +24,9 @@ def test_loss_decreases_and_matches_direct_evaluation():
     assert len(losses) == 151
     assert losses[-1] < 0.05 * losses[0]
     assert (np.diff(losses[100:]) <= 1e-9).mean() > 0.95  # settles into a monotone descent
-    # The reported final J is the J of the returned state, evaluated independently in float64.
-    assert model.loss(i, j, x) == pytest.approx(losses[-1], rel=1e-4)
+    # The returned state is the epoch of lowest J; its J, evaluated independently in float64.
+    assert losses[model.best_epoch_] == losses.min()
+    assert model.loss(i, j, x) == pytest.approx(losses.min(), rel=1e-4)
     np.testing.assert_allclose(model.vectors_, model.w_ + model.w_context_, rtol=1e-6)
 
 
@@ -64,3 +66,58 @@ def test_rejects_empty_and_nonpositive():
         GloVe().fit(np.zeros(0, int), np.zeros(0, int), np.zeros(0), 3)
     with pytest.raises(ValueError):
         GloVe().fit(np.array([0]), np.array([1]), np.array([0.0]), 3)
+
+
+def reference_fit(i, j, x, k, dim, epochs, lr, seed, x_max, alpha):
+    """GloVe by hand in float64 numpy from the trainer's initial state: J and the state of every
+    epoch, each epoch one full-batch Adam step (torch's update, betas 0.9 / 0.999, eps 1e-8)."""
+    params = [p.double().numpy() for p in glove.initial_state(k, dim, seed)]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    f, n = glove.weighting(x, x_max, alpha), len(x)
+    losses, states = [], []
+    for t in range(epochs + 1):
+        w, wc, b, bc = params
+        err = (w[i] * wc[j]).sum(1) + b[i] + bc[j] - np.log(x)
+        losses.append(float(np.mean(f * err * err)))
+        states.append([p.copy() for p in params])
+        g = 2.0 / n * f * err
+        grads = [np.zeros_like(p) for p in params]
+        np.add.at(grads[0], i, g[:, None] * wc[j])
+        np.add.at(grads[1], j, g[:, None] * w[i])
+        np.add.at(grads[2], i, g)
+        np.add.at(grads[3], j, g)
+        for q, (p, grad) in enumerate(zip(params, grads)):
+            m[q] = 0.9 * m[q] + 0.1 * grad
+            v[q] = 0.999 * v[q] + 0.001 * grad * grad
+            p -= (lr / (1 - 0.9 ** (t + 1)) * m[q]
+                  / (np.sqrt(v[q]) / np.sqrt(1 - 0.999 ** (t + 1)) + 1e-8))
+    return np.array(losses), states
+
+
+DEVICES = ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("steps", ["dense", "sparse"])
+def test_the_saved_state_is_the_epoch_of_lowest_j(monkeypatch, steps, device):
+    # A step size this large overshoots: J reaches its lowest at epoch 12 of 14 and climbs back.
+    rng = np.random.default_rng(0)
+    i, j, s = cooccur.count([rng.integers(0, 5, size=8) for _ in range(6)], 5, 2)
+    x = cooccur.weights(s, 2)
+    settings = dict(dim=3, x_max=20.0, alpha=0.75, learning_rate=0.5, seed=0, device=device)
+    want, states = reference_fit(i, j, x, 5, 3, 14, 0.5, 0, 20.0, 0.75)
+    best = int(np.argmin(want))
+    assert 0 < best < 14 and want[-1] > 1.1 * want.min()
+    if steps == "sparse":
+        monkeypatch.setattr(glove, "DENSE_MAX_WORDS", 2)
+    model = GloVe(epochs=14, **settings).fit(i, j, x, 5)
+    np.testing.assert_allclose(model.loss_, want, rtol=1e-4)
+    assert model.best_epoch_ == best
+    assert model.loss(i, j, x) == pytest.approx(want.min(), rel=1e-4)
+    for got, ref in zip((model.w_, model.w_context_, model.b_, model.b_context_), states[best]):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    # The kept state is, bit for bit, the one a fit of that many epochs ends with.
+    short = GloVe(epochs=best, **settings).fit(i, j, x, 5)
+    assert short.best_epoch_ == best
+    assert np.array_equal(short.vectors_, model.vectors_) and np.array_equal(short.b_, model.b_)

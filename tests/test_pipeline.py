@@ -92,9 +92,12 @@ def test_contract_files(trained, corpus):
     np.testing.assert_allclose(vectors, state["w"] + state["w_context"], rtol=1e-6)
     loss = np.loadtxt(os.path.join(run, "glove", "loss.csv"), delimiter=",", skiprows=1)
     assert loss.shape == (201, 2) and loss[-1, 1] < loss[0, 1]
+    fit = manifest["stages"]["glove"]  # the state saved is the epoch of lowest J
+    assert loss[fit["kept_epoch"], 1] == loss[:, 1].min() == fit["final_loss"]
+    assert fit["last_loss"] == loss[-1, 1] and fit["initial_loss"] == loss[0, 1]
     direct = glove.loss(state["w"], state["w_context"], state["b"], state["b_context"],
                         co["i"], co["j"], co["x"], TrainConfig().x_max, 0.75)
-    assert direct == pytest.approx(loss[-1, 1], rel=1e-4)
+    assert direct == pytest.approx(loss[fit["kept_epoch"], 1], rel=1e-4)
 
     for vid in ids:
         emb = np.load(os.path.join(run, "embeddings", f"{vid}.npy"))

@@ -134,3 +134,17 @@ def test_stops_early_once_converged():
 def test_bad_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         KMeans(3, precision="fp8")
+
+
+def test_too_few_clips_per_word_is_a_warning_naming_the_numbers():
+    from vgray.stages import MIN_CLIPS_PER_WORD, thin_sample_warning
+
+    assert MIN_CLIPS_PER_WORD == 39  # faiss's min_points_per_centroid
+    assert thin_sample_warning(6311, 1500) == (
+        "warning: 6,311 training clips for 1,500 words (4 per word); k-means wants at least 39 "
+        "per word: consider a smaller --vocab-size")
+    assert thin_sample_warning(38 * 1500 + 1499, 1500, sampled=True) == (
+        "warning: 58,499 clips in the k-means sample for 1,500 words (38 per word); k-means wants "
+        "at least 39 per word: consider a smaller --vocab-size or a larger --kmeans-sample")
+    assert thin_sample_warning(39 * 1500, 1500) is None
+    assert thin_sample_warning(384_000, 1500, sampled=True) is None

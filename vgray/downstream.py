@@ -10,8 +10,11 @@ What each model's loader reads (the Visual GloVe authors' forks of both):
   asserts a width of 1152 = 1024 + 128 (RUN/concat), and `{audio_features_path}/{id}.npy`,
   asserted 128 wide (RUN/embeddings).
 
-Every check reads `.npy` headers only. Problems are reported one line per kind, naming the first
-file and its width, with the number of files like it (or one line per file, `every=True`).
+What the settings alone decide (the layout, the streams' widths, --dim) is `cannot_read`: train
+and embed warn from it with a RUN's manifest, and `check` starts from it and adds what only the
+files tell. Every check reads `.npy` headers only. Problems are reported one line per kind,
+naming the first file and its width, with the number of files like it (or one line per file,
+`every=True`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,60 @@ class Report:
                 f"{self.videos} videos")
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What decides, before any file is read, whether BMT and MDVC can read a RUN: the layout
+    and the widths of the video features, and the embeddings' width (--dim); None: unknown."""
+    layout: str | None
+    rgb_dim: int | None
+    flow_dim: int | None
+    dim: int | None
+
+
+def run_dim(manifest: dict) -> int | None:
+    """--dim of a RUN; for a `vgray embed` output, that of the model's own RUN."""
+    dim = (manifest.get("config") or {}).get("dim")
+    if dim is None and manifest.get("run"):
+        dim = ((RunDir(manifest["run"]).read_manifest() or {}).get("config") or {}).get("dim")
+    return dim
+
+
+def run_settings(manifest: dict) -> Settings | None:
+    """The Settings of a RUN from its manifest alone (None where it does not record them)."""
+    corpus, dim = manifest.get("corpus") or {}, run_dim(manifest)
+    if not corpus or dim is None:
+        return None
+    return Settings(corpus.get("layout"), corpus.get("rgb_dim"), corpus.get("flow_dim"), dim)
+
+
+def cannot_read(settings: Settings) -> dict[str, list[str]]:
+    """Why BMT and MDVC cannot read a RUN of these settings, whatever its files: model -> the
+    reasons, empty where the settings fit that model."""
+    two, flow = settings.layout == TWO_STREAM, settings.flow_dim
+    rgb, dim = settings.rgb_dim, settings.dim
+    bmt, mdvc = [], []
+    if not two:
+        bmt.append("the single-stream layout ({id}.npy); BMT reads {id}_rgb.npy and "
+                   "{id}_flow.npy")
+        mdvc.append("the single-stream layout gives concat/{id}.npy, MDVC reads {id}_rgb.npy "
+                    "and {id}_flow.npy")
+    elif flow is None:
+        bmt.append("without flow features there is no {id}_flow.npy, which BMT's video stream "
+                   "reads")
+        mdvc.append("without flow features there is no concat/{id}_flow.npy")
+    elif rgb is not None and rgb != flow:
+        bmt.append(f"rgb is {rgb} wide, flow {flow}; BMT's --d_vid is one width for both (its "
+                   "loader asserts that rgb and flow have one shape)")
+    if two and dim is not None:
+        for stream, width in (("rgb", rgb), ("flow", flow)):
+            if width is not None and width + dim != MDVC_VIDEO:
+                mdvc.append(f"concat {stream} is {width} + {dim} = {width + dim} wide, MDVC "
+                            f"asserts {MDVC_VIDEO}")
+    if dim is not None and dim != MDVC_AUDIO:
+        mdvc.append(f"embeddings are {dim} wide (--dim), MDVC asserts {MDVC_AUDIO}")
+    return {"bmt": bmt, "mdvc": mdvc}
+
+
 def check(run_dir: str, model: str, features: str | None = None) -> Report:
     """Check RUN (a `vgray train` or `vgray embed` output) against `model`'s loader, for every
     video of FEATURES (default: the corpus RUN was made from)."""
@@ -83,6 +140,13 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     def add(kind: str, path: str, message: str) -> None:
         problems.append((kind, path, message))
 
+    # First what the settings decide, as train's warning says it (for RUN's own corpus the scan
+    # finds the layout and widths its manifest records); BMT's reasons are about the videos of
+    # FEATURES, MDVC's about RUN's concatenations and embeddings.
+    dim = run_dim(manifest)
+    for n, reason in enumerate(cannot_read(Settings(corpus.layout, corpus.rgb_dim,
+                                                    corpus.flow_dim, dim))[model]):
+        add(f"settings {n}", features if model == "bmt" else run.root, reason)
     for s in corpus.skips:
         add("features unusable", s.path or features, f"{s.reason}; neither model can use {s.video_id}")
     widths: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -102,10 +166,8 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
         widths[kind][shape[1]] += 1
         return shape
 
-    single = corpus.layout != TWO_STREAM
-    if single:
-        add("layout", features, f"single-stream layout ({{id}}.npy); {model.upper()} reads "
-            "{id}_rgb.npy and {id}_flow.npy")
+    single = corpus.layout != TWO_STREAM  # said by the settings: no file to look for
+    no_flow = corpus.flow_dim is None  # likewise: no video has a flow file
     for v in ([] if single else corpus.videos):
         frames = {}
         audio = header("audio", run.path("embeddings", f"{v.video_id}.npy"),
@@ -116,23 +178,25 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
         if model == "bmt":
             streams = [("rgb", v.rgb_path), ("flow", v.flow_path or fs.join(
                 features, f"{v.video_id}_flow.npy"))]
-            for stream, path in streams:
+            for stream, path in streams[:1] if no_flow else streams:
                 got = header(f"video {stream}", path, "BMT's video stream needs it")
                 if got is not None:
                     frames[path] = got[0]
         else:
-            for stream in ("rgb", "flow"):
+            for stream in ("rgb",) if no_flow else ("rgb", "flow"):
                 path = run.path("concat", f"{v.video_id}_{stream}.npy")
                 got = header(f"concat {stream}", path, "MDVC needs it"
-                             + ("; the corpus has no flow features" if stream == "flow"
+                             + ("; the video has no flow features" if stream == "flow"
                                 and v.flow_path is None else ""))
                 if got is None:
                     continue
                 frames[path] = got[0]
-                if got[1] != MDVC_VIDEO:
+                # A width the settings give is said once, by them; a file of another is named.
+                width = corpus.rgb_dim if stream == "rgb" else corpus.flow_dim
+                if got[1] != MDVC_VIDEO and (dim is None or got[1] != width + dim):
                     add(f"concat {stream} width", path, f"width {got[1]}, MDVC asserts "
                         f"{MDVC_VIDEO} ({I3D} + {MDVC_AUDIO})")
-            if audio is not None and audio[1] != MDVC_AUDIO:
+            if audio is not None and audio[1] not in (MDVC_AUDIO, dim):
                 add("audio width", run.path("embeddings", f"{v.video_id}.npy"),
                     f"width {audio[1]}, MDVC asserts {MDVC_AUDIO}")
         if len(set(frames.values())) > 1:
@@ -146,10 +210,6 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
                 add(f"{kind} widths", run.root if kind == "audio" else features,
                     f"{kind} files of several widths {sorted(widths[kind])}; BMT takes one "
                     f"--d_{'aud' if kind == 'audio' else 'vid'}")
-        if widths["video rgb"] and widths["video flow"] and \
-                set(widths["video rgb"]) != set(widths["video flow"]):
-            add("video widths", features, f"rgb is {sorted(widths['video rgb'])} wide, flow "
-                f"{sorted(widths['video flow'])}; BMT's --d_vid is one width for both")
     d_vid = next(iter(widths["video rgb"]), I3D)
     d_aud = next(iter(widths["audio"]), MDVC_AUDIO)
     flags = (f"--video_features_path {features} --audio_features_path "
@@ -168,32 +228,19 @@ def parquet_layout(manifest: dict) -> bool:
 
 
 def mdvc_warning(run_dir: str) -> str | None:
-    """One line when the settings of a finished RUN make outputs MDVC cannot read (from its
-    manifest: the layout, the streams' widths and --dim); None when they fit."""
-    run = RunDir(run_dir)
-    manifest = run.read_manifest() or {}
+    """One line when the settings of a finished RUN (from its manifest, by `cannot_read`) make
+    outputs MDVC or BMT cannot read; None when they fit both."""
+    manifest = RunDir(run_dir).read_manifest() or {}
     if parquet_layout(manifest):
         return "warning: " + PARQUET_LINE
-    corpus = manifest.get("corpus", {})
-    dim = (manifest.get("config") or {}).get("dim")
-    if dim is None and manifest.get("run"):  # vgray embed: the model's own RUN says
-        dim = ((RunDir(manifest["run"]).read_manifest() or {}).get("config") or {}).get("dim")
-    if not corpus or dim is None:
+    settings = run_settings(manifest)
+    if settings is None:
         return None
-    reasons = []
-    if corpus.get("layout") != TWO_STREAM:
-        reasons.append("the single-stream layout gives concat/{id}.npy, MDVC reads {id}_rgb.npy "
-                       "and {id}_flow.npy")
-    elif corpus.get("flow_dim") is None:
-        reasons.append("without flow features there is no concat/{id}_flow.npy")
-    for stream in ("rgb", "flow"):
-        width = corpus.get(f"{stream}_dim")
-        if width is not None and width + dim != MDVC_VIDEO and corpus.get("layout") == TWO_STREAM:
-            reasons.append(f"concat {stream} is {width} + {dim} = {width + dim} wide, MDVC asserts "
-                           f"{MDVC_VIDEO}")
-    if dim != MDVC_AUDIO:
-        reasons.append(f"embeddings are {dim} wide (--dim), MDVC asserts {MDVC_AUDIO}")
-    if not reasons:
+    reasons = cannot_read(settings)
+    if not reasons["mdvc"] and not reasons["bmt"]:
         return None
-    return ("warning: MDVC cannot read this RUN as it is: " + "; ".join(reasons)
-            + f". BMT can (--d_aud {dim}); see vgray check.")
+    said = [f"{name} cannot read this RUN as it is: " + "; ".join(reasons[model])
+            for model, name in (("mdvc", "MDVC"), ("bmt", "BMT")) if reasons[model]]
+    if not reasons["bmt"]:
+        said.append(f"BMT can (--d_vid {settings.rgb_dim} --d_aud {settings.dim})")
+    return "warning: " + ". ".join(said) + "; see vgray check."

@@ -86,9 +86,10 @@ def neighbour_share(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, x: np.nda
 
 def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) -> dict | None:
     """J of the trained GloVe state on the co-occurrence counts of the videos that were not
-    trained on (None when every video was)."""
+    trained on, and J of the initial state (the fit's own, from its seed) on them (None when
+    every video was trained on)."""
     from .corpus import read_train_ids
-    from .glove import loss
+    from .glove import initial_state, loss
 
     ids_file = manifest.get("train_ids_file")
     if not ids_file:
@@ -106,8 +107,11 @@ def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) ->
         return {"videos": len(held), "nonzeros": 0, "loss": None}
     with np.load(io.BytesIO(fs.read_bytes(run.path("glove", "state.npz"))), allow_pickle=False) as state:
         w, wc, b, bc = (state[k] for k in ("w", "w_context", "b", "b_context"))
-    value = loss(w, wc, b, bc, i, j, cooccur.weights(s, cfg["window"]), cfg["x_max"], cfg["alpha"])
-    return {"videos": len(held), "nonzeros": int(len(i)), "loss": value}
+    x = cooccur.weights(s, cfg["window"])
+    value = loss(w, wc, b, bc, i, j, x, cfg["x_max"], cfg["alpha"])
+    start = [p.numpy() for p in initial_state(cfg["vocab_size"], cfg["dim"], int(cfg.get("seed", 0)))]
+    initial = loss(*start, i, j, x, cfg["x_max"], cfg["alpha"])
+    return {"videos": len(held), "nonzeros": int(len(i)), "loss": value, "initial_loss": initial}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +244,12 @@ def _labelled(run: RunDir, manifest: dict, tokens: dict, vectors: np.ndarray,
             "representations": rows}
 
 
+def overfits(held: dict | None) -> bool:
+    """Whether the held-out J of the trained state is worse than that of its initial state."""
+    return bool(held) and held.get("loss") is not None and held.get("initial_loss") is not None \
+        and held["loss"] > held["initial_loss"]
+
+
 def lines(result: dict) -> list[str]:
     """The short table `vgray evaluate` prints."""
     m = result["intrinsic"]
@@ -248,14 +258,25 @@ def lines(result: dict) -> list[str]:
         return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
     held = m["held_out"]
+    if held and held.get("skipped"):
+        held_line = f"- ({held['skipped']})"
+    elif held:
+        start = held.get("initial_loss")
+        held_line = f"{num(held['loss'])} ({held['videos']} videos" + (
+            f"; {num(start)} at initialization)" if start is not None else ")")
+    else:
+        held_line = "- (every video trained)"
     out = [f"K {result['vocab_size']}, window {result['window']}, dim {result['dim']}, "
            f"{result['videos']} videos",
-           f"  final J {num(m['final_loss'])}; held-out J "
-           + (f"- ({held['skipped']})" if held and held.get("skipped") else
-              f"{num(held['loss'])} ({held['videos']} videos)" if held else "- (every video trained)"),
-           f"  inertia/clip {num(m['inertia_per_clip'])}; perplexity {num(m['perplexity'])} of "
-           f"{result['vocab_size']} words; {m['dead_words']} dead, {m['tiny_words']} tiny",
-           f"  co-occurrence share of the {NEIGHBOURS} nearest neighbours {num(m['neighbour_share'], '.3f')}"]
+           f"  final J {num(m['final_loss'])}; held-out J {held_line}"]
+    if overfits(held):
+        out.append(f"  the held-out J is worse than at initialization ({num(held['loss'])} > "
+                   f"{num(held['initial_loss'])}): the vectors fit the counts of the training "
+                   "videos and not those of unseen videos (overfitting)")
+    out += [f"  inertia/clip {num(m['inertia_per_clip'])}; perplexity {num(m['perplexity'])} of "
+            f"{result['vocab_size']} words; {m['dead_words']} dead, {m['tiny_words']} tiny",
+            f"  co-occurrence share of the {NEIGHBOURS} nearest neighbours "
+            f"{num(m['neighbour_share'], '.3f')}"]
     if "labels" in result:
         lab = result["labels"]
         out.append(f"{lab['videos']} labelled videos, {lab['classes']} classes (chance "

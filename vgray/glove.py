@@ -3,10 +3,13 @@
 J = mean over X_ij > 0 of f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2, f(x) = min(1, (x/x_max)^alpha).
 Each epoch is one full-batch Adam step on J with analytic gradients: as a dense K x K matrix
 product for vocabularies up to a few thousand words, over the non-zeros in chunks beyond that.
+The state kept is the epoch's of lowest J (the step computes J anyway), not the last one's: Adam
+at a fixed step size can climb back from a minimum it reached.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -30,6 +33,17 @@ def loss(w, w_context, b, b_context, i, j, x, x_max: float, alpha: float) -> flo
     return float(np.mean(weighting(x, x_max, alpha) * err * err))
 
 
+def initial_state(vocab_size: int, dim: int, seed: int) -> list[torch.Tensor]:
+    """w, w~, b, b~ before the first epoch: uniform in [-0.5, 0.5) / dim, drawn on the CPU from
+    `seed`, so the same on every device (`vgray evaluate` recomputes it for the held-out J)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def init(*shape):
+        return (torch.rand(*shape, generator=gen) - 0.5) / dim
+
+    return [init(vocab_size, dim), init(vocab_size, dim), init(vocab_size), init(vocab_size)]
+
+
 class GloVe:
     """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
 
@@ -45,7 +59,10 @@ class GloVe:
 
     def fit(self, i: np.ndarray, j: np.ndarray, x: np.ndarray, vocab_size: int,
             on_epoch=None) -> "GloVe":
-        """Train on the non-zeros X[i, j] = x > 0; loss_[e] is J after e epochs (loss_[0]: init)."""
+        """Train on the non-zeros X[i, j] = x > 0; loss_[e] is J after e epochs (loss_[0]: init).
+
+        The fitted state (w_, w_context_, b_, b_context_, vectors_) is that of epoch best_epoch_,
+        the first epoch of lowest J; loss_[-1] is the last epoch's J."""
         i = np.asarray(i, np.int64)
         j = np.asarray(j, np.int64)
         x = np.asarray(x, np.float64)
@@ -54,19 +71,17 @@ class GloVe:
         if (x <= 0).any():
             raise ValueError("co-occurrence values must be positive")
         dev = torch.device(self.device)
-        gen = torch.Generator().manual_seed(self.seed)
-        k, dim = vocab_size, self.dim
-
-        def init(*shape):
-            return ((torch.rand(*shape, generator=gen) - 0.5) / dim).to(dev)
-
-        params = [init(k, dim), init(k, dim), init(k), init(k)]
-        for p in params:
-            p.requires_grad_(False)
+        k = vocab_size
+        params = [p.to(dev) for p in initial_state(k, self.dim, self.seed)]
         grads = [torch.zeros_like(p) for p in params]
         optimizer = torch.optim.Adam([torch.nn.Parameter(p) for p in params], lr=self.learning_rate)
         params = optimizer.param_groups[0]["params"]
         step = (self._dense_step if k <= DENSE_MAX_WORDS else self._sparse_step)(i, j, x, k, dev)
+        # The best state so far is kept on the device, chosen there by J (no host sync), so a
+        # GPU fit keeps running ahead of the host; a strict < keeps the first of equal minima.
+        best = [p.detach().clone() for p in params]
+        best_loss = torch.tensor(math.inf, dtype=torch.float64, device=dev)
+        best_epoch = torch.zeros((), dtype=torch.int64, device=dev)
         self.loss_ = []
         # J stays on the device; the host reads it every epoch on CPU, where that is free, and
         # every SYNC_SECONDS on a GPU, which then runs epoch after epoch without waiting for
@@ -83,7 +98,13 @@ class GloVe:
 
         for epoch in range(self.epochs + 1):
             with torch.no_grad():
-                pending.append(step([p.data for p in params], grads))
+                value = step([p.data for p in params], grads)
+                better = value < best_loss
+                for kept, p in zip(best, params):
+                    torch.where(better, p.data, kept, out=kept)
+                best_epoch.masked_fill_(better, epoch)
+                torch.where(better, value, best_loss, out=best_loss)
+                pending.append(value)
             if dev.type == "cpu" or epoch == self.epochs or time.monotonic() - synced >= SYNC_SECONDS:
                 sync()
                 synced = time.monotonic()
@@ -92,7 +113,8 @@ class GloVe:
             for p, g in zip(params, grads):
                 p.grad = g
             optimizer.step()
-        w, wc, b, bc = (p.detach().cpu().numpy() for p in params)
+        self.best_epoch_ = int(best_epoch)
+        w, wc, b, bc = (p.cpu().numpy() for p in best)
         self.w_, self.w_context_, self.b_, self.b_context_ = w, wc, b, bc
         self.vectors_ = (w + wc).astype(np.float32)
         return self

@@ -50,7 +50,15 @@ def _loss_figure(run: RunDir):
     ax.set_ylabel("J (GloVe loss)")
     ax.set_title("GloVe loss")
     ax.grid(alpha=0.3)
-    return _png(fig), loss[0], loss[-1]
+    return _png(fig), loss
+
+
+def _loss_fact(curve, kept: int | None) -> str:
+    """J at init -> J of the saved state; which epoch that is when it is not the last."""
+    if kept is None or kept == len(curve) - 1:
+        return f"{curve[0]:.4g} → {curve[-1]:.4g}"
+    return (f"{curve[0]:.4g} → {curve[kept]:.4g} (kept epoch {kept}, of lowest J; last epoch "
+            f"{curve[-1]:.4g})")
 
 
 def _usage_figure(counts: np.ndarray):
@@ -146,7 +154,7 @@ def report(run_dir: str) -> str:
     manifest, _, vectors = load_run(run_dir, need_vectors=True)
     run = RunDir(run_dir)
     counts = usage(run, len(vectors))
-    loss_png, first, last = _loss_figure(run)
+    loss_png, curve = _loss_figure(run)
     usage_png = _usage_figure(counts)
     map_png, how = _map_figure(vectors, counts, manifest["config"].get("seed", 0))
     images = {"loss.png": loss_png, "usage.png": usage_png, "vocabulary-map.png": map_png}
@@ -170,7 +178,7 @@ def report(run_dir: str) -> str:
         for w, near in _neighbours(vectors, counts, run))
     facts = [("videos", f"{corpus.get('videos', 0):,}"), ("clips", f"{corpus.get('clips', 0):,}"),
              ("visual words", f"{len(vectors):,}"), ("vector size", f"{vectors.shape[1]}"),
-             ("GloVe loss", f"{first:.4g} → {last:.4g}"),
+             ("GloVe loss", _loss_fact(curve, stages.get("glove", {}).get("kept_epoch"))),
              ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
              ("tiny words (< 10% of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
     evaluation = _evaluation_section(run)

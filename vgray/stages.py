@@ -198,6 +198,10 @@ def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
                         board, job.echo)
 
                 result = job.on_trainer("kmeans", fit, where)
+                thin = thin_sample_warning(result.figures["sample_clips"], configs[n].vocab_size,
+                                           sampled=chance[n] < 1)
+                if thin:
+                    log.warning(thin)
                 save(configs[n], result, where)
                 where = []  # the sampling is counted once, with the first fit
                 left.pop(0)
@@ -206,6 +210,22 @@ def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
             if attempt == MAX_ATTEMPTS:
                 raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
             log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
+
+
+# faiss's min_points_per_centroid: with fewer clips per word, k-means places words on a handful
+# of clips each, and GloVe then fits counts that unseen videos do not share.
+MIN_CLIPS_PER_WORD = 39
+
+
+def thin_sample_warning(clips: int, words: int, sampled: bool = False) -> str | None:
+    """One line when k-means fitted `words` words on fewer than MIN_CLIPS_PER_WORD clips each (as
+    faiss warns), None otherwise; `sampled`: the clips were drawn from more (--kmeans-sample)."""
+    if clips >= MIN_CLIPS_PER_WORD * words:
+        return None
+    what, fix = ("clips in the k-means sample", "a smaller --vocab-size or a larger "
+                 "--kmeans-sample") if sampled else ("training clips", "a smaller --vocab-size")
+    return (f"warning: {clips:,} {what} for {words:,} words ({clips // words} per word); k-means "
+            f"wants at least {MIN_CLIPS_PER_WORD} per word: consider {fix}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +392,11 @@ def vocab_line(cfg: TrainConfig, figures: dict, seconds: float) -> str:
 
 
 def glove_line(what: str, figures: dict, seconds: float) -> str:
-    return (f"{what}: {figures['epochs']} epochs on {figures['nonzeros']} non-zeros, loss "
-            f"{figures['initial_loss']:.4g} -> {figures['final_loss']:.4g}, "
+    """The GloVe summary: J at init -> J of the saved state, and which epoch that is when it is
+    not the last (the saved state is the epoch of lowest J)."""
+    epochs, kept = figures["epochs"], figures.get("kept_epoch", figures["epochs"])
+    which = "" if kept == epochs else (
+        f" (last epoch {figures['last_loss']:.4g}), kept epoch {kept} of {epochs} (lowest J)")
+    return (f"{what}: {epochs} epochs on {figures['nonzeros']} non-zeros, loss "
+            f"{figures['initial_loss']:.4g} -> {figures['final_loss']:.4g}{which}, "
             f"{device_line(figures)} ({seconds:.1f} s)")

@@ -468,5 +468,7 @@ class ShardWorker:
         save_npy(run.path("glove", "vectors.npy"), model.vectors_)
         return Fit({"device": device, "device_note": note, "nonzeros": int(len(x)),
                     "epochs": cfg.epochs, "initial_loss": model.loss_[0],
-                    "final_loss": model.loss_[-1],
+                    # the saved state's J: the lowest of every epoch's, at kept_epoch
+                    "final_loss": model.loss_[model.best_epoch_],
+                    "kept_epoch": model.best_epoch_, "last_loss": model.loss_[-1],
                     "train_seconds": round(time.perf_counter() - t0, 3)}, here(began))
