@@ -134,7 +134,9 @@ def test_parquet_has_every_clip(run, tmp_path, monkeypatch):
 
 def test_unknown_format_is_one_line(run, tmp_path):
     result = CliRunner().invoke(app, ["export", run["run"], "--format", "csv", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and result.output.startswith("error: --format must be one of")
+    assert result.exit_code == 2 and result.output.startswith(
+        "error: Invalid value for '--format' / '-f': 'csv' is not one of 'glove-text', ")
+    assert result.output.count("\n") == 1
 
 
 def test_readme_python_example_runs(ray_session, tmp_path, monkeypatch, capsys):

@@ -100,7 +100,7 @@ def test_train_and_check_agree_on_bmt_for_unequal_rgb_and_flow(ray_session, corp
     assert run_cli("check", run, "--for", "bmt", code=1).splitlines() == [
         f"{corpora['synth']}: rgb is 64 wide, flow 32; BMT's --d_vid is one width for both (its "
         "loader asserts that rgb and flow have one shape)",
-        "BMT cannot read it as it is: 1 problems in 6 videos"]
+        "BMT cannot read it as it is: 1 problem in 6 videos"]
 
 
 def test_no_flow_fails_mdvc_and_bmt(ray_session, corpora):
@@ -111,10 +111,10 @@ def test_no_flow_fails_mdvc_and_bmt(ray_session, corpora):
            "there is no {id}_flow.npy, which BMT's video stream reads; see vgray check." in output
     lines = run_cli("check", run, "--for", "mdvc", code=1).splitlines()
     assert lines == [f"{run}: without flow features there is no concat/{{id}}_flow.npy",
-                     "MDVC cannot read it as it is: 1 problems in 6 videos"]  # rgb + 128 is right
+                     "MDVC cannot read it as it is: 1 problem in 6 videos"]  # rgb + 128 is right
     assert run_cli("check", run, "--for", "bmt", code=1).splitlines() == [
         f"{corpora['rgb']}: without flow features there is no {{id}}_flow.npy, which BMT's video "
-        "stream reads", "BMT cannot read it as it is: 1 problems in 6 videos"]
+        "stream reads", "BMT cannot read it as it is: 1 problem in 6 videos"]
 
 
 def test_a_missing_embedding_fails_bmt_naming_the_zero_fill(paper_run, corpora, tmp_path):
@@ -128,7 +128,7 @@ def test_a_missing_embedding_fails_bmt_naming_the_zero_fill(paper_run, corpora, 
     lines = run_cli("check", out, "--for", "bmt", code=1).splitlines()
     assert lines == [f"{out}/embeddings/{victim}: missing; BMT fills its audio stream with zeros "
                      "for it, silently",
-                     "BMT cannot read it as it is: 1 problems in 12 videos"]
+                     "BMT cannot read it as it is: 1 problem in 12 videos"]
 
 
 def test_unequal_t_is_named(paper_run, tmp_path):

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import tempfile
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -14,6 +14,11 @@ from typer.core import TyperGroup
 from . import __version__
 from .config import EMBEDDINGS, TrainConfig
 from .errors import Terminated, VgrayError
+
+
+def _flag(*names, **options):
+    """A plain on/off flag: shown without a value in the help."""
+    return typer.Option(*names, metavar="", **options)
 
 
 class _OneLine(TyperGroup):
@@ -27,7 +32,8 @@ class _OneLine(TyperGroup):
         except typer.TyperException as e:  # a usage error: a bad option, a missing argument
             ctx = getattr(e, "ctx", None)
             where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            typer.echo(f"error: {e.format_message()}{where}", err=True)
+            message = e.format_message().replace("Value error, ", "")
+            typer.echo(f"error: {message}{where}", err=True)
             code = e.exit_code
         except typer.Abort:
             typer.echo("error: aborted", err=True)
@@ -50,42 +56,44 @@ def _show_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option(
+def _root(version: Annotated[bool, _flag(
         "--version", help="Print vgray's version and exit.", callback=_show_version,
-        is_eager=True, metavar="")] = False) -> None:
+        is_eager=True)] = False) -> None:
     """Visual GloVe on Ray: per-clip video features -> visual words -> GloVe embeddings for
     every clip."""
 
 Features = Annotated[str, typer.Argument(help="Directory of {id}_rgb.npy [+ {id}_flow.npy] or {id}.npy, each [T, D].")]
 Run = Annotated[str, typer.Argument(help="A directory made by `vgray train`.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Shard actors (default: as many as the shards need, up to the CPUs the Ray cluster has or its autoscaler can add).")]
-Strict = Annotated[bool, typer.Option("--strict", help="Fail on the first unusable video instead of skipping it.")]
-FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="Use symlinks in FEATURES that point to files outside it (skipped otherwise).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+DATA, VOCAB, GLOVE, CLUSTER, OUTPUT = "Data", "Vocabulary", "GloVe", "Cluster", "Output"
+
+Workers = Annotated[Optional[int], typer.Option("--workers", rich_help_panel=CLUSTER, help="Shard actors (default: as many as the shards need, up to the CPUs the Ray cluster has or its autoscaler can add).")]
+Strict = Annotated[bool, _flag("--strict", rich_help_panel=DATA, help="Fail on the first unusable video instead of skipping it.")]
+FollowSymlinks = Annotated[bool, _flag("--follow-symlinks", rich_help_panel=DATA, help="Use symlinks in FEATURES that point to files outside it (skipped otherwise).")]
+Quiet = Annotated[bool, _flag("--quiet", "-q", rich_help_panel=OUTPUT, help="Print only the final summary.")]
 Address = Annotated[Optional[str], typer.Option(
-    "--address", envvar="RAY_ADDRESS",
+    "--address", rich_help_panel=CLUSTER, envvar="RAY_ADDRESS",
     help="http://HEAD:8265: submit as a Ray job (Jobs API); auto or ray://...: attach to that "
          "cluster; unset: an embedded local Ray.")]
-NoWait = Annotated[bool, typer.Option("--no-wait", help="With an http address: print the job id and return at once.")]
+NoWait = Annotated[bool, _flag("--no-wait", rich_help_panel=CLUSTER, help="With an http address: print the job id and return at once.")]
 JobAddress = Annotated[str, typer.Option("--address", envvar="RAY_ADDRESS", help="http://HEAD:8265 of the cluster.")]
 
 D = TrainConfig()
 
-TrainIds = Annotated[Optional[str], typer.Option("--train-ids", help="JSON list of training ids, or an object keyed by id (ActivityNet train.json). Default: every video.")]
-XMax = Annotated[float, typer.Option("--x-max", help="GloVe weighting cut-off.")]
-Alpha = Annotated[float, typer.Option(help="GloVe weighting exponent.")]
-Epochs = Annotated[int, typer.Option(help="GloVe epochs (full-batch steps).")]
-LearningRate = Annotated[float, typer.Option("--learning-rate", help="GloVe Adam step size.")]
-Streams = Annotated[str, typer.Option(help="What is clustered: rgb, flow or rgb+flow (concatenated per clip).")]
-Seed = Annotated[int, typer.Option(help="Seed of the k-means sample and init and of GloVe's init.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda: where k-means and GloVe run.")]
-GpuWait = Annotated[Optional[float], typer.Option("--gpu-wait", help="Seconds a GPU stage waits for a GPU node to join before running on CPU (auto) or failing (cuda). Default: 600 where a node type has a GPU, 120 where the node types cannot be read.")]
-KmeansIters = Annotated[int, typer.Option("--kmeans-iters", help="Lloyd iterations at most (fewer once an iteration lowers the inertia by < 0.01%).")]
-KmeansSample = Annotated[Optional[int], typer.Option("--kmeans-sample", help="Training clips sampled for k-means (default 256 per word).")]
-ShardClips = Annotated[int, typer.Option("--shard-clips", help="Clips per unit of work.")]
-BatchClips = Annotated[int, typer.Option("--batch-clips", help="Clips a worker holds in memory at once.")]
-Embeddings = Annotated[str, typer.Option("--embeddings", help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")]
-Reducers = Annotated[int, typer.Option(help="Co-occurrence reduce partitions.")]
+TrainIds = Annotated[Optional[str], typer.Option("--train-ids", rich_help_panel=DATA, help="JSON list of training ids, or an object keyed by id (ActivityNet train.json). Default: every video.")]
+XMax = Annotated[float, typer.Option("--x-max", rich_help_panel=GLOVE, help="GloVe weighting cut-off.")]
+Alpha = Annotated[float, typer.Option(rich_help_panel=GLOVE, help="GloVe weighting exponent.")]
+Epochs = Annotated[int, typer.Option(rich_help_panel=GLOVE, help="GloVe epochs (full-batch steps).")]
+LearningRate = Annotated[float, typer.Option("--learning-rate", rich_help_panel=GLOVE, help="GloVe Adam step size.")]
+Streams = Annotated[Literal["rgb", "flow", "rgb+flow"], typer.Option(rich_help_panel=DATA, help="What is clustered: rgb, flow or rgb+flow (concatenated per clip).")]
+Seed = Annotated[int, typer.Option(rich_help_panel=VOCAB, help="Seed of the k-means sample and init and of GloVe's init.")]
+Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(rich_help_panel=CLUSTER, help="auto, cpu or cuda: where k-means and GloVe run.")]
+GpuWait = Annotated[Optional[float], typer.Option("--gpu-wait", rich_help_panel=CLUSTER, help="Seconds a GPU stage waits for a GPU node to join before running on CPU (auto) or failing (cuda). Default: 600 where a node type has a GPU, 120 where the node types cannot be read.")]
+KmeansIters = Annotated[int, typer.Option("--kmeans-iters", rich_help_panel=VOCAB, help="Lloyd iterations at most (fewer once an iteration lowers the inertia by < 0.01%).")]
+KmeansSample = Annotated[Optional[int], typer.Option("--kmeans-sample", rich_help_panel=VOCAB, help="Training clips sampled for k-means (default 256 per word).")]
+ShardClips = Annotated[int, typer.Option("--shard-clips", rich_help_panel=CLUSTER, help="Clips per unit of work.")]
+BatchClips = Annotated[int, typer.Option("--batch-clips", rich_help_panel=CLUSTER, help="Clips a worker holds in memory at once.")]
+Embeddings = Annotated[Literal["files", "parquet"], typer.Option("--embeddings", rich_help_panel=OUTPUT, help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")]
+Reducers = Annotated[int, typer.Option(rich_help_panel=CLUSTER, help="Co-occurrence reduce partitions.")]
 
 
 def _echo(quiet: bool):
@@ -186,11 +194,11 @@ def _argv(positional: list[str], options: dict, quiet: bool) -> list[str]:
 @app.command()
 def train(
     features: Features,
-    out: Annotated[str, typer.Option("--out", "-o", help="Run directory to write (resumed if it exists).")],
+    out: Annotated[str, typer.Option("--out", "-o", rich_help_panel=OUTPUT, help="Run directory to write (resumed if it exists).")],
     train_ids: TrainIds = None,
-    vocab_size: Annotated[int, typer.Option("--vocab-size", "-k", help="Visual words (k-means clusters).")] = D.vocab_size,
-    window: Annotated[int, typer.Option(help="Co-occurrence window in clips (1-24).")] = D.window,
-    dim: Annotated[int, typer.Option(help="GloVe vector size.")] = D.dim,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", "-k", rich_help_panel=VOCAB, help="Visual words (k-means clusters).")] = D.vocab_size,
+    window: Annotated[int, typer.Option(rich_help_panel=GLOVE, help="Co-occurrence window in clips (1-24).")] = D.window,
+    dim: Annotated[int, typer.Option(rich_help_panel=GLOVE, help="GloVe vector size.")] = D.dim,
     x_max: XMax = D.x_max,
     alpha: Alpha = D.alpha,
     epochs: Epochs = D.epochs,
@@ -202,7 +210,7 @@ def train(
     gpu_wait: GpuWait = None,
     strict: Strict = False,
     follow_symlinks: FollowSymlinks = False,
-    with_report: Annotated[bool, typer.Option("--report", help="Write RUN/report/ at the end (see `vgray report`).")] = False,
+    with_report: Annotated[bool, _flag("--report", rich_help_panel=OUTPUT, help="Write RUN/report/ at the end (see `vgray report`).")] = False,
     kmeans_iters: KmeansIters = D.kmeans_iters,
     kmeans_sample: KmeansSample = None,
     shard_clips: ShardClips = D.shard_clips,
@@ -377,9 +385,9 @@ def sweep(
 
 @app.command()
 def check(run: Annotated[str, typer.Argument(help="A RUN of vgray train, or an output of vgray embed.")],
-          model: Annotated[str, typer.Option("--for", help="bmt or mdvc: the model whose loader RUN is checked against.")],
+          model: Annotated[Literal["bmt", "mdvc"], typer.Option("--for", help="The model whose loader RUN is checked against.")],
           features: Annotated[Optional[str], typer.Option("--features", help="The corpus whose every video must be readable (default: the one RUN was made from).")] = None,
-          every: Annotated[bool, typer.Option("--all", help="One line per file with a problem, not one per kind of problem.")] = False):
+          every: Annotated[bool, _flag("--all", help="One line per file with a problem, not one per kind of problem.")] = False):
     """Can BMT or MDVC read RUN as it is? One line per problem (file, width); exit 1 if not."""
     from .downstream import check as run_check
 
@@ -403,7 +411,7 @@ def report(run: Run, quiet: Quiet = False):
 
 @app.command()
 def export(run: Run,
-           fmt: Annotated[str, typer.Option("--format", "-f", help="glove-text, word2vec, projector or parquet.")],
+           fmt: Annotated[Literal["glove-text", "word2vec", "projector", "parquet"], typer.Option("--format", "-f", help="What to write: Stanford GloVe text, word2vec text, TensorBoard projector files, or a per-clip Parquet table.")],
            out: Annotated[str, typer.Option("--out", "-o", help="Directory to write the export into.")],
            quiet: Quiet = False):
     """RUN's vectors as GloVe text, word2vec text, TensorBoard projector TSVs, or per-clip Parquet."""
@@ -430,7 +438,7 @@ def job_status(job_id: JobId, address: JobAddress):
 
 @jobs.command("logs")
 def job_logs(job_id: JobId, address: JobAddress,
-             follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
+             follow: Annotated[bool, _flag("--follow", "-f", help="Stream until the job ends.")] = False):
     """Print a job's logs."""
     from . import submit
 
@@ -456,13 +464,13 @@ def synth(
     dim: Annotated[int, typer.Option(help="rgb feature width D.")] = 64,
     words: Annotated[int, typer.Option(help="Planted visual words.")] = 24,
     topics: Annotated[int, typer.Option(help="Planted topics (each owns a block of words).")] = 4,
-    flow: Annotated[bool, typer.Option("--flow/--no-flow", help="Also write {id}_flow.npy.")] = False,
+    flow: Annotated[bool, _flag("--flow/--no-flow", help="Also write {id}_flow.npy.")] = False,
     flow_dim: Annotated[int, typer.Option("--flow-dim", help="flow feature width.")] = 32,
     min_clips: Annotated[int, typer.Option("--min-clips", help="Shortest video, in clips.")] = 16,
     max_clips: Annotated[int, typer.Option("--max-clips", help="Longest video, in clips.")] = 64,
     noise: Annotated[float, typer.Option(help="Std of the Gaussian noise around each word.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Replace the corpus an earlier synth wrote in OUT (a non-empty OUT is refused otherwise).")] = False,
+    force: Annotated[bool, _flag("--force", help="Replace the corpus an earlier synth wrote in OUT (a non-empty OUT is refused otherwise).")] = False,
 ):
     """Write a synthetic corpus with planted visual words and topics."""
     from .synth import make_corpus

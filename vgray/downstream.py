@@ -25,6 +25,7 @@ import dataclasses
 from . import fs
 from .corpus import TWO_STREAM, read_header, scan
 from .errors import BadVideo, VgrayError
+from .progress import plural
 from .store import RunDir
 
 MODELS = ("bmt", "mdvc")
@@ -59,9 +60,9 @@ class Report:
     def verdict(self) -> str:
         name = self.model.upper()
         if self.ok():
-            return f"{name} can read it: {self.flags} ({self.videos} videos)"
-        return (f"{name} cannot read it as it is: {len(self.problems)} problems in "
-                f"{self.videos} videos")
+            return f"{name} can read it: {self.flags} ({plural(self.videos, 'video')})"
+        return (f"{name} cannot read it as it is: {plural(len(self.problems), 'problem')} in "
+                f"{plural(self.videos, 'video')}")
 
 
 @dataclasses.dataclass(frozen=True)

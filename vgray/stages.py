@@ -24,7 +24,7 @@ from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
 from .pool import MAX_ATTEMPTS, RETRIABLE
-from .progress import Progress
+from .progress import Progress, plural
 from .resume import Check, Summary, fingerprint, outputs_of
 from .store import RunDir, write_text
 from .units import (Count, EmbedUnit, Reduced, ReduceUnit, SampleUnit, Scanned, ScanUnit,
@@ -387,7 +387,7 @@ def device_line(figures: dict) -> str:
 
 def vocab_line(cfg: TrainConfig, figures: dict, seconds: float) -> str:
     return (f"vocab: K={cfg.vocab_size} on {figures['sample_clips']} clips, inertia/clip "
-            f"{figures['inertia_per_clip']:.4g}, {figures['iterations']} iterations, "
+            f"{figures['inertia_per_clip']:.4g}, {plural(figures['iterations'], 'iteration')}, "
             f"{device_line(figures)} ({seconds:.1f} s)")
 
 
