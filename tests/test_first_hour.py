@@ -8,6 +8,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+import vgray
 import vgray.job
 from vgray.cli import app
 from vgray.store import RunLock
@@ -108,7 +109,41 @@ def test_a_failed_train_leaves_out_as_it_found_it_and_the_corrected_command_work
                         lambda *a, **k: pytest.fail("Ray was started for a refusal"))
     assert "was made with --vocab-size 4, this run asks for 5" in refused(
         "train", features, "--out", out, *ARGS, "--vocab-size", "5")
+    # `vgray info`: what the RUN holds, where, without Ray
+    shown = CliRunner().invoke(app, ["info", out])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == f"{out}: vgray train, complete, made by vgray {vgray.__version__}"
+    assert any(line.startswith("settings: --vocab-size 4, --window 5, --dim 2") for line in lines)
+    assert any(line.startswith("corpus: 10 videos, ") for line in lines)
+    assert any(line.startswith("stages: scan done (") and "embed done" in line for line in lines)
+    assert f"{out}/embeddings/: 10 files, " in shown.output and f"{out}/concat/: 10 files" in shown.output
+    assert "is no vgray RUN" in refused("info", features)
     line = refused("train", features, "--out", out, *ARGS, "--train-ids", corpus["train_ids"])
     assert "was made without --train-ids, this run asks for '" in line and "None" not in line
     assert "is FEATURES" in refused("embed", out, features, "--out", features)
     assert {p: os.path.getmtime(os.path.join(out, p)) for p in listing(out)} == before
+
+
+def test_version_help_and_usage_errors_in_one_style(no_ray):
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"vgray {vgray.__version__}\n"
+    result = CliRunner().invoke(app, ["train", "-h"])
+    assert result.exit_code == 0
+    for panel in ("Data", "Vocabulary", "GloVe", "Cluster", "Output"):
+        assert f"─ {panel} ─" in result.output
+    assert "<rgb|flow|rgb+flow>" in result.output and "<auto|cpu|cuda>" in result.output
+    assert "<files|parquet>" in result.output and "<bool>" not in result.output
+    assert "<bmt|mdvc>" in CliRunner().invoke(app, ["check", "-h"]).output
+    # usage errors: one line, exit 2, the help to read, no DEBUG hint and no box
+    for argv, says in ((["train", "F"], "Missing option '--out'"),
+                       (["train", "F", "--out", "R", "--bogus"], "No such option: --bogus"),
+                       (["train", "F", "--out", "R", "-k", "many"], "Invalid value for '--vocab-size'"),
+                       (["train", "F", "--out", "R", "--device", "tpu"], "'tpu' is not one of")):
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, result.output
+        [line] = result.output.splitlines()
+        assert line.startswith("error: ") and says in line and line.endswith(" train --help)")
+        assert "VGRAY_DEBUG" not in line
+    # vgray's own refusals take no DEBUG hint either
+    assert "VGRAY_DEBUG" not in refused("train", "/nonexistent/features", "--out", "/nonexistent/r")

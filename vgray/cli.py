@@ -9,7 +9,7 @@ import tempfile
 from typing import Annotated, Literal, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .config import EMBEDDINGS, TrainConfig
@@ -21,7 +21,19 @@ def _flag(*names, **options):
     return typer.Option(*names, metavar="", **options)
 
 
-class _OneLine(TyperGroup):
+class _PlainHelp:
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""  # a plain flag, shown without a value
+        return option
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _OneLine(_PlainHelp, TyperGroup):
     """Every error in one style: `error: …` on one line and a non-zero exit; a usage error
     (exit 2) names the help to read instead of Typer's boxed panel."""
 
@@ -423,7 +435,7 @@ def export(run: Run,
             typer.echo(path)
 
 
-jobs = typer.Typer(no_args_is_help=True, help="Jobs submitted with --address http://HEAD:8265.")
+jobs = typer.Typer(no_args_is_help=True, cls=_OneLine, help="Jobs submitted with --address http://HEAD:8265.")
 app.add_typer(jobs, name="jobs")
 JobId = Annotated[str, typer.Argument(help="The id printed when the job was submitted.")]
 
@@ -513,6 +525,10 @@ def demo(
 def _on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup is not cut short
     raise Terminated()
+
+
+for _info in app.registered_commands + jobs.registered_commands:
+    _info.cls = _Command
 
 
 def main() -> None:
