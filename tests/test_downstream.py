@@ -151,7 +151,7 @@ def test_a_run_without_embeddings_is_one_line(ray_session, corpora, tmp_path):
     sweep(corpora["both"], out, [4], [5], [128], TrainConfig(epochs=20))
     output = run_cli("check", os.path.join(out, "K4-w5-d128"), "--for", "mdvc", code=1)
     assert output.startswith("error: ") and "has no embeddings" in output
-    assert "--for must be one of bmt, mdvc" in run_cli("check", out, "--for", "x", code=1)
+    assert "'x' is not one of 'bmt', 'mdvc'" in run_cli("check", out, "--for", "x", code=2)
 
 
 def test_what_the_settings_decide_for_each_model():
