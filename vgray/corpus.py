@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import fs
+from . import formats, fs
 from .errors import BadVideo, StorageError, VgrayError
 
 RGB_SUFFIX = "_rgb.npy"
@@ -70,6 +70,10 @@ class Video:
     rgb_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     flow_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     checked: bool = field(default=False, compare=False, repr=False)
+    # where the streams are inside a container (formats.py): its format and each stream's key
+    source: str = field(default="npy", compare=False, repr=False)
+    rgb_key: str | None = field(default=None, compare=False, repr=False)
+    flow_key: str | None = field(default=None, compare=False, repr=False)
 
     def stream_dim(self, streams: str) -> int:
         return {"rgb": self.rgb_dim, "flow": self.flow_dim or 0,
@@ -253,6 +257,24 @@ def _read_remote_rows(path: str, start: int, stop: int | None, head: NpyHeader) 
         return np.array(array, dtype=np.float32, order="C")
 
 
+def stream_rows(video: Video, stream: str, start: int = 0, stop: int | None = None
+                ) -> np.ndarray:
+    """Rows [start, stop) of one stream of a video, whatever its format."""
+    path = video.rgb_path if stream == "rgb" else video.flow_path
+    header = video.rgb_header if stream == "rgb" else video.flow_header
+    key = video.rgb_key if stream == "rgb" else video.flow_key
+    if video.source == formats.NPY:
+        return load_rows(path, start, stop, header)
+    if video.source == formats.WEBDATASET:  # an .npy member at its offset in the tar
+        rows = _read_remote_rows(path, start, stop, header)
+        return formats.checked(rows, start)
+    if video.source == formats.HDF5:
+        return formats.h5_rows(path, key, start, stop)
+    if video.source == formats.PT:
+        return formats.pt_rows(path, start, stop)
+    return formats.parquet_rows(path, key, stream, start, stop)
+
+
 def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Clips [start, stop) of the features that are clustered: rgb, flow, or both side by side.
 
@@ -261,34 +283,58 @@ def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = No
     read again where it is not clustered.
     """
     if streams == "rgb":
-        rgb = load_rows(video.rgb_path, start, stop, video.rgb_header)
+        rgb = stream_rows(video, "rgb", start, stop)
         if video.flow_path is not None and not video.checked:
-            load_rows(video.flow_path, start, stop, video.flow_header)
+            stream_rows(video, "flow", start, stop)
         return rgb
     if video.flow_path is None:
         raise BadVideo(f"no flow file, but --streams {streams} needs one")
-    flow = load_rows(video.flow_path, start, stop, video.flow_header)
+    flow = stream_rows(video, "flow", start, stop)
     if streams == "flow":
         return flow
-    return np.concatenate([load_rows(video.rgb_path, start, stop, video.rgb_header), flow],
-                          axis=1)
+    return np.concatenate([stream_rows(video, "rgb", start, stop), flow], axis=1)
 
 
-def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = False) -> str:
-    """What one listing of FEATURES says of it: every .npy file's name and size (a file added,
-    removed, renamed or of another length changes it), under the scan's own setting."""
+@dataclass(frozen=True)
+class Reading:
+    """How FEATURES is read: its format (None: detected, formats.detect) and, for HDF5, the
+    keys of the datasets in each video's group (--hdf5-key, --hdf5-flow-key)."""
+
+    format: str | None = None
+    hdf5_key: str | None = None
+    hdf5_flow_key: str | None = None
+
+
+def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = False,
+                        suffix: str = NPY_SUFFIX, reading: Reading | None = None) -> str:
+    """What one listing of FEATURES says of it: every feature file's name and size (a file
+    added, removed, renamed or of another length changes it), under the scan's own settings."""
     h = hashlib.sha256(b"follow-symlinks" if follow_symlinks else b"")
-    for name in sorted(n for n in sizes if n.endswith(NPY_SUFFIX)):
+    if reading is not None and reading != Reading():
+        h.update(repr(reading).encode())
+    for name in sorted(n for n in sizes if n.endswith(suffix)):
         h.update(f"\0{name}\0{sizes[name]}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
-def list_features(root: str, follow_symlinks: bool = False) -> str:
+def list_features(root: str, follow_symlinks: bool = False, reading: Reading | None = None
+                  ) -> str:
     """The listing fingerprint of FEATURES, from one listing: no file is opened (the no-op
     check of a run at a million videos reads no header)."""
+    fmt = formats.detect(root, reading.format if reading else None)
+    if fmt == formats.HDF5:
+        return _hdf5_fingerprint(root, reading)
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
-    return listing_fingerprint(fs.files(root), follow_symlinks)
+    return listing_fingerprint(fs.files(root), follow_symlinks, formats.CONTAINER_SUFFIX[fmt],
+                               reading)
+
+
+def _hdf5_fingerprint(path: str, reading: Reading | None) -> str:
+    info = fs.stat(path)
+    if info is None:
+        raise VgrayError(f"FEATURES {path} does not exist")
+    return listing_fingerprint({fs.basename(path): info["size"]}, False, "", reading)
 
 
 def read_train_ids(path: str) -> list[str]:
@@ -341,13 +387,19 @@ def _mode(values: list[int]) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A video as one listing of FEATURES has it: its files and their sizes, nothing read."""
+    """A video as one listing of FEATURES has it: its files and their sizes, nothing read. In
+    an HDF5 file it is a group (`key`); a WebDataset tar shard or a Parquet file is one entry
+    for all its videos (`container`, video_id its name), found by the probe."""
 
     video_id: str
     rgb_path: str
     rgb_size: int | None
     flow_path: str | None = None
     flow_size: int | None = None
+    source: str = "npy"
+    key: str | None = None
+    reading: Reading | None = None
+    container: bool = False
 
 
 @dataclass
@@ -362,43 +414,70 @@ class Listing:
     wanted: set[str] | None
     found: set[str]  # every id with a file, usable or not (for the missing training ids)
     fingerprint: str
+    source: str = "npy"  # the format (formats.py); a container's ids are known once probed
+
+    @property
+    def containers(self) -> bool:
+        return any(e.container for e in self.entries)
+
+
+def _wanted(train_ids: list[str] | None, skips: list[Skip]) -> set[str] | None:
+    if train_ids is None:
+        return None
+    wanted = set()
+    for tid in train_ids:
+        problem = id_problem(tid)
+        if problem is None:
+            wanted.add(tid)
+        else:
+            skips.append(Skip(tid, None, f"training id rejected: {problem}"))
+    return wanted
 
 
 def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = None,
-                follow_symlinks: bool = False) -> Listing:
+                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
     """FEATURES from one listing (on object storage one request per 1,000 files; no file is
     opened): the videos to probe, and the files skipped by their names alone. Ids that could
     not safely name output files, ids equal but for case, and (unless follow_symlinks) symlinks
-    to files outside FEATURES are skipped with their reason."""
+    to files outside FEATURES are skipped with their reason. An HDF5 FEATURES is one file whose
+    groups are listed; WebDataset and Parquet FEATURES list their container files."""
+    fmt = formats.detect(root, reading.format if reading else None)
+    if fmt == formats.HDF5:
+        return _list_hdf5(root, streams, train_ids, reading)
+    if fmt in (formats.WEBDATASET, formats.PARQUET):
+        return _list_containers(root, fmt, streams, train_ids, follow_symlinks, reading)
+    ext = formats.CONTAINER_SUFFIX[fmt]
+    rgb_suffix, flow_suffix = "_rgb" + ext, "_flow" + ext
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
     sizes = fs.files(root)  # one listing: names and sizes (no request per file for its size)
-    names = sorted(n for n in sizes if n.endswith(NPY_SUFFIX))
-    layout = TWO_STREAM if any(n.endswith(RGB_SUFFIX) for n in names) else SINGLE_STREAM
+    names = sorted(n for n in sizes if n.endswith(ext))
+    layout = TWO_STREAM if any(n.endswith(rgb_suffix) for n in names) else SINGLE_STREAM
     if layout == SINGLE_STREAM and streams != "rgb":
-        raise VgrayError(f"--streams {streams} needs {{id}}_flow.npy files, but FEATURES has the "
-                         "single-stream layout ({id}.npy)")
+        raise VgrayError(f"--streams {streams} needs {{id}}_flow{ext} files, but FEATURES has "
+                         f"the single-stream layout ({{id}}{ext})")
     skips: list[Skip] = []
     rgb: dict[str, str] = {}
     flow: dict[str, str] = {}
     for name in names:
         path = fs.join(root, name)
         if not follow_symlinks and _outside(path, root):
-            stem = name[: -len(NPY_SUFFIX)]
-            for suffix in (RGB_SUFFIX, FLOW_SUFFIX) if layout == TWO_STREAM else ():
+            stem = name[: -len(ext)]
+            for suffix in (rgb_suffix, flow_suffix) if layout == TWO_STREAM else ():
                 stem = name[: -len(suffix)] if name.endswith(suffix) else stem
             skips.append(Skip(stem, path, "symlink to a file outside FEATURES (--follow-symlinks "
                                           "uses it)"))
             continue
         if layout == SINGLE_STREAM:
-            rgb[name[: -len(NPY_SUFFIX)]] = name
-        elif name.endswith(RGB_SUFFIX):
-            rgb[name[: -len(RGB_SUFFIX)]] = name
-        elif name.endswith(FLOW_SUFFIX):
-            flow[name[: -len(FLOW_SUFFIX)]] = name
+            rgb[name[: -len(ext)]] = name
+        elif name.endswith(rgb_suffix):
+            rgb[name[: -len(rgb_suffix)]] = name
+        elif name.endswith(flow_suffix):
+            flow[name[: -len(flow_suffix)]] = name
         else:
-            skips.append(Skip(name[: -len(NPY_SUFFIX)], path,
-                              "not named {id}_rgb.npy or {id}_flow.npy in a two-stream FEATURES"))
+            skips.append(Skip(name[: -len(ext)], path,
+                              f"not named {{id}}{rgb_suffix} or {{id}}{flow_suffix} in a "
+                              "two-stream FEATURES"))
     for vid in sorted(set(flow) - set(rgb)):
         skips.append(Skip(vid, fs.join(root, flow[vid]), "flow file without an rgb file"))
     seen: dict[str, str] = {}
@@ -417,19 +496,63 @@ def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = N
         seen[vid.casefold()] = vid
         entries.append(Entry(vid, fs.join(root, rgb[vid]), sizes.get(rgb[vid]),
                              None if fname is None else fs.join(root, fname),
-                             None if fname is None else sizes.get(fname)))
+                             None if fname is None else sizes.get(fname), fmt))
     found = {e.video_id for e in entries} | (set(flow) - set(rgb))
-    wanted = None
-    if train_ids is not None:
-        wanted = set()
-        for tid in train_ids:
-            problem = id_problem(tid)
-            if problem is None:
-                wanted.add(tid)
-            else:
-                skips.append(Skip(tid, None, f"training id rejected: {problem}"))
+    wanted = _wanted(train_ids, skips)
     return Listing(root, layout, entries, skips, wanted, found,
-                   listing_fingerprint(sizes, follow_symlinks))
+                   listing_fingerprint(sizes, follow_symlinks, ext, reading), fmt)
+
+
+def _list_hdf5(path: str, streams: str, train_ids: list[str] | None,
+               reading: Reading | None) -> Listing:
+    """An HDF5 file's groups, one per video (its metadata is read here, no dataset)."""
+    reading = reading or Reading(formats.HDF5)
+    h5py = formats.need_h5py()
+    try:
+        names = sorted(formats.h5_file(path).keys())
+    except VgrayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises many kinds on a broken file
+        raise VgrayError(f"cannot read the HDF5 file {path}: {e}") from None
+    skips: list[Skip] = []
+    entries = []
+    for name in names:
+        item = formats.h5_file(path).get(name)
+        if not isinstance(item, h5py.Group):
+            skips.append(Skip(name, f"{path}#{name}", "not a group (one group per video)"))
+            continue
+        problem = id_problem(name)
+        if problem is not None:
+            skips.append(Skip(name, f"{path}#{name}", problem))
+            continue
+        entries.append(Entry(name, path, None, None, None, formats.HDF5, name, reading))
+    two = reading.hdf5_flow_key is not None or streams != "rgb"
+    found = {e.video_id for e in entries}
+    return Listing(path, TWO_STREAM if two else SINGLE_STREAM, entries, skips,
+                   _wanted(train_ids, skips), found, _hdf5_fingerprint(path, reading),
+                   formats.HDF5)
+
+
+def _list_containers(root: str, fmt: str, streams: str, train_ids: list[str] | None,
+                     follow_symlinks: bool, reading: Reading | None) -> Listing:
+    """A directory of WebDataset tar shards or Parquet files: one entry per container; its
+    videos are found by the probe (a tar has no index)."""
+    ext = formats.CONTAINER_SUFFIX[fmt]
+    sizes = fs.files(root)
+    skips: list[Skip] = []
+    entries = []
+    for name in sorted(n for n in sizes if n.endswith(ext)):
+        path = fs.join(root, name)
+        if not follow_symlinks and _outside(path, root):
+            skips.append(Skip(name, path, "symlink to a file outside FEATURES (--follow-symlinks "
+                                          "uses it)"))
+            continue
+        entries.append(Entry(name, path, sizes[name], None, None, fmt, None, reading, True))
+    return Listing(root, TWO_STREAM, entries, skips, _wanted(train_ids, skips), set(),
+                   listing_fingerprint(sizes, follow_symlinks, ext, reading), fmt)
+
+
+
 
 
 def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
@@ -447,6 +570,10 @@ def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
 def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
     """The Video of a listed entry from its headers, or the Skip saying why it cannot be used;
     with `whole`, small files are read whole and checked (Video.checked)."""
+    if entry.source == formats.HDF5:
+        return _probe_hdf5(entry, streams)
+    if entry.source == formats.PT:
+        return _probe_pt(entry, streams)
     vid = entry.video_id
     try:
         head, rgb_ok = _stream(entry.rgb_path, entry.rgb_size, whole)
@@ -468,10 +595,149 @@ def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
                  fhead, rgb_ok and flow_ok)
 
 
+def _paired(vid: str, rgb_path: str, flow_path: str | None, rgb: tuple, flow: tuple | None,
+            streams: str, source: str, keys: tuple = (None, None), headers: tuple = (None, None)
+            ) -> Video | Skip:
+    """The Video of a stream pair of known shapes, or the Skip saying why the pair is unusable."""
+    if flow is None:
+        if streams != "rgb":
+            return Skip(vid, rgb_path, f"no flow stream, but --streams {streams} needs one")
+        return Video(vid, rgb_path, None, rgb[0], rgb[1], None, headers[0], None, False, source,
+                     keys[0], None)
+    if flow[0] != rgb[0]:
+        return Skip(vid, flow_path, f"rgb has T = {rgb[0]} clips but flow has T = {flow[0]}")
+    return Video(vid, rgb_path, flow_path, rgb[0], rgb[1], flow[1], headers[0], headers[1],
+                 False, source, keys[0], keys[1])
+
+
+def _probe_hdf5(entry: Entry, streams: str) -> Video | Skip:
+    reading = entry.reading or Reading(formats.HDF5)
+    vid, where = entry.video_id, f"{entry.rgb_path}#{entry.key}"
+    try:
+        group = formats.h5_file(entry.rgb_path)[entry.key]
+        rgb_key, flow_key = formats.h5_streams(group, reading.hdf5_key, reading.hdf5_flow_key)
+        rgb = formats.h5_shape(entry.rgb_path, f"{entry.key}/{rgb_key}")
+        flow = None
+        if flow_key is not None:
+            if flow_key not in group:
+                return Skip(vid, where, f"flow: no {flow_key!r} in the group")
+            flow = formats.h5_shape(entry.rgb_path, f"{entry.key}/{flow_key}")
+    except BadVideo as e:
+        return Skip(vid, where, str(e))
+    return _paired(vid, entry.rgb_path, entry.rgb_path if flow else None, rgb, flow, streams,
+                   formats.HDF5, (f"{entry.key}/{rgb_key}",
+                                  f"{entry.key}/{flow_key}" if flow else None))
+
+
+def _probe_pt(entry: Entry, streams: str) -> Video | Skip:
+    vid = entry.video_id
+    try:
+        rgb = formats.pt_shape(entry.rgb_path)
+    except BadVideo as e:
+        return Skip(vid, entry.rgb_path, str(e))
+    flow = None
+    if entry.flow_path is not None:
+        try:
+            flow = formats.pt_shape(entry.flow_path)
+        except BadVideo as e:
+            return Skip(vid, entry.flow_path, f"flow: {e}")
+    return _paired(vid, entry.rgb_path, entry.flow_path, rgb, flow, streams, formats.PT)
+
+
+def probe_container(entry: Entry, streams: str) -> list[Video | Skip]:
+    """Every video of a WebDataset tar shard (read front to back once) or a Parquet file (row
+    group by row group), each a Video or the Skip saying why not."""
+    if entry.source == formats.WEBDATASET:
+        return _probe_tar(entry, streams)
+    return _probe_parquet(entry, streams)
+
+
+def _probe_tar(entry: Entry, streams: str) -> list[Video | Skip]:
+    path = entry.rgb_path
+    try:
+        members = formats.tar_members(path)
+    except BadVideo as e:
+        return [Skip(entry.video_id, path, str(e))]
+    found: list[Video | Skip] = []
+    for key in sorted(members):
+        problem = id_problem(key)
+        where = f"{path}#{key}"
+        if problem is not None:
+            found.append(Skip(key, where, problem))
+            continue
+        heads, shapes = {}, {}
+        try:
+            for stream in ("rgb", "flow"):
+                if stream in members[key]:
+                    offset, size, first = members[key][stream]
+                    h = parse_header(first, size)
+                    heads[stream] = NpyHeader(h.shape, h.fortran_order, h.dtype, h.offset + offset)
+                    shapes[stream] = h.shape
+        except BadVideo as e:
+            found.append(Skip(key, where, f"{stream}: {e}" if stream == "flow" else str(e)))
+            continue
+        if "rgb" not in shapes:
+            found.append(Skip(key, where, "flow member without an rgb member"))
+            continue
+        found.append(_paired(key, path, path if "flow" in shapes else None, shapes["rgb"],
+                             shapes.get("flow"), streams, formats.WEBDATASET,
+                             headers=(heads["rgb"], heads.get("flow"))))
+    return found
+
+
+def _probe_parquet(entry: Entry, streams: str) -> list[Video | Skip]:
+    import pyarrow.parquet as pq
+
+    path = entry.rgb_path
+    try:
+        meta = pq.ParquetFile(formats.open_file(path) if fs.is_uri(path) else path)
+        names = meta.schema_arrow.names
+    except StorageError:
+        raise
+    except (OSError, ValueError) as e:
+        return [Skip(entry.video_id, path, f"unreadable Parquet file: {e}")]
+    if "video_id" not in names or "rgb" not in names:
+        return [Skip(entry.video_id, path, "not a table of one row per video (video_id, rgb "
+                                           "[, flow]); a per-clip table as `vgray export` "
+                                           "writes is not read")]
+    found: list[Video | Skip] = []
+    for group in range(meta.num_row_groups):
+        try:
+            table = formats.parquet_group(path, group)
+        except BadVideo as e:
+            found.append(Skip(entry.video_id, path, str(e)))
+            continue
+        ids = table.column("video_id").to_pylist()
+        for row, vid in enumerate(ids):
+            where = f"{group}:{row}"
+            if not isinstance(vid, str) or id_problem(vid) is not None:
+                found.append(Skip(str(vid), f"{path}#{where}",
+                                  id_problem(vid) if isinstance(vid, str) else "no video_id"))
+                continue
+            try:
+                rgb = formats.list_rows(table.column("rgb")[row].values, "rgb").shape
+                flow = None
+                if "flow" in names and table.column("flow")[row].is_valid:
+                    flow = formats.list_rows(table.column("flow")[row].values, "flow").shape
+            except BadVideo as e:
+                found.append(Skip(vid, f"{path}#{where}", str(e)))
+                continue
+            found.append(_paired(vid, path, path if flow else None, rgb, flow, streams,
+                                 formats.PARQUET, (where, where if flow else None)))
+    return found
+
+
 def probe(entries: list[Entry], streams: str, on_video=None) -> list[Video | Skip]:
     """probe_one of each entry, in order. On object storage a header read is a round trip:
     IO_THREADS are kept in flight, and small files are read whole and checked. Local reads are
     CPU-bound (~50 us each) and go one by one. on_video() follows each."""
+    if entries and entries[0].container:
+        found = []
+        for entry in entries:
+            found.extend(probe_container(entry, streams))
+            if on_video is not None:
+                on_video()
+        return found
     remote = bool(entries) and fs.is_uri(entries[0].rgb_path)
     found = []
     with concurrent.futures.ThreadPoolExecutor(IO_THREADS if remote else 1) as threads:
@@ -490,9 +756,18 @@ def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = 
     the widths a trained RUN expects; without them the most common width per stream (over
     training videos) is the corpus width."""
     wanted, skips = listing.wanted, list(listing.skips)
-    candidates = []
+    candidates, first = [], {}
     for result in found:
+        if isinstance(result, Video) and listing.containers:  # an id in two containers
+            if result.video_id in first:
+                skips.append(Skip(result.video_id, result.rgb_path, "duplicate id: also in "
+                                  f"{first[result.video_id]} (the first one is used)"))
+                continue
+            first[result.video_id] = result.rgb_path
         (candidates if isinstance(result, Video) else skips).append(result)
+    if listing.containers:
+        candidates.sort(key=lambda v: v.video_id)
+        listing.found.update(v.video_id for v in found)
     pool = [v for v in candidates if wanted is None or v.video_id in wanted] or candidates
     whose = "the RUN has" if rgb_dim is not None or flow_dim is not None else "the corpus has"
     if rgb_dim is None:
@@ -511,7 +786,10 @@ def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = 
             videos.append(v)
     missing = sorted(wanted - listing.found) if wanted is not None else []
     skips.sort(key=lambda s: (s.video_id, s.path or ""))
-    return Corpus(listing.root, listing.layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
+    layout = listing.layout
+    if listing.source != formats.NPY and listing.source != formats.PT:  # known once probed
+        layout = TWO_STREAM if any(v.flow_path for v in videos) else SINGLE_STREAM
+    return Corpus(listing.root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
                   listing.fingerprint)
 
 
@@ -523,11 +801,12 @@ def scan(
     flow_dim: int | None = None,
     follow_symlinks: bool = False,
     on_video=None,
+    reading: Reading | None = None,
 ) -> Corpus:
     """FEATURES listed and every header read in this process (list_videos, probe, assemble);
     everything unusable becomes a Skip. A run reads the headers on its workers instead
     (stages.scan). on_video(done, total) follows the header reads."""
-    listing = list_videos(root, streams, train_ids, follow_symlinks)
+    listing = list_videos(root, streams, train_ids, follow_symlinks, reading)
     total, done = len(listing.entries), 0
 
     def each() -> None:
