@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from test_pipeline import assert_same_results
+from test_pipeline import assert_same_results, tokens_of
 from vgray.cli import app
 from vgray.synth import make_corpus
 
@@ -111,6 +111,34 @@ def test_every_format_gives_the_same_run(ray_session, forms, tmp_path):
                                           np.load(os.path.join(out, name)))
 
 
+def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, tmp_path):
+    base = str(tmp_path / "npy")
+    train(forms["npy"], base)
+    vid = sorted(forms["videos"])[0]
+    for fmt, extra in (("webdataset", []), ("hdf5", ["--hdf5-key", "i3d_features"])):
+        out = str(tmp_path / f"embed-{fmt}")
+        result = CliRunner().invoke(app, ["embed", base, forms[fmt], "--out", out, *extra])
+        assert result.exit_code == 0, result.output
+        for name in (f"embeddings/{vid}.npy", f"concat/{vid}_flow.npy"):
+            np.testing.assert_array_equal(np.load(os.path.join(base, name)),
+                                          np.load(os.path.join(out, name)))
+        out = str(tmp_path / f"assign-{fmt}")
+        result = CliRunner().invoke(app, ["assign", base, forms[fmt], "--out", out, *extra])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(np.load(os.path.join(out, f"{vid}.npy")),
+                                      tokens_of(base)[vid])
+    # a RUN trained on HDF5: check reads it with the RUN's own keys; BMT cannot read FEATURES
+    run = str(tmp_path / "hdf5")
+    train(forms["hdf5"], run, "--hdf5-key", "i3d_features")
+    result = CliRunner().invoke(app, ["check", run, "--for", "bmt"])
+    assert result.exit_code == 1 and "FEATURES is hdf5; BMT reads" in result.output
+    labels = {v: str(int(v[-1]) % 2) for v in forms["videos"]}
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(labels))
+    result = CliRunner().invoke(app, ["evaluate", run, forms["hdf5"], "--labels", str(path)])
+    assert result.exit_code == 0, result.output
+
+
 def test_the_format_is_detected_and_can_be_forced(forms, tmp_path):
     from vgray.formats import detect
 
@@ -191,7 +219,7 @@ from test_storage import s3, upload_tree  # noqa: E402,F401 - moto on loopback (
 
 
 @pytest.mark.parametrize("fmt", ["hdf5", "webdataset"])
-def test_hdf5_and_webdataset_read_from_s3(ray_session, s3, forms, tmp_path, fmt):
+def test_hdf5_and_webdataset_read_from_s3(ray_session, s3, forms, tmp_path, fmt):  # noqa: F811
     import subprocess
     import sys
 

@@ -54,7 +54,9 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
                 "shard_clips": cfg.shard_clips}
     if command == "embed":
         settings["embeddings"] = cfg.embeddings
-    job.open({"command": command, "features": features, "run": fs.normalize(run_dir)}, settings)
+    job.open({"command": command, "features": features, "run": fs.normalize(run_dir),
+              "reading": {"input_format": cfg.input_format, "hdf5_key": cfg.hdf5_key,
+                          "hdf5_flow_key": cfg.hdf5_flow_key}}, settings)
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
     # What the listing alone refuses is refused before Ray starts.
