@@ -104,6 +104,9 @@ def test_every_format_gives_the_same_run(ray_session, forms, tmp_path):
         assert got["corpus"]["videos"] == 24 and got["corpus"]["layout"] == "two-stream", fmt
         assert got["counts"]["skipped"] == 0, fmt
         assert_same_results(base, out)
+        stamp = os.stat(os.path.join(out, "manifest.json")).st_mtime_ns
+        train(forms[fmt], out, *extra)  # a complete RUN: nothing to do, nothing written
+        assert os.stat(os.path.join(out, "manifest.json")).st_mtime_ns == stamp, fmt
         # the outputs are those of the .npy run, whatever the input
         vid = sorted(forms["videos"])[0]
         for name in (f"embeddings/{vid}.npy", f"concat/{vid}_rgb.npy", f"concat/{vid}_flow.npy"):

@@ -515,6 +515,7 @@ def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = N
 def _list_hdf5(path: str, streams: str, train_ids: list[str] | None,
                reading: Reading | None) -> Listing:
     """An HDF5 file's groups, one per video (its metadata is read here, no dataset)."""
+    fingerprint = _hdf5_fingerprint(path, reading)
     reading = reading or Reading(formats.HDF5)
     h5py = formats.need_h5py()
     try:
@@ -538,8 +539,7 @@ def _list_hdf5(path: str, streams: str, train_ids: list[str] | None,
     two = reading.hdf5_flow_key is not None or streams != "rgb"
     found = {e.video_id for e in entries}
     return Listing(path, TWO_STREAM if two else SINGLE_STREAM, entries, skips,
-                   _wanted(train_ids, skips), found, _hdf5_fingerprint(path, reading),
-                   formats.HDF5)
+                   _wanted(train_ids, skips), found, fingerprint, formats.HDF5)
 
 
 def _list_containers(root: str, fmt: str, streams: str, train_ids: list[str] | None,
