@@ -679,6 +679,8 @@ def _probe_tar(entry: Entry, streams: str) -> list[Video | Skip]:
             for stream in ("rgb", "flow"):
                 if stream in members[key]:
                     offset, size, first = members[key][stream]
+                    if offset < 0:
+                        raise BadVideo(f"{key}.{stream}.npy is in the shard twice")
                     h = parse_header(first, size)
                     heads[stream] = NpyHeader(h.shape, h.fortran_order, h.dtype, h.offset + offset)
                     shapes[stream] = h.shape

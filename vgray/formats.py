@@ -207,6 +207,9 @@ def tar_members(path: str) -> dict[str, dict[str, tuple[int, int, bytes]]]:
                     if base.endswith(suffix):
                         key, stream = base[: -len(suffix)], suffix[1:]
                 head = tar.extractfile(member).read(min(member.size, 4096))
+                if stream in found.get(key, {}):  # the same key twice in one shard: neither
+                    found[key][stream] = (-1, 0, b"")  # is taken for the other (a skip)
+                    continue
                 found.setdefault(key, {})[stream] = (member.offset_data, member.size, head)
     except StorageError:
         raise
