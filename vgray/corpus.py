@@ -15,10 +15,7 @@ video's length; a fault of the storage is a StorageError, never a skip.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import functools
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,7 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import formats, fs
-from .errors import BadVideo, StorageError, VgrayError
+from .errors import BadVideo, VgrayError
+from .npyfile import (HEADER_BYTES, NpyHeader, all_finite, file_size, load_rows, parse_header,
+                      read_at, read_header, read_rows_at)
 
 RGB_SUFFIX = "_rgb.npy"
 FLOW_SUFFIX = "_flow.npy"
@@ -37,21 +36,12 @@ SINGLE_STREAM = "single-stream"
 # so a few dozen in flight keep a stage bound by bandwidth, not latency (S3 allows ~5,500 GETs a
 # second per prefix; 64 per worker x 64 workers stays below it at 30 ms per request).
 IO_THREADS = 64
-HEADER_BYTES = 4096  # read with the header: every .npy header vgray meets fits (~128 bytes)
 # On object storage a file up to this size is read whole by the scan's one request: at a cloud's
 # ~30 ms per request and ~50-100 MB/s per connection, 1 MiB more costs less than another round
 # trip, and the whole file checked there spares every later pass the read of a stream it does not
 # use (a two-stream video's flow, clustering rgb) - with the default --streams rgb, a video costs
 # 2 requests fewer.
 WHOLE_FILE_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class NpyHeader:
-    shape: tuple
-    fortran_order: bool
-    dtype: np.dtype
-    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,144 +109,6 @@ class Corpus:
         return [v for v in self.videos if self.is_train(v.video_id)]
 
 
-def _read(path: str, start: int, length: int) -> bytes:
-    """Bytes of a file; a missing or unreadable file is a BadVideo, a fault of the storage (on
-    a URI) a StorageError."""
-    try:
-        return fs.read_range(path, start, length)
-    except StorageError:
-        raise
-    except FileNotFoundError:
-        raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
-    except OSError as e:
-        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-
-
-def read_header(path: str, size: int | None = None) -> NpyHeader:
-    """Read and check a `.npy` header without reading (or unpickling) the array: one read of
-    its first HEADER_BYTES (`size`, the file's size, as the listing gave it; else it is asked)."""
-    if size is None:
-        size = _size(path)
-    head = _read(path, 0, HEADER_BYTES)
-    return parse_header(head, size, lambda need: _read(path, 0, need))
-
-
-def _size(path: str) -> int:
-    try:
-        return fs.size(path)
-    except FileNotFoundError:
-        raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
-    except StorageError:
-        raise
-    except OSError as e:
-        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-
-
-def parse_header(head: bytes, size: int, more=None) -> NpyHeader:
-    """The header of a `.npy` file of `size` bytes from its first bytes `head`, checked (a 2-D
-    float array, not truncated); more(n) gives the first n bytes where the header is longer."""
-    try:
-        f = io.BytesIO(head)
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
-        if version == (2, 0) and len(head) >= 12 and more is not None:
-            need = 12 + int.from_bytes(head[8:12], "little")  # a header longer than was read
-            if need > len(head) and size >= need:
-                f = io.BytesIO(more(need))
-                np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        offset = f.tell()
-    except BadVideo:
-        raise
-    except Exception as e:  # numpy raises ValueError/SyntaxError/... on garbage headers
-        raise BadVideo(f"not a valid .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if dtype.hasobject:
-        raise BadVideo("object array (would need unpickling); refused")
-    if dtype.kind != "f" or dtype.fields is not None:
-        raise BadVideo(f"dtype {dtype} is not a floating-point type")
-    if len(shape) != 2:
-        raise BadVideo(f"expected a 2-D [T, D] array, got shape {tuple(shape)}")
-    frames, dim = shape
-    if frames == 0:
-        raise BadVideo("no clips (T = 0)")
-    if dim == 0:
-        raise BadVideo("zero-width features (D = 0)")
-    expected = offset + frames * dim * dtype.itemsize
-    if size < expected:
-        raise BadVideo(f"truncated: {size} bytes, the header declares {expected}")
-    return NpyHeader(tuple(shape), bool(fortran), _canonical(dtype), offset)
-
-
-@functools.lru_cache(maxsize=64)
-def _dtype(text: str) -> np.dtype:
-    return np.dtype(text)
-
-
-def _canonical(dtype: np.dtype) -> np.dtype:
-    """One dtype object per kind of float (the driver holds a header per file of the corpus)."""
-    return _dtype(dtype.str)
-
-
-def all_finite(data: bytes, head: NpyHeader) -> bool:
-    """Whether a whole `.npy` file's array (its bytes `data`) holds only values finite in
-    float32, as load_rows requires of every block."""
-    frames, dim = head.shape
-    array = np.frombuffer(data, dtype=head.dtype, count=frames * dim, offset=head.offset)
-    with np.errstate(over="ignore"):
-        return bool(np.isfinite(array.astype(np.float32, copy=False)).all())
-
-
-def load_rows(path: str, start: int = 0, stop: int | None = None,
-              header: NpyHeader | None = None) -> np.ndarray:
-    """Rows [start, stop) of a `.npy` file as C-contiguous float32; raise BadVideo on NaN/inf.
-
-    Local files are memory-mapped; on object storage only the rows' byte range is fetched, in
-    one request where the `header` (as the scan read it) is given."""
-    try:
-        if fs.is_uri(path):
-            block = _read_remote_rows(path, start, stop, header or read_header(path))
-        else:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
-                block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy, not the map
-    except (BadVideo, StorageError):
-        raise
-    except OSError as e:
-        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-    except (ValueError, EOFError) as e:  # the file changed since its header was read
-        raise BadVideo(f"not a valid .npy file: {e}") from None
-    if not np.isfinite(block).all():
-        bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
-        raise BadVideo(f"non-finite value (NaN or inf, or beyond float32's range) in clip {bad}")
-    return block
-
-
-def _read_remote_rows(path: str, start: int, stop: int | None, head: NpyHeader) -> np.ndarray:
-    frames, dim = head.shape
-    stop = frames if stop is None else min(stop, frames)
-    item = head.dtype.itemsize
-    if head.fortran_order:  # columns are contiguous: the whole array has to be read
-        want = frames * dim * item
-        data = _read(path, head.offset, want)
-        if len(data) < want:
-            raise BadVideo(f"truncated: {head.offset + len(data)} bytes, the header declares "
-                           f"{head.offset + want}")
-        array = np.frombuffer(data, dtype=head.dtype).reshape((dim, frames)).T[start:stop]
-    else:
-        want = (stop - start) * dim * item
-        data = _read(path, head.offset + start * dim * item, want)
-        if len(data) < want:
-            raise BadVideo(f"truncated: the file ends before clip {stop} (changed since it "
-                           "was scanned?)")
-        array = np.frombuffer(data, dtype=head.dtype).reshape((stop - start, dim))
-    with np.errstate(over="ignore"):
-        return np.array(array, dtype=np.float32, order="C")
-
-
 def stream_rows(video: Video, stream: str, start: int = 0, stop: int | None = None
                 ) -> np.ndarray:
     """Rows [start, stop) of one stream of a video, whatever its format."""
@@ -266,7 +118,7 @@ def stream_rows(video: Video, stream: str, start: int = 0, stop: int | None = No
     if video.source == formats.NPY:
         return load_rows(path, start, stop, header)
     if video.source == formats.WEBDATASET:  # an .npy member at its offset in the tar
-        rows = _read_remote_rows(path, start, stop, header)
+        rows = read_rows_at(path, start, stop, header)
         return formats.checked(rows, start)
     if video.source == formats.HDF5:
         return formats.h5_rows(path, key, start, stop)
@@ -568,21 +420,18 @@ def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
     """A stream file's header, and whether the file was read whole and found finite: on object
     storage one request either way (the whole file where it is small)."""
     if size is None:
-        size = _size(path)
+        size = file_size(path)
     if whole and size <= WHOLE_FILE_BYTES:
-        data = _read(path, 0, size)  # shorter than listed: the file changed, told as truncated
+        data = read_at(path, 0, size)  # shorter than listed: the file changed, told as truncated
         head = parse_header(data[:HEADER_BYTES], len(data), lambda need: data[:need])
         return head, all_finite(data, head)
     return read_header(path, size), False
 
 
 def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
-    """The Video of a listed entry from its headers, or the Skip saying why it cannot be used;
-    with `whole`, small files are read whole and checked (Video.checked)."""
-    if entry.source == formats.HDF5:
-        return _probe_hdf5(entry, streams)
-    if entry.source == formats.PT:
-        return _probe_pt(entry, streams)
+    """The Video of a listed `.npy` entry from its headers, or the Skip saying why it cannot be
+    used; with `whole`, small files are read whole and checked (Video.checked). (Every other
+    format is probed by readers.py.)"""
     vid = entry.video_id
     try:
         head, rgb_ok = _stream(entry.rgb_path, entry.rgb_size, whole)
@@ -602,163 +451,6 @@ def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
         return Skip(vid, entry.rgb_path, f"no flow file, but --streams {streams} needs one")
     return Video(vid, entry.rgb_path, entry.flow_path, head.shape[0], head.shape[1], fdim, head,
                  fhead, rgb_ok and flow_ok)
-
-
-def _paired(vid: str, rgb_path: str, flow_path: str | None, rgb: tuple, flow: tuple | None,
-            streams: str, source: str, keys: tuple = (None, None), headers: tuple = (None, None)
-            ) -> Video | Skip:
-    """The Video of a stream pair of known shapes, or the Skip saying why the pair is unusable."""
-    if flow is None:
-        if streams != "rgb":
-            return Skip(vid, rgb_path, f"no flow stream, but --streams {streams} needs one")
-        return Video(vid, rgb_path, None, rgb[0], rgb[1], None, headers[0], None, False, source,
-                     keys[0], None)
-    if flow[0] != rgb[0]:
-        return Skip(vid, flow_path, f"rgb has T = {rgb[0]} clips but flow has T = {flow[0]}")
-    return Video(vid, rgb_path, flow_path, rgb[0], rgb[1], flow[1], headers[0], headers[1],
-                 False, source, keys[0], keys[1])
-
-
-def _probe_hdf5(entry: Entry, streams: str) -> Video | Skip:
-    reading = entry.reading or Reading(formats.HDF5)
-    vid, where = entry.video_id, f"{entry.rgb_path}#{entry.key}"
-    try:
-        group = formats.h5_file(entry.rgb_path)[entry.key]
-        rgb_key, flow_key = formats.h5_streams(group, reading.hdf5_key, reading.hdf5_flow_key)
-        rgb = formats.h5_shape(entry.rgb_path, f"{entry.key}/{rgb_key}")
-        flow = None
-        if flow_key is not None:
-            if flow_key not in group:
-                return Skip(vid, where, f"flow: no {flow_key!r} in the group")
-            flow = formats.h5_shape(entry.rgb_path, f"{entry.key}/{flow_key}")
-    except BadVideo as e:
-        return Skip(vid, where, str(e))
-    return _paired(vid, entry.rgb_path, entry.rgb_path if flow else None, rgb, flow, streams,
-                   formats.HDF5, (f"{entry.key}/{rgb_key}",
-                                  f"{entry.key}/{flow_key}" if flow else None))
-
-
-def _probe_pt(entry: Entry, streams: str) -> Video | Skip:
-    vid = entry.video_id
-    try:
-        rgb = formats.pt_shape(entry.rgb_path)
-    except BadVideo as e:
-        return Skip(vid, entry.rgb_path, str(e))
-    flow = None
-    if entry.flow_path is not None:
-        try:
-            flow = formats.pt_shape(entry.flow_path)
-        except BadVideo as e:
-            return Skip(vid, entry.flow_path, f"flow: {e}")
-    return _paired(vid, entry.rgb_path, entry.flow_path, rgb, flow, streams, formats.PT)
-
-
-def probe_container(entry: Entry, streams: str) -> list[Video | Skip]:
-    """Every video of a WebDataset tar shard (read front to back once) or a Parquet file (row
-    group by row group), each a Video or the Skip saying why not."""
-    if entry.source == formats.WEBDATASET:
-        return _probe_tar(entry, streams)
-    return _probe_parquet(entry, streams)
-
-
-def _probe_tar(entry: Entry, streams: str) -> list[Video | Skip]:
-    path = entry.rgb_path
-    try:
-        members = formats.tar_members(path)
-    except BadVideo as e:
-        return [Skip(entry.video_id, path, str(e))]
-    found: list[Video | Skip] = []
-    for key in sorted(members):
-        problem = id_problem(key)
-        where = f"{path}#{key}"
-        if problem is not None:
-            found.append(Skip(key, where, problem))
-            continue
-        heads, shapes = {}, {}
-        try:
-            for stream in ("rgb", "flow"):
-                if stream in members[key]:
-                    offset, size, first = members[key][stream]
-                    if offset < 0:
-                        raise BadVideo(f"{key}.{stream}.npy is in the shard twice")
-                    h = parse_header(first, size)
-                    heads[stream] = NpyHeader(h.shape, h.fortran_order, h.dtype, h.offset + offset)
-                    shapes[stream] = h.shape
-        except BadVideo as e:
-            found.append(Skip(key, where, f"{stream}: {e}" if stream == "flow" else str(e)))
-            continue
-        if "rgb" not in shapes:
-            found.append(Skip(key, where, "flow member without an rgb member"))
-            continue
-        found.append(_paired(key, path, path if "flow" in shapes else None, shapes["rgb"],
-                             shapes.get("flow"), streams, formats.WEBDATASET,
-                             headers=(heads["rgb"], heads.get("flow"))))
-    return found
-
-
-def _probe_parquet(entry: Entry, streams: str) -> list[Video | Skip]:
-    import pyarrow.parquet as pq
-
-    path = entry.rgb_path
-    try:
-        meta = pq.ParquetFile(formats.open_file(path) if fs.is_uri(path) else path)
-        names = meta.schema_arrow.names
-    except StorageError:
-        raise
-    except (OSError, ValueError) as e:
-        return [Skip(entry.video_id, path, f"unreadable Parquet file: {e}")]
-    if "video_id" not in names or "rgb" not in names:
-        return [Skip(entry.video_id, path, "not a table of one row per video (video_id, rgb "
-                                           "[, flow]); a per-clip table as `vgray export` "
-                                           "writes is not read")]
-    found: list[Video | Skip] = []
-    for group in range(meta.num_row_groups):
-        try:
-            table = formats.parquet_group(path, group)
-        except BadVideo as e:
-            found.append(Skip(entry.video_id, path, str(e)))
-            continue
-        ids = table.column("video_id").to_pylist()
-        for row, vid in enumerate(ids):
-            where = f"{group}:{row}"
-            if not isinstance(vid, str) or id_problem(vid) is not None:
-                found.append(Skip(str(vid), f"{path}#{where}",
-                                  id_problem(vid) if isinstance(vid, str) else "no video_id"))
-                continue
-            try:
-                rgb = formats.list_rows(table.column("rgb")[row].values, "rgb").shape
-                flow = None
-                if "flow" in names and table.column("flow")[row].is_valid:
-                    flow = formats.list_rows(table.column("flow")[row].values, "flow").shape
-            except BadVideo as e:
-                found.append(Skip(vid, f"{path}#{where}", str(e)))
-                continue
-            found.append(_paired(vid, path, path if flow else None, rgb, flow, streams,
-                                 formats.PARQUET, (where, where if flow else None)))
-    return found
-
-
-def probe(entries: list[Entry], streams: str, on_video=None) -> list[Video | Skip]:
-    """probe_one of each entry, in order. On object storage a header read is a round trip:
-    IO_THREADS are kept in flight, and small files are read whole and checked. Local reads are
-    CPU-bound (~50 us each) and go one by one. on_video() follows each."""
-    if entries and entries[0].container:
-        found = []
-        for entry in entries:
-            found.extend(probe_container(entry, streams))
-            if on_video is not None:
-                on_video()
-        return found
-    remote = bool(entries) and fs.is_uri(entries[0].rgb_path)
-    found = []
-    with concurrent.futures.ThreadPoolExecutor(IO_THREADS if remote else 1) as threads:
-        each = threads.map(lambda e: probe_one(e, streams, True), entries) if remote else \
-            (probe_one(e, streams) for e in entries)
-        for result in each:
-            found.append(result)
-            if on_video is not None:
-                on_video()
-    return found
 
 
 def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = None,
@@ -802,28 +494,3 @@ def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = 
         layout = TWO_STREAM if any(v.flow_path for v in videos) else SINGLE_STREAM
     return Corpus(listing.root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
                   listing.fingerprint)
-
-
-def scan(
-    root: str,
-    streams: str = "rgb",
-    train_ids: list[str] | None = None,
-    rgb_dim: int | None = None,
-    flow_dim: int | None = None,
-    follow_symlinks: bool = False,
-    on_video=None,
-    reading: Reading | None = None,
-) -> Corpus:
-    """FEATURES listed and every header read in this process (list_videos, probe, assemble);
-    everything unusable becomes a Skip. A run reads the headers on its workers instead
-    (stages.scan). on_video(done, total) follows the header reads."""
-    listing = list_videos(root, streams, train_ids, follow_symlinks, reading)
-    total, done = len(listing.entries), 0
-
-    def each() -> None:
-        nonlocal done
-        done += 1
-        if on_video is not None:
-            on_video(done, total)
-
-    return assemble(listing, probe(listing.entries, streams, each), rgb_dim, flow_dim)

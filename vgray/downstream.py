@@ -24,7 +24,8 @@ import dataclasses
 
 from . import fs
 from . import formats
-from .corpus import TWO_STREAM, read_header, reading_of, scan
+from .corpus import TWO_STREAM, read_header, reading_of
+from .readers import scan
 from .errors import BadVideo, VgrayError
 from .progress import plural
 from .store import RunDir

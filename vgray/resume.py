@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, list_features, read_train_ids, scan
+from .corpus import Corpus, Video, list_features, read_train_ids
+from .readers import scan
 from .errors import StorageError, VgrayError
 from .progress import Progress
 from .store import RunDir

@@ -24,7 +24,8 @@ import ray
 from . import cooccur, fs, s3
 from .cluster import actor_start, here, pick_device
 from .config import TrainConfig
-from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows, probe, stream_rows
+from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows, stream_rows
+from .readers import probe
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .live import Reporter
