@@ -27,6 +27,11 @@ from e2e import corpus, run_train
 SHARDS = 16
 
 
+def video_id(path: str) -> str:
+    """The id of e2e.py's `{id}_rgb.npy` (as vgray's listing has it)."""
+    return os.path.basename(path)[: -len("_rgb.npy")]
+
+
 def to_webdataset(features: str, root: str) -> float:
     import webdataset as wds
 
@@ -38,7 +43,7 @@ def to_webdataset(features: str, root: str) -> float:
         with wds.TarWriter(os.path.join(root, f"shard-{n:04d}.tar")) as sink:
             for path in paths[n * per:(n + 1) * per]:
                 with open(path, "rb") as f:
-                    sink.write({"__key__": os.path.basename(path)[:-4], "npy": f.read()})
+                    sink.write({"__key__": video_id(path), "npy": f.read()})
     return time.perf_counter() - t
 
 
@@ -48,7 +53,7 @@ def to_hdf5(features: str, path: str) -> float:
     t = time.perf_counter()
     with h5py.File(path, "w") as out:
         for src in sorted(glob.glob(os.path.join(features, "*.npy"))):
-            out.create_dataset(f"{os.path.basename(src)[:-4]}/features", data=np.load(src))
+            out.create_dataset(f"{video_id(src)}/features", data=np.load(src))
     return time.perf_counter() - t
 
 
