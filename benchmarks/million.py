@@ -12,7 +12,7 @@ video as `video_features` writes them) unless they are there, then, in fresh sub
   (`stages.scan`); then `resume.make_shards` at the default --shard-clips. The driver's peak
   RSS (its own process: Ray's GCS and raylet are other processes), the headers it read itself
   (none), and the units' count;
-- in_process: `corpus.scan`, the same scan in one process (what `evaluate` and `check` do);
+- in_process: `readers.scan`, the same scan in one process (what `evaluate` and `check` do);
 - listing: `corpus.list_features`, what the no-op check of a complete RUN does with FEATURES
   (one listing, no header read).
 
@@ -38,7 +38,8 @@ from common import machine, write_result
 PROBE = r"""
 import json, resource, sys, tempfile, time
 import vgray.corpus
-from vgray.corpus import list_features, scan
+from vgray.corpus import list_features
+from vgray.readers import scan
 from vgray.resume import make_shards
 from vgray.config import TrainConfig
 root, what = sys.argv[1], sys.argv[2]

@@ -221,7 +221,7 @@ def test_nonexistent_features_fails_with_one_line(ray_session, tmp_path):
 def test_kmeans_sample_uses_a_video_whole_or_not_at_all(ray_session, tmp_path):
     import ray
 
-    from vgray.corpus import scan
+    from vgray.readers import scan
     from vgray.units import SampleUnit
     from vgray.worker import ShardWorker
 

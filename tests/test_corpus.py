@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vgray.corpus import (SINGLE_STREAM, TWO_STREAM, load_clips, load_rows, read_header,
-                          read_train_ids, scan)
+                          read_train_ids)
+from vgray.readers import scan
 from vgray.errors import BadVideo, VgrayError
 
 RGB_D, FLOW_D = 8, 4

@@ -409,7 +409,7 @@ def test_a_worker_on_the_gpu_path_writes_the_same_shard(trained, corpus, tmp_pat
     equals a CPU worker's: tokens and partial counts."""
     import ray
 
-    from vgray.corpus import scan
+    from vgray.readers import scan
     from vgray.resume import make_shards
     from vgray.units import Count, TokenizeUnit, Vocabulary
     from vgray.worker import ShardWorker

@@ -16,7 +16,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgray.corpus import load_rows, read_header, scan
+from vgray.corpus import load_rows, read_header
+from vgray.readers import scan
 from vgray.errors import BadVideo
 
 PROFILE = settings(max_examples=int(os.environ.get("VGRAY_HYPOTHESIS_EXAMPLES", "1000")),

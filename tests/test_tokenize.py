@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from vgray.corpus import scan
+from vgray.readers import scan
 from vgray.errors import BadVideo
 from vgray.worker import tokenize
 from vgray.store import save_npy

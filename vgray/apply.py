@@ -16,26 +16,32 @@ from .store import TOKENS_SCHEMA, WORK, RunDir, atomic_path, load_run, read_tabl
 
 
 def assign(run_dir: str, features: str, out: str, workers: int | None = None,
-           strict: bool = False, echo=None, follow_symlinks: bool = False) -> Summary:
-    """Tokens of any corpus with a trained vocabulary: OUT/{id}.npy and OUT/tokens.parquet."""
-    return _apply(run_dir, features, out, "assign", workers, strict, echo, follow_symlinks)
+           strict: bool = False, echo=None, follow_symlinks: bool = False,
+           reading: dict | None = None) -> Summary:
+    """Tokens of any corpus with a trained vocabulary: OUT/{id}.npy and OUT/tokens.parquet.
+    `reading`: how FEATURES is read (input_format, hdf5_key, hdf5_flow_key; default detected)."""
+    return _apply(run_dir, features, out, "assign", workers, strict, echo, follow_symlinks,
+                  reading=reading)
 
 
 def embed_corpus(run_dir: str, features: str, out: str, workers: int | None = None,
                  strict: bool = False, echo=None, follow_symlinks: bool = False,
-                 embeddings: str = "files") -> Summary:
+                 embeddings: str = "files", reading: dict | None = None) -> Summary:
     """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN
     (embeddings "files"), or one per-clip table per shard and no concatenations ("parquet")."""
     return _apply(run_dir, features, out, "embed", workers, strict, echo, follow_symlinks,
-                  embeddings)
+                  embeddings, reading)
 
 
 def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
-           strict: bool, echo, follow_symlinks: bool, embeddings: str = "files") -> Summary:
+           strict: bool, echo, follow_symlinks: bool, embeddings: str = "files",
+           reading: dict | None = None) -> Summary:
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
     features = fs.normalize(features)
     cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
-                         "follow_symlinks": follow_symlinks, "embeddings": embeddings})
+                         "follow_symlinks": follow_symlinks, "embeddings": embeddings,
+                         "input_format": None, "hdf5_key": None, "hdf5_flow_key": None,
+                         **(reading or {})})
     if RunDir(out).root == RunDir(run_dir).root:
         raise VgrayError("--out must be another directory than RUN")
     with Job(out, echo, features) as job:
@@ -48,17 +54,20 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
                 "shard_clips": cfg.shard_clips}
     if command == "embed":
         settings["embeddings"] = cfg.embeddings
-    job.open({"command": command, "features": features, "run": fs.normalize(run_dir)}, settings)
+    job.open({"command": command, "features": features, "run": fs.normalize(run_dir),
+              "reading": {"input_format": cfg.input_format, "hdf5_key": cfg.hdf5_key,
+                          "hdf5_flow_key": cfg.hdf5_flow_key}}, settings)
     dims = manifest["corpus"]
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
     # What the listing alone refuses is refused before Ray starts.
-    listing = stages.listed(features, cfg.streams, cfg.strict, None, cfg.follow_symlinks)
+    listing = stages.listed(features, cfg.streams, cfg.strict, None, cfg.follow_symlinks,
+                            cfg.reading())
     job.connect()
     job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
                          dims["rgb_dim"] if uses_rgb else None,
                          dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks,
-                         workers=cfg.workers, listing=listing)
+                         workers=cfg.workers, listing=listing, reading=cfg.reading())
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:
         raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "

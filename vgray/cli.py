@@ -105,6 +105,9 @@ KmeansSample = Annotated[Optional[int], typer.Option("--kmeans-sample", rich_hel
 ShardClips = Annotated[int, typer.Option("--shard-clips", rich_help_panel=CLUSTER, help="Clips per unit of work.")]
 BatchClips = Annotated[int, typer.Option("--batch-clips", rich_help_panel=CLUSTER, help="Clips a worker holds in memory at once.")]
 Embeddings = Annotated[Literal["files", "parquet"], typer.Option("--embeddings", rich_help_panel=OUTPUT, help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")]
+InputFormat = Annotated[Optional[Literal["npy", "hdf5", "webdataset", "parquet", "pt"]], typer.Option("--format", "--input-format", rich_help_panel=DATA, help="How FEATURES ships (default: detected from what it is): npy files, one HDF5 file, WebDataset .tar shards, Parquet files of a row per video, or .pt tensors.")]
+Hdf5Key = Annotated[Optional[str], typer.Option("--hdf5-key", rich_help_panel=DATA, help="HDF5: the dataset in each video's group (e.g. c3d_features), or a group holding rgb and flow (MDVC's i3d_features). Default: the group's one 2-D float dataset.")]
+Hdf5FlowKey = Annotated[Optional[str], typer.Option("--hdf5-flow-key", rich_help_panel=DATA, help="HDF5: the flow dataset in each video's group.")]
 Reducers = Annotated[int, typer.Option(rich_help_panel=CLUSTER, help="Co-occurrence reduce partitions.")]
 
 
@@ -229,6 +232,9 @@ def train(
     batch_clips: BatchClips = D.batch_clips,
     reducers: Reducers = D.reducers,
     embeddings: Embeddings = D.embeddings,
+    input_format: InputFormat = None,
+    hdf5_key: Hdf5Key = None,
+    hdf5_flow_key: Hdf5FlowKey = None,
     quiet: Quiet = False,
     address: Address = None,
     no_wait: NoWait = False,
@@ -240,7 +246,8 @@ def train(
                     follow_symlinks=follow_symlinks,
                     kmeans_iters=kmeans_iters,
                     kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
-                    reducers=reducers, embeddings=embeddings)
+                    reducers=reducers, embeddings=embeddings, input_format=input_format,
+                    hdf5_key=hdf5_key, hdf5_flow_key=hdf5_flow_key)
     config = _run(TrainConfig, **settings)
     argv = _argv(["train", features, "--out", out]
                  + (["--train-ids", train_ids] if train_ids else []), settings, quiet)
@@ -269,11 +276,13 @@ def train(
 
 
 def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks=False, embeddings: str | None = None):
+           follow_symlinks=False, embeddings: str | None = None, reading: dict | None = None):
     """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
     from . import apply
 
-    options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks}
+    reading = reading or {}
+    options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
+               **reading}
     if command == "embed":
         if embeddings not in EMBEDDINGS:
             _fail(VgrayError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}"))
@@ -282,9 +291,10 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
 
     def local():
         if command == "assign":
-            return apply.assign(run, features, out, workers, strict, _echo(quiet), follow_symlinks)
+            return apply.assign(run, features, out, workers, strict, _echo(quiet), follow_symlinks,
+                                reading)
         return apply.embed_corpus(run, features, out, workers, strict, _echo(quiet),
-                                  follow_symlinks, embeddings)
+                                  follow_symlinks, embeddings, reading)
 
     _dispatch(address, no_wait, quiet, argv, {1, 2, 4}, local, verb,
               after=(lambda summary: _mdvc_warning(summary.out)) if command == "embed" else None)
@@ -294,10 +304,13 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
 def assign(run: Run, features: Features,
            out: Annotated[str, typer.Option("--out", "-o", help="Directory for {id}.npy tokens and tokens.parquet.")],
            workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
-           address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False):
+           address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False,
+           input_format: InputFormat = None, hdf5_key: Hdf5Key = None,
+           hdf5_flow_key: Hdf5FlowKey = None):
     """Visual words of every clip of FEATURES with RUN's vocabulary."""
     _apply("assign", "tokenised", run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks)
+           follow_symlinks, reading={"input_format": input_format, "hdf5_key": hdf5_key,
+                                     "hdf5_flow_key": hdf5_flow_key})
 
 
 @app.command()
@@ -305,10 +318,12 @@ def embed(run: Run, features: Features,
           out: Annotated[str, typer.Option("--out", "-o", help="Directory for embeddings/ and concat/.")],
           workers: Workers = None, strict: Strict = False, quiet: Quiet = False,
           address: Address = None, no_wait: NoWait = False, follow_symlinks: FollowSymlinks = False,
-          embeddings: Embeddings = "files"):
+          embeddings: Embeddings = "files", input_format: InputFormat = None,
+          hdf5_key: Hdf5Key = None, hdf5_flow_key: Hdf5FlowKey = None):
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
     _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks, embeddings)
+           follow_symlinks, embeddings, {"input_format": input_format, "hdf5_key": hdf5_key,
+                                         "hdf5_flow_key": hdf5_flow_key})
 
 
 @app.command()
@@ -355,7 +370,8 @@ def sweep(
     strict: Strict = False, follow_symlinks: FollowSymlinks = False,
     kmeans_iters: KmeansIters = D.kmeans_iters, kmeans_sample: KmeansSample = None,
     shard_clips: ShardClips = D.shard_clips, batch_clips: BatchClips = D.batch_clips,
-    reducers: Reducers = D.reducers,
+    reducers: Reducers = D.reducers, input_format: InputFormat = None,
+    hdf5_key: Hdf5Key = None, hdf5_flow_key: Hdf5FlowKey = None,
     quiet: Quiet = False, address: Address = None, no_wait: NoWait = False,
 ):
     """Train and evaluate every combination of --vocab-size x --window x --dim, sharing the scan,
@@ -365,7 +381,8 @@ def sweep(
     settings = dict(x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
                     streams=streams, seed=seed, workers=workers, device=device, gpu_wait=gpu_wait,
                     strict=strict, follow_symlinks=follow_symlinks, kmeans_iters=kmeans_iters,
-                    shard_clips=shard_clips, batch_clips=batch_clips, reducers=reducers)
+                    shard_clips=shard_clips, batch_clips=batch_clips, reducers=reducers,
+                    input_format=input_format, hdf5_key=hdf5_key, hdf5_flow_key=hdf5_flow_key)
     lists = [_run(parse_values, text, flag) for text, flag in
              ((vocab_size, "--vocab-size"), (window, "--window"), (dim, "--dim"))]
     # Checked here with the first of each list; the sweep checks every combination.

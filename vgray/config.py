@@ -13,6 +13,7 @@ STREAMS = ("rgb", "flow", "rgb+flow")
 # embedding) and no concatenation: no second copy of the features at HowTo100M's scale.
 EMBEDDINGS = ("files", "parquet")
 DEVICES = ("auto", "cpu", "cuda")
+INPUT_FORMATS = ("npy", "hdf5", "webdataset", "parquet", "pt")  # formats.FORMATS
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class TrainConfig:
     batch_clips: int = 8192  # clips held in memory at once by one worker
     reducers: int = 4
     embeddings: str = "files"
+    # How FEATURES is read (formats.py): None detects the format from what FEATURES is; for an
+    # HDF5 file, the dataset (or MDVC-style group of rgb and flow) in each video's group.
+    input_format: str | None = None
+    hdf5_key: str | None = None
+    hdf5_flow_key: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -63,6 +69,8 @@ class TrainConfig:
             (self.reducers >= 1, "--reducers must be at least 1"),
             (self.embeddings in EMBEDDINGS,
              f"--embeddings must be one of {', '.join(EMBEDDINGS)}"),
+            (self.input_format is None or self.input_format in INPUT_FORMATS,
+             f"--format must be one of {', '.join(INPUT_FORMATS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -76,10 +84,17 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def reading(self):
+        """How FEATURES is read (corpus.Reading)."""
+        from .corpus import Reading
+
+        return Reading(self.input_format, self.hdf5_key, self.hdf5_flow_key)
+
     # Settings that fix what a RUN holds on disk (results or their layout); the others (workers,
     # device, strict, batch_clips) only change how it is made.
     RESULT_KEYS = ("vocab_size", "window", "dim", "x_max", "alpha", "epochs", "learning_rate",
                    "streams", "seed", "kmeans_iters", "kmeans_sample", "shard_clips", "reducers",
-                   "embeddings")
+                   "embeddings", "input_format", "hdf5_key", "hdf5_flow_key")
     # Result keys added since RUNs were first made, with the value an older RUN was made with.
-    ADDED = {"embeddings": "files"}
+    ADDED = {"embeddings": "files", "input_format": None, "hdf5_key": None,
+             "hdf5_flow_key": None}

@@ -15,18 +15,17 @@ video's length; a fault of the storage is a StorageError, never a skip.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import functools
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import fs
-from .errors import BadVideo, StorageError, VgrayError
+from . import formats, fs
+from .errors import BadVideo, VgrayError
+from .npyfile import (HEADER_BYTES, NpyHeader, all_finite, file_size, load_rows, parse_header,
+                      read_at, read_header, read_rows_at)
 
 RGB_SUFFIX = "_rgb.npy"
 FLOW_SUFFIX = "_flow.npy"
@@ -37,21 +36,12 @@ SINGLE_STREAM = "single-stream"
 # so a few dozen in flight keep a stage bound by bandwidth, not latency (S3 allows ~5,500 GETs a
 # second per prefix; 64 per worker x 64 workers stays below it at 30 ms per request).
 IO_THREADS = 64
-HEADER_BYTES = 4096  # read with the header: every .npy header vgray meets fits (~128 bytes)
 # On object storage a file up to this size is read whole by the scan's one request: at a cloud's
 # ~30 ms per request and ~50-100 MB/s per connection, 1 MiB more costs less than another round
 # trip, and the whole file checked there spares every later pass the read of a stream it does not
 # use (a two-stream video's flow, clustering rgb) - with the default --streams rgb, a video costs
 # 2 requests fewer.
 WHOLE_FILE_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class NpyHeader:
-    shape: tuple
-    fortran_order: bool
-    dtype: np.dtype
-    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +60,10 @@ class Video:
     rgb_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     flow_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     checked: bool = field(default=False, compare=False, repr=False)
+    # where the streams are inside a container (formats.py): its format and each stream's key
+    source: str = field(default="npy", compare=False, repr=False)
+    rgb_key: str | None = field(default=None, compare=False, repr=False)
+    flow_key: str | None = field(default=None, compare=False, repr=False)
 
     def stream_dim(self, streams: str) -> int:
         return {"rgb": self.rgb_dim, "flow": self.flow_dim or 0,
@@ -115,142 +109,22 @@ class Corpus:
         return [v for v in self.videos if self.is_train(v.video_id)]
 
 
-def _read(path: str, start: int, length: int) -> bytes:
-    """Bytes of a file; a missing or unreadable file is a BadVideo, a fault of the storage (on
-    a URI) a StorageError."""
-    try:
-        return fs.read_range(path, start, length)
-    except StorageError:
-        raise
-    except FileNotFoundError:
-        raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
-    except OSError as e:
-        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-
-
-def read_header(path: str, size: int | None = None) -> NpyHeader:
-    """Read and check a `.npy` header without reading (or unpickling) the array: one read of
-    its first HEADER_BYTES (`size`, the file's size, as the listing gave it; else it is asked)."""
-    if size is None:
-        size = _size(path)
-    head = _read(path, 0, HEADER_BYTES)
-    return parse_header(head, size, lambda need: _read(path, 0, need))
-
-
-def _size(path: str) -> int:
-    try:
-        return fs.size(path)
-    except FileNotFoundError:
-        raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
-    except StorageError:
-        raise
-    except OSError as e:
-        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-
-
-def parse_header(head: bytes, size: int, more=None) -> NpyHeader:
-    """The header of a `.npy` file of `size` bytes from its first bytes `head`, checked (a 2-D
-    float array, not truncated); more(n) gives the first n bytes where the header is longer."""
-    try:
-        f = io.BytesIO(head)
-        version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise BadVideo(f"unsupported .npy format version {version[0]}.{version[1]}")
-        if version == (2, 0) and len(head) >= 12 and more is not None:
-            need = 12 + int.from_bytes(head[8:12], "little")  # a header longer than was read
-            if need > len(head) and size >= need:
-                f = io.BytesIO(more(need))
-                np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        offset = f.tell()
-    except BadVideo:
-        raise
-    except Exception as e:  # numpy raises ValueError/SyntaxError/... on garbage headers
-        raise BadVideo(f"not a valid .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if dtype.hasobject:
-        raise BadVideo("object array (would need unpickling); refused")
-    if dtype.kind != "f" or dtype.fields is not None:
-        raise BadVideo(f"dtype {dtype} is not a floating-point type")
-    if len(shape) != 2:
-        raise BadVideo(f"expected a 2-D [T, D] array, got shape {tuple(shape)}")
-    frames, dim = shape
-    if frames == 0:
-        raise BadVideo("no clips (T = 0)")
-    if dim == 0:
-        raise BadVideo("zero-width features (D = 0)")
-    expected = offset + frames * dim * dtype.itemsize
-    if size < expected:
-        raise BadVideo(f"truncated: {size} bytes, the header declares {expected}")
-    return NpyHeader(tuple(shape), bool(fortran), _canonical(dtype), offset)
-
-
-@functools.lru_cache(maxsize=64)
-def _dtype(text: str) -> np.dtype:
-    return np.dtype(text)
-
-
-def _canonical(dtype: np.dtype) -> np.dtype:
-    """One dtype object per kind of float (the driver holds a header per file of the corpus)."""
-    return _dtype(dtype.str)
-
-
-def all_finite(data: bytes, head: NpyHeader) -> bool:
-    """Whether a whole `.npy` file's array (its bytes `data`) holds only values finite in
-    float32, as load_rows requires of every block."""
-    frames, dim = head.shape
-    array = np.frombuffer(data, dtype=head.dtype, count=frames * dim, offset=head.offset)
-    with np.errstate(over="ignore"):
-        return bool(np.isfinite(array.astype(np.float32, copy=False)).all())
-
-
-def load_rows(path: str, start: int = 0, stop: int | None = None,
-              header: NpyHeader | None = None) -> np.ndarray:
-    """Rows [start, stop) of a `.npy` file as C-contiguous float32; raise BadVideo on NaN/inf.
-
-    Local files are memory-mapped; on object storage only the rows' byte range is fetched, in
-    one request where the `header` (as the scan read it) is given."""
-    try:
-        if fs.is_uri(path):
-            block = _read_remote_rows(path, start, stop, header or read_header(path))
-        else:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
-                block = np.array(array[start:stop], dtype=np.float32, order="C")  # a copy, not the map
-    except (BadVideo, StorageError):
-        raise
-    except OSError as e:
-        raise BadVideo(f"unreadable file: {e.strerror or e}") from None
-    except (ValueError, EOFError) as e:  # the file changed since its header was read
-        raise BadVideo(f"not a valid .npy file: {e}") from None
-    if not np.isfinite(block).all():
-        bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
-        raise BadVideo(f"non-finite value (NaN or inf, or beyond float32's range) in clip {bad}")
-    return block
-
-
-def _read_remote_rows(path: str, start: int, stop: int | None, head: NpyHeader) -> np.ndarray:
-    frames, dim = head.shape
-    stop = frames if stop is None else min(stop, frames)
-    item = head.dtype.itemsize
-    if head.fortran_order:  # columns are contiguous: the whole array has to be read
-        want = frames * dim * item
-        data = _read(path, head.offset, want)
-        if len(data) < want:
-            raise BadVideo(f"truncated: {head.offset + len(data)} bytes, the header declares "
-                           f"{head.offset + want}")
-        array = np.frombuffer(data, dtype=head.dtype).reshape((dim, frames)).T[start:stop]
-    else:
-        want = (stop - start) * dim * item
-        data = _read(path, head.offset + start * dim * item, want)
-        if len(data) < want:
-            raise BadVideo(f"truncated: the file ends before clip {stop} (changed since it "
-                           "was scanned?)")
-        array = np.frombuffer(data, dtype=head.dtype).reshape((stop - start, dim))
-    with np.errstate(over="ignore"):
-        return np.array(array, dtype=np.float32, order="C")
+def stream_rows(video: Video, stream: str, start: int = 0, stop: int | None = None
+                ) -> np.ndarray:
+    """Rows [start, stop) of one stream of a video, whatever its format."""
+    path = video.rgb_path if stream == "rgb" else video.flow_path
+    header = video.rgb_header if stream == "rgb" else video.flow_header
+    key = video.rgb_key if stream == "rgb" else video.flow_key
+    if video.source == formats.NPY:
+        return load_rows(path, start, stop, header)
+    if video.source == formats.WEBDATASET:  # an .npy member at its offset in the tar
+        rows = read_rows_at(path, start, stop, header)
+        return formats.checked(rows, start)
+    if video.source == formats.HDF5:
+        return formats.h5_rows(path, key, start, stop)
+    if video.source == formats.PT:
+        return formats.pt_rows(path, start, stop)
+    return formats.parquet_rows(path, key, stream, start, stop)
 
 
 def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -261,34 +135,67 @@ def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = No
     read again where it is not clustered.
     """
     if streams == "rgb":
-        rgb = load_rows(video.rgb_path, start, stop, video.rgb_header)
+        rgb = stream_rows(video, "rgb", start, stop)
         if video.flow_path is not None and not video.checked:
-            load_rows(video.flow_path, start, stop, video.flow_header)
+            stream_rows(video, "flow", start, stop)
         return rgb
     if video.flow_path is None:
         raise BadVideo(f"no flow file, but --streams {streams} needs one")
-    flow = load_rows(video.flow_path, start, stop, video.flow_header)
+    flow = stream_rows(video, "flow", start, stop)
     if streams == "flow":
         return flow
-    return np.concatenate([load_rows(video.rgb_path, start, stop, video.rgb_header), flow],
-                          axis=1)
+    return np.concatenate([stream_rows(video, "rgb", start, stop), flow], axis=1)
 
 
-def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = False) -> str:
-    """What one listing of FEATURES says of it: every .npy file's name and size (a file added,
-    removed, renamed or of another length changes it), under the scan's own setting."""
+@dataclass(frozen=True)
+class Reading:
+    """How FEATURES is read: its format (None: detected, formats.detect) and, for HDF5, the
+    keys of the datasets in each video's group (--hdf5-key, --hdf5-flow-key)."""
+
+    format: str | None = None
+    hdf5_key: str | None = None
+    hdf5_flow_key: str | None = None
+
+
+def reading_of(manifest: dict, features: str | None = None) -> Reading:
+    """How a RUN read its FEATURES (its config, or for `vgray embed`/`assign` its own record);
+    for another FEATURES than the RUN's, the format is detected."""
+    if features is not None and fs.normalize(features) != manifest.get("features"):
+        return Reading()
+    given = manifest.get("reading") or manifest.get("config") or {}
+    return Reading(given.get("input_format"), given.get("hdf5_key"), given.get("hdf5_flow_key"))
+
+
+def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = False,
+                        suffix: str = NPY_SUFFIX, reading: Reading | None = None) -> str:
+    """What one listing of FEATURES says of it: every feature file's name and size (a file
+    added, removed, renamed or of another length changes it), under the scan's own settings."""
     h = hashlib.sha256(b"follow-symlinks" if follow_symlinks else b"")
-    for name in sorted(n for n in sizes if n.endswith(NPY_SUFFIX)):
+    if reading is not None and reading != Reading():
+        h.update(repr(reading).encode())
+    for name in sorted(n for n in sizes if n.endswith(suffix)):
         h.update(f"\0{name}\0{sizes[name]}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
-def list_features(root: str, follow_symlinks: bool = False) -> str:
+def list_features(root: str, follow_symlinks: bool = False, reading: Reading | None = None
+                  ) -> str:
     """The listing fingerprint of FEATURES, from one listing: no file is opened (the no-op
     check of a run at a million videos reads no header)."""
+    fmt = formats.detect(root, reading.format if reading else None)
+    if fmt == formats.HDF5:
+        return _hdf5_fingerprint(root, reading)
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
-    return listing_fingerprint(fs.files(root), follow_symlinks)
+    return listing_fingerprint(fs.files(root), follow_symlinks, formats.CONTAINER_SUFFIX[fmt],
+                               reading)
+
+
+def _hdf5_fingerprint(path: str, reading: Reading | None) -> str:
+    info = fs.stat(path)
+    if info is None:
+        raise VgrayError(f"FEATURES {path} does not exist")
+    return listing_fingerprint({fs.basename(path): info["size"]}, False, "", reading)
 
 
 def read_train_ids(path: str) -> list[str]:
@@ -341,13 +248,19 @@ def _mode(values: list[int]) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A video as one listing of FEATURES has it: its files and their sizes, nothing read."""
+    """A video as one listing of FEATURES has it: its files and their sizes, nothing read. In
+    an HDF5 file it is a group (`key`); a WebDataset tar shard or a Parquet file is one entry
+    for all its videos (`container`, video_id its name), found by the probe."""
 
     video_id: str
     rgb_path: str
     rgb_size: int | None
     flow_path: str | None = None
     flow_size: int | None = None
+    source: str = "npy"
+    key: str | None = None
+    reading: Reading | None = None
+    container: bool = False
 
 
 @dataclass
@@ -362,43 +275,70 @@ class Listing:
     wanted: set[str] | None
     found: set[str]  # every id with a file, usable or not (for the missing training ids)
     fingerprint: str
+    source: str = "npy"  # the format (formats.py); a container's ids are known once probed
+
+    @property
+    def containers(self) -> bool:
+        return any(e.container for e in self.entries)
+
+
+def _wanted(train_ids: list[str] | None, skips: list[Skip]) -> set[str] | None:
+    if train_ids is None:
+        return None
+    wanted = set()
+    for tid in train_ids:
+        problem = id_problem(tid)
+        if problem is None:
+            wanted.add(tid)
+        else:
+            skips.append(Skip(tid, None, f"training id rejected: {problem}"))
+    return wanted
 
 
 def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = None,
-                follow_symlinks: bool = False) -> Listing:
+                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
     """FEATURES from one listing (on object storage one request per 1,000 files; no file is
     opened): the videos to probe, and the files skipped by their names alone. Ids that could
     not safely name output files, ids equal but for case, and (unless follow_symlinks) symlinks
-    to files outside FEATURES are skipped with their reason."""
+    to files outside FEATURES are skipped with their reason. An HDF5 FEATURES is one file whose
+    groups are listed; WebDataset and Parquet FEATURES list their container files."""
+    fmt = formats.detect(root, reading.format if reading else None)
+    if fmt == formats.HDF5:
+        return _list_hdf5(root, streams, train_ids, reading)
+    if fmt in (formats.WEBDATASET, formats.PARQUET):
+        return _list_containers(root, fmt, streams, train_ids, follow_symlinks, reading)
+    ext = formats.CONTAINER_SUFFIX[fmt]
+    rgb_suffix, flow_suffix = "_rgb" + ext, "_flow" + ext
     if not fs.isdir(root):
         raise VgrayError(f"FEATURES {root} is not a directory")
     sizes = fs.files(root)  # one listing: names and sizes (no request per file for its size)
-    names = sorted(n for n in sizes if n.endswith(NPY_SUFFIX))
-    layout = TWO_STREAM if any(n.endswith(RGB_SUFFIX) for n in names) else SINGLE_STREAM
+    names = sorted(n for n in sizes if n.endswith(ext))
+    layout = TWO_STREAM if any(n.endswith(rgb_suffix) for n in names) else SINGLE_STREAM
     if layout == SINGLE_STREAM and streams != "rgb":
-        raise VgrayError(f"--streams {streams} needs {{id}}_flow.npy files, but FEATURES has the "
-                         "single-stream layout ({id}.npy)")
+        raise VgrayError(f"--streams {streams} needs {{id}}_flow{ext} files, but FEATURES has "
+                         f"the single-stream layout ({{id}}{ext})")
     skips: list[Skip] = []
     rgb: dict[str, str] = {}
     flow: dict[str, str] = {}
     for name in names:
         path = fs.join(root, name)
         if not follow_symlinks and _outside(path, root):
-            stem = name[: -len(NPY_SUFFIX)]
-            for suffix in (RGB_SUFFIX, FLOW_SUFFIX) if layout == TWO_STREAM else ():
+            stem = name[: -len(ext)]
+            for suffix in (rgb_suffix, flow_suffix) if layout == TWO_STREAM else ():
                 stem = name[: -len(suffix)] if name.endswith(suffix) else stem
             skips.append(Skip(stem, path, "symlink to a file outside FEATURES (--follow-symlinks "
                                           "uses it)"))
             continue
         if layout == SINGLE_STREAM:
-            rgb[name[: -len(NPY_SUFFIX)]] = name
-        elif name.endswith(RGB_SUFFIX):
-            rgb[name[: -len(RGB_SUFFIX)]] = name
-        elif name.endswith(FLOW_SUFFIX):
-            flow[name[: -len(FLOW_SUFFIX)]] = name
+            rgb[name[: -len(ext)]] = name
+        elif name.endswith(rgb_suffix):
+            rgb[name[: -len(rgb_suffix)]] = name
+        elif name.endswith(flow_suffix):
+            flow[name[: -len(flow_suffix)]] = name
         else:
-            skips.append(Skip(name[: -len(NPY_SUFFIX)], path,
-                              "not named {id}_rgb.npy or {id}_flow.npy in a two-stream FEATURES"))
+            skips.append(Skip(name[: -len(ext)], path,
+                              f"not named {{id}}{rgb_suffix} or {{id}}{flow_suffix} in a "
+                              "two-stream FEATURES"))
     for vid in sorted(set(flow) - set(rgb)):
         skips.append(Skip(vid, fs.join(root, flow[vid]), "flow file without an rgb file"))
     seen: dict[str, str] = {}
@@ -417,36 +357,81 @@ def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = N
         seen[vid.casefold()] = vid
         entries.append(Entry(vid, fs.join(root, rgb[vid]), sizes.get(rgb[vid]),
                              None if fname is None else fs.join(root, fname),
-                             None if fname is None else sizes.get(fname)))
+                             None if fname is None else sizes.get(fname), fmt))
     found = {e.video_id for e in entries} | (set(flow) - set(rgb))
-    wanted = None
-    if train_ids is not None:
-        wanted = set()
-        for tid in train_ids:
-            problem = id_problem(tid)
-            if problem is None:
-                wanted.add(tid)
-            else:
-                skips.append(Skip(tid, None, f"training id rejected: {problem}"))
+    wanted = _wanted(train_ids, skips)
     return Listing(root, layout, entries, skips, wanted, found,
-                   listing_fingerprint(sizes, follow_symlinks))
+                   listing_fingerprint(sizes, follow_symlinks, ext, reading), fmt)
+
+
+def _list_hdf5(path: str, streams: str, train_ids: list[str] | None,
+               reading: Reading | None) -> Listing:
+    """An HDF5 file's groups, one per video (its metadata is read here, no dataset)."""
+    fingerprint = _hdf5_fingerprint(path, reading)
+    reading = reading or Reading(formats.HDF5)
+    h5py = formats.need_h5py()
+    try:
+        names = sorted(formats.h5_file(path).keys())
+    except VgrayError:
+        raise
+    except Exception as e:  # noqa: BLE001 - h5py raises many kinds on a broken file
+        raise VgrayError(f"cannot read the HDF5 file {path}: {e}") from None
+    skips: list[Skip] = []
+    entries = []
+    for name in names:
+        item = formats.h5_file(path).get(name)
+        if not isinstance(item, h5py.Group):
+            skips.append(Skip(name, f"{path}#{name}", "not a group (one group per video)"))
+            continue
+        problem = id_problem(name)
+        if problem is not None:
+            skips.append(Skip(name, f"{path}#{name}", problem))
+            continue
+        entries.append(Entry(name, path, None, None, None, formats.HDF5, name, reading))
+    two = reading.hdf5_flow_key is not None or streams != "rgb"
+    found = {e.video_id for e in entries}
+    return Listing(path, TWO_STREAM if two else SINGLE_STREAM, entries, skips,
+                   _wanted(train_ids, skips), found, fingerprint, formats.HDF5)
+
+
+def _list_containers(root: str, fmt: str, streams: str, train_ids: list[str] | None,
+                     follow_symlinks: bool, reading: Reading | None) -> Listing:
+    """A directory of WebDataset tar shards or Parquet files: one entry per container; its
+    videos are found by the probe (a tar has no index)."""
+    ext = formats.CONTAINER_SUFFIX[fmt]
+    sizes = fs.files(root)
+    skips: list[Skip] = []
+    entries = []
+    for name in sorted(n for n in sizes if n.endswith(ext)):
+        path = fs.join(root, name)
+        if not follow_symlinks and _outside(path, root):
+            skips.append(Skip(name, path, "symlink to a file outside FEATURES (--follow-symlinks "
+                                          "uses it)"))
+            continue
+        entries.append(Entry(name, path, sizes[name], None, None, fmt, None, reading, True))
+    return Listing(root, TWO_STREAM, entries, skips, _wanted(train_ids, skips), set(),
+                   listing_fingerprint(sizes, follow_symlinks, ext, reading), fmt)
+
+
+
 
 
 def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
     """A stream file's header, and whether the file was read whole and found finite: on object
     storage one request either way (the whole file where it is small)."""
     if size is None:
-        size = _size(path)
+        size = file_size(path)
     if whole and size <= WHOLE_FILE_BYTES:
-        data = _read(path, 0, size)  # shorter than listed: the file changed, told as truncated
+        data = read_at(path, 0, size)  # shorter than listed: the file changed, told as truncated
         head = parse_header(data[:HEADER_BYTES], len(data), lambda need: data[:need])
         return head, all_finite(data, head)
     return read_header(path, size), False
 
 
 def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
-    """The Video of a listed entry from its headers, or the Skip saying why it cannot be used;
-    with `whole`, small files are read whole and checked (Video.checked)."""
+    """The Video of a listed `.npy` entry from its headers, or the Skip saying why it cannot be
+    used; with `whole`, small files are read whole and checked (Video.checked). (Every other
+    format is probed by readers.py.)"""
     vid = entry.video_id
     try:
         head, rgb_ok = _stream(entry.rgb_path, entry.rgb_size, whole)
@@ -468,31 +453,24 @@ def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
                  fhead, rgb_ok and flow_ok)
 
 
-def probe(entries: list[Entry], streams: str, on_video=None) -> list[Video | Skip]:
-    """probe_one of each entry, in order. On object storage a header read is a round trip:
-    IO_THREADS are kept in flight, and small files are read whole and checked. Local reads are
-    CPU-bound (~50 us each) and go one by one. on_video() follows each."""
-    remote = bool(entries) and fs.is_uri(entries[0].rgb_path)
-    found = []
-    with concurrent.futures.ThreadPoolExecutor(IO_THREADS if remote else 1) as threads:
-        each = threads.map(lambda e: probe_one(e, streams, True), entries) if remote else \
-            (probe_one(e, streams) for e in entries)
-        for result in each:
-            found.append(result)
-            if on_video is not None:
-                on_video()
-    return found
-
-
 def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = None,
              flow_dim: int | None = None) -> Corpus:
     """The Corpus of what the probes found (in the listing's order). `rgb_dim`/`flow_dim` are
     the widths a trained RUN expects; without them the most common width per stream (over
     training videos) is the corpus width."""
     wanted, skips = listing.wanted, list(listing.skips)
-    candidates = []
+    candidates, first = [], {}
     for result in found:
+        if isinstance(result, Video) and listing.containers:  # an id in two containers
+            if result.video_id in first:
+                skips.append(Skip(result.video_id, result.rgb_path, "duplicate id: also in "
+                                  f"{first[result.video_id]} (the first one is used)"))
+                continue
+            first[result.video_id] = result.rgb_path
         (candidates if isinstance(result, Video) else skips).append(result)
+    if listing.containers:
+        candidates.sort(key=lambda v: v.video_id)
+        listing.found.update(v.video_id for v in found)
     pool = [v for v in candidates if wanted is None or v.video_id in wanted] or candidates
     whose = "the RUN has" if rgb_dim is not None or flow_dim is not None else "the corpus has"
     if rgb_dim is None:
@@ -511,29 +489,8 @@ def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = 
             videos.append(v)
     missing = sorted(wanted - listing.found) if wanted is not None else []
     skips.sort(key=lambda s: (s.video_id, s.path or ""))
-    return Corpus(listing.root, listing.layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
+    layout = listing.layout
+    if listing.source != formats.NPY and listing.source != formats.PT:  # known once probed
+        layout = TWO_STREAM if any(v.flow_path for v in videos) else SINGLE_STREAM
+    return Corpus(listing.root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
                   listing.fingerprint)
-
-
-def scan(
-    root: str,
-    streams: str = "rgb",
-    train_ids: list[str] | None = None,
-    rgb_dim: int | None = None,
-    flow_dim: int | None = None,
-    follow_symlinks: bool = False,
-    on_video=None,
-) -> Corpus:
-    """FEATURES listed and every header read in this process (list_videos, probe, assemble);
-    everything unusable becomes a Skip. A run reads the headers on its workers instead
-    (stages.scan). on_video(done, total) follows the header reads."""
-    listing = list_videos(root, streams, train_ids, follow_symlinks)
-    total, done = len(listing.entries), 0
-
-    def each() -> None:
-        nonlocal done
-        done += 1
-        if on_video is not None:
-            on_video(done, total)
-
-    return assemble(listing, probe(listing.entries, streams, each), rgb_dim, flow_dim)

@@ -23,7 +23,9 @@ import collections
 import dataclasses
 
 from . import fs
-from .corpus import TWO_STREAM, read_header, scan
+from . import formats
+from .corpus import TWO_STREAM, read_header, reading_of
+from .readers import scan
 from .errors import BadVideo, VgrayError
 from .progress import plural
 from .store import RunDir
@@ -134,7 +136,9 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     if parquet_layout(manifest):
         raise VgrayError(PARQUET_LINE)
     features = fs.normalize(features or manifest["features"])
-    corpus = scan(features)
+    reading = reading_of(manifest, features)
+    source = formats.detect(features, reading.format)
+    corpus = scan(features, reading=reading)
     skipped = {s["video_id"]: s["reason"] for s in run.skips()}
     problems: list[tuple[str, str, str]] = []
 
@@ -148,6 +152,9 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     for n, reason in enumerate(cannot_read(Settings(corpus.layout, corpus.rgb_dim,
                                                     corpus.flow_dim, dim))[model]):
         add(f"settings {n}", features if model == "bmt" else run.root, reason)
+    if model == "bmt" and source != formats.NPY:
+        add("settings format", features, f"FEATURES is {source}; BMT reads its video stream from "
+            "{id}_rgb.npy and {id}_flow.npy files (MDVC reads RUN's concat/, which is .npy)")
     for s in corpus.skips:
         add("features unusable", s.path or features, f"{s.reason}; neither model can use {s.video_id}")
     widths: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -169,7 +176,7 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
 
     single = corpus.layout != TWO_STREAM  # said by the settings: no file to look for
     no_flow = corpus.flow_dim is None  # likewise: no video has a flow file
-    for v in ([] if single else corpus.videos):
+    for v in ([] if single or (model == "bmt" and source != formats.NPY) else corpus.videos):
         frames = {}
         audio = header("audio", run.path("embeddings", f"{v.video_id}.npy"),
                        "BMT fills its audio stream with zeros for it, silently" if model == "bmt"

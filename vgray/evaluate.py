@@ -160,13 +160,20 @@ def representations(ids: list[str], tokens: dict[str, np.ndarray], vectors: np.n
     return reps
 
 
-def mean_features(features: str, streams: str, ids: set[str], batch_clips: int = 8192
-                  ) -> dict[str, np.ndarray]:
+def _reading_of(manifest: dict, features: str):
+    from .corpus import reading_of
+
+    return reading_of(manifest, features)
+
+
+def mean_features(features: str, streams: str, ids: set[str], batch_clips: int = 8192,
+                  reading=None) -> dict[str, np.ndarray]:
     """The mean clip feature (in RUN's streams) of each of `ids` in FEATURES, read in blocks."""
-    from .corpus import load_clips, scan
+    from .corpus import load_clips
+    from .readers import scan
 
     out = {}
-    for v in scan(fs.normalize(features), streams).videos:
+    for v in scan(fs.normalize(features), streams, reading=reading).videos:
         if v.video_id in ids:
             total = np.zeros(v.stream_dim(streams), np.float64)
             for s in range(0, v.frames, batch_clips):
@@ -229,7 +236,8 @@ def _labelled(run: RunDir, manifest: dict, tokens: dict, vectors: np.ndarray,
     if sizes.min() < 2:
         raise VgrayError(f"class {classes[sizes.argmin()]!r} has 1 labelled video; every class "
                          "needs at least 2 for a cross-validated probe")
-    raw = mean_features(features, cfg["streams"], set(ids)) if features else None
+    raw = mean_features(features, cfg["streams"], set(ids),
+                        reading=_reading_of(manifest, features)) if features else None
     if raw is not None and set(raw) != set(ids):
         missing = sorted(set(ids) - set(raw))
         raise VgrayError(f"{len(missing)} labelled videos are not in FEATURES {features} "

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, list_features, read_train_ids, scan
+from .corpus import Corpus, Video, list_features, read_train_ids
+from .readers import scan
 from .errors import StorageError, VgrayError
 from .progress import Progress
 from .store import RunDir
@@ -154,7 +155,7 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
         # FEATURES as one listing says it is, as it was when RUN was made: no header is read.
         if config.strict and counts.get("skipped"):
             return Check()  # the run fails with the reason
-        if list_features(features, config.follow_symlinks) != listed:
+        if list_features(features, config.follow_symlinks, config.reading()) != listed:
             return Check()
         shards, corpus, seconds = stages["assign"].get("shards"), None, 0.0
         if shards is None:
@@ -192,6 +193,7 @@ def scan_corpus(features: str, config: TrainConfig, ids: list[str] | None, echo=
         progress.advance(1)
 
     corpus = scan(features, config.streams, ids, follow_symlinks=config.follow_symlinks,
+                  reading=config.reading(),
                   on_video=on_video)
     if progress is not None:
         progress.close()
@@ -364,7 +366,7 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
     listed = manifest.get("corpus", {}).get("listing")
     corpus, seconds = None, 0.0
     if listed is not None:  # one listing, no header read
-        if list_features(features, config.follow_symlinks) != listed:
+        if list_features(features, config.follow_symlinks, config.reading()) != listed:
             return Check()
     else:  # a sweep of an earlier vgray
         corpus, seconds = scan_corpus(features, config, ids, echo)

@@ -19,7 +19,8 @@ import ray
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Listing, Skip, Video, assemble, list_videos, total_clips
+from .corpus import (Corpus, Listing, Reading, Skip, Video, assemble, list_videos,
+                     total_clips)
 from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
@@ -58,18 +59,18 @@ def scan_chunks(entries: list, cpus: int) -> list[list]:
 
 
 def listed(features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
-           follow_symlinks: bool = False) -> Listing:
+           follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
     """FEATURES as one listing has it, with what can be refused from the names alone: no
     FEATURES, no video in it, no file for any training id, a skip under --strict. It needs no
     cluster: a command lists FEATURES before Ray starts, so that these refusals are instant."""
-    listing = list_videos(features, streams, train_ids, follow_symlinks)
+    listing = list_videos(features, streams, train_ids, follow_symlinks, reading)
     if strict and listing.skips:
         raise strict_skip(listing.skips[0])
     if not listing.entries:
         raise VgrayError(f"no usable videos in {features}"
                          + (f" (first problem: {listing.skips[0].reason})" if listing.skips
                             else ""))
-    if listing.wanted is not None and not any(e.video_id in listing.wanted
+    if listing.wanted is not None and not listing.containers and not any(e.video_id in listing.wanted
                                               for e in listing.entries):
         raise VgrayError("none of the --train-ids has usable features (none has a file in "
                          "FEATURES)")
@@ -94,7 +95,7 @@ def strict_skip(s: Skip) -> VgrayError:
 def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
          rgb_dim: int | None = None, flow_dim: int | None = None, follow_symlinks: bool = False,
          scanned: Check | None = None, workers: int | None = None,
-         listing: Listing | None = None) -> Corpus:
+         listing: Listing | None = None, reading: Reading | None = None) -> Corpus:
     """FEATURES listed by the driver (or the `listing` it already made), its headers read by the
     job's workers a chunk of the listing at a time (or as the no-op check already `scanned` it:
     FEATURES is scanned once per command), recorded in the manifest as the corpus of the run."""
@@ -102,7 +103,7 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
     corpus = scanned.corpus if scanned else None
     where = []
     if corpus is None:
-        listing = listing or list_videos(features, streams, train_ids, follow_symlinks)
+        listing = listing or list_videos(features, streams, train_ids, follow_symlinks, reading)
         chunks = scan_chunks(listing.entries, int(job.capacity.cpus()))
         found: dict[int, list] = {}
         progress = Progress(job.echo, "scan", len(listing.entries), "videos") if chunks else None

@@ -133,7 +133,7 @@ class _Sweep:
                   "labels_file": fs.normalize(self.labels) if self.labels else None}, settings)
         # What the listing alone refuses is refused before Ray starts.
         listing = None if scanned and scanned.corpus else stages.listed(
-            self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks)
+            self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks, cfg.reading())
         job.connect()
         job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)
         todo = [c for c in self.grid if not self.trained(c)]
@@ -145,7 +145,8 @@ class _Sweep:
         job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
         self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
                                            follow_symlinks=cfg.follow_symlinks, scanned=scanned,
-                                           workers=cfg.workers, listing=listing)
+                                           workers=cfg.workers, listing=listing,
+                                           reading=cfg.reading())
         stages.enough_training_clips(corpus, max(self.vocab_sizes))
         if self.label_map is not None:
             self._check_labels()

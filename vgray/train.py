@@ -41,7 +41,7 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
               "config": cfg.to_dict()}, settings)
     # What the listing alone refuses is refused before Ray starts.
     listing = None if scanned.corpus else stages.listed(features, cfg.streams, cfg.strict, ids,
-                                                          cfg.follow_symlinks)
+                                                          cfg.follow_symlinks, cfg.reading())
     job.connect()
     run = job.run
     job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)  # fails here if cuda cannot be had
@@ -56,7 +56,7 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     job.start_workers(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, ids,
                          follow_symlinks=cfg.follow_symlinks, scanned=scanned,
-                         workers=cfg.workers, listing=listing)
+                         workers=cfg.workers, listing=listing, reading=cfg.reading())
     stages.enough_training_clips(corpus, cfg.vocab_size)
     shards = make_shards(corpus.videos, cfg.shard_clips)
 

@@ -24,7 +24,8 @@ import ray
 from . import cooccur, fs, s3
 from .cluster import actor_start, here, pick_device
 from .config import TrainConfig
-from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows, probe
+from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows, stream_rows
+from .readers import probe
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .live import Reporter
@@ -204,10 +205,11 @@ def reduce_partition(unit: ReduceUnit) -> int:
     return int(len(i))
 
 
-def write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
+def write_concat(target: str, source, emb: np.ndarray, two_streams: bool,
                  batch_clips: int, header=None) -> None:
-    """[features, emb] of one stream file, read and written in blocks (bounded memory for long
+    """[features, emb] of one stream, read and written in blocks (bounded memory for long
     videos); the output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy).
+    `source`: the stream's .npy file, or rows(start, stop) of a stream in a container.
 
     The .npy header goes first, then each block's bytes with plain writes (a memory map of the
     output would keep every written page in this process's resident memory)."""
@@ -215,7 +217,9 @@ def write_concat(target: str, source: str, emb: np.ndarray, two_streams: bool,
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         for start in range(0, frames, batch_clips):
             stop = min(start + batch_clips, frames)
-            block = concat(load_rows(source, start, stop, header), emb[start:stop], two_streams)
+            rows = (source(start, stop) if callable(source) else
+                    load_rows(source, start, stop, header))
+            block = concat(rows, emb[start:stop], two_streams)
             if start == 0:
                 np.lib.format.write_array_header_1_0(
                     f, {"descr": "<f4", "fortran_order": False, "shape": (frames, block.shape[1])})
@@ -388,10 +392,18 @@ class ShardWorker:
             """The video's concatenations, then its embeddings (written last: a video whose
             embeddings exist is done)."""
             emb = embed(tokens[v.video_id], vectors)
-            for source, header in ((v.rgb_path, v.rgb_header), (v.flow_path, v.flow_header)):
-                if source is not None:
+            for stream, source, header in (("rgb", v.rgb_path, v.rgb_header),
+                                           ("flow", v.flow_path, v.flow_header)):
+                if source is None:
+                    continue
+                if v.source == "npy":
                     write_concat(run.path("concat", fs.basename(source)), source, emb,
                                  v.flow_path is not None, unit.batch_clips, header)
+                else:  # a container: named as the .npy layout names it
+                    name = f"{v.video_id}_{stream}.npy" if v.flow_path else f"{v.video_id}.npy"
+                    write_concat(run.path("concat", name),
+                                 lambda a, b, s=stream: stream_rows(v, s, a, b), emb,
+                                 v.flow_path is not None, unit.batch_clips)
             save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
             return len(emb)
 

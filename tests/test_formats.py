@@ -1,0 +1,245 @@
+"""Corpora as they ship (issue 22): one synthetic corpus written with each format's own writer
+(numpy, h5py, webdataset's TarWriter, pyarrow, torch.save) gives the same tokens, co-occurrence
+and vectors; a broken member of each is a recorded skip with its reason; a container that
+cannot be opened is one line; a `.pt` that holds anything but a tensor is never unpickled."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from test_pipeline import assert_same_results, tokens_of
+from vgray.cli import app
+from vgray.synth import make_corpus
+
+h5py = pytest.importorskip("h5py")
+wds = pytest.importorskip("webdataset")
+torch = pytest.importorskip("torch")
+
+ARGS = ["--vocab-size", "5", "--dim", "4", "--epochs", "30", "--shard-clips", "120",
+        "--workers", "2", "-q"]
+
+
+def streams_of(features):
+    """id -> {"rgb": array, "flow": array} of an .npy two-stream FEATURES."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(features, "*_rgb.npy"))):
+        vid = os.path.basename(path)[: -len("_rgb.npy")]
+        out[vid] = {"rgb": np.load(path), "flow": np.load(path.replace("_rgb.npy", "_flow.npy"))}
+    return out
+
+
+def write_hdf5(videos, path):  # MDVC's layout: {id}/i3d_features/rgb and .../flow
+    with h5py.File(path, "w") as f:
+        for vid, s in videos.items():
+            f.create_dataset(f"{vid}/i3d_features/rgb", data=s["rgb"])
+            f.create_dataset(f"{vid}/i3d_features/flow", data=s["flow"])
+            f.create_dataset(f"{vid}/vggish_features", data=np.zeros((3, 2), np.float32))
+
+
+def write_webdataset(videos, root, shards=2):
+    os.makedirs(root)
+    ids = sorted(videos)
+    for n in range(shards):
+        with wds.TarWriter(os.path.join(root, f"shard-{n:04d}.tar")) as sink:
+            for vid in ids[n::shards]:
+                sink.write({"__key__": vid, "rgb.npy": videos[vid]["rgb"],
+                            "flow.npy": videos[vid]["flow"], "json": {"id": vid}})
+
+
+def write_parquet(videos, root, files=2):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(root)
+    ids = sorted(videos)
+    kind = pa.list_(pa.list_(pa.float32()))
+    for n in range(files):
+        part = ids[n::files]
+        table = pa.table({"video_id": part,
+                          "rgb": pa.array([videos[v]["rgb"].tolist() for v in part], kind),
+                          "flow": pa.array([videos[v]["flow"].tolist() for v in part], kind)})
+        pq.write_table(table, os.path.join(root, f"part-{n}.parquet"), row_group_size=4)
+
+
+def write_pt(videos, root):
+    os.makedirs(root)
+    for vid, s in videos.items():
+        torch.save(torch.from_numpy(s["rgb"]), os.path.join(root, f"{vid}_rgb.pt"))
+        torch.save(torch.from_numpy(s["flow"]), os.path.join(root, f"{vid}_flow.pt"))
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forms")
+    info = make_corpus(str(root / "npy"), videos=24, dim=8, words=5, topics=2, flow=True,
+                       flow_dim=4, min_clips=10, max_clips=30, seed=5)
+    videos = streams_of(info["features"])
+    write_hdf5(videos, str(root / "corpus.h5"))
+    write_webdataset(videos, str(root / "wds"))
+    write_parquet(videos, str(root / "parquet"))
+    write_pt(videos, str(root / "pt"))
+    return {"root": root, "npy": info["features"], "hdf5": str(root / "corpus.h5"),
+            "webdataset": str(root / "wds"), "parquet": str(root / "parquet"),
+            "pt": str(root / "pt"), "videos": videos}
+
+
+def train(features, out, *extra):
+    result = CliRunner().invoke(app, ["train", features, "--out", out, *ARGS, *extra])
+    assert result.exit_code == 0, result.output
+    return json.load(open(os.path.join(out, "manifest.json")))
+
+
+def test_every_format_gives_the_same_run(ray_session, forms, tmp_path):
+    base = str(tmp_path / "npy")
+    m = train(forms["npy"], base)
+    assert m["corpus"]["videos"] == 24 and m["corpus"]["layout"] == "two-stream"
+    for fmt, extra in (("hdf5", ["--hdf5-key", "i3d_features"]), ("webdataset", []),
+                       ("parquet", []), ("pt", [])):
+        out = str(tmp_path / fmt)
+        got = train(forms[fmt], out, *extra)
+        assert got["corpus"]["videos"] == 24 and got["corpus"]["layout"] == "two-stream", fmt
+        assert got["counts"]["skipped"] == 0, fmt
+        assert_same_results(base, out)
+        stamp = os.stat(os.path.join(out, "manifest.json")).st_mtime_ns
+        train(forms[fmt], out, *extra)  # a complete RUN: nothing to do, nothing written
+        assert os.stat(os.path.join(out, "manifest.json")).st_mtime_ns == stamp, fmt
+        # the outputs are those of the .npy run, whatever the input
+        vid = sorted(forms["videos"])[0]
+        for name in (f"embeddings/{vid}.npy", f"concat/{vid}_rgb.npy", f"concat/{vid}_flow.npy"):
+            np.testing.assert_array_equal(np.load(os.path.join(base, name)),
+                                          np.load(os.path.join(out, name)))
+
+
+def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, tmp_path):
+    base = str(tmp_path / "npy")
+    train(forms["npy"], base)
+    vid = sorted(forms["videos"])[0]
+    for fmt, extra in (("webdataset", []), ("hdf5", ["--hdf5-key", "i3d_features"])):
+        out = str(tmp_path / f"embed-{fmt}")
+        result = CliRunner().invoke(app, ["embed", base, forms[fmt], "--out", out, *extra])
+        assert result.exit_code == 0, result.output
+        for name in (f"embeddings/{vid}.npy", f"concat/{vid}_flow.npy"):
+            np.testing.assert_array_equal(np.load(os.path.join(base, name)),
+                                          np.load(os.path.join(out, name)))
+        out = str(tmp_path / f"assign-{fmt}")
+        result = CliRunner().invoke(app, ["assign", base, forms[fmt], "--out", out, *extra])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(np.load(os.path.join(out, f"{vid}.npy")),
+                                      tokens_of(base)[vid])
+    # a RUN trained on HDF5: check reads it with the RUN's own keys; BMT cannot read FEATURES
+    run = str(tmp_path / "hdf5")
+    train(forms["hdf5"], run, "--hdf5-key", "i3d_features")
+    result = CliRunner().invoke(app, ["check", run, "--for", "bmt"])
+    assert result.exit_code == 1 and "FEATURES is hdf5; BMT reads" in result.output
+    labels = {v: str(int(v[-1]) % 2) for v in forms["videos"]}
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(labels))
+    result = CliRunner().invoke(app, ["evaluate", run, forms["hdf5"], "--labels", str(path)])
+    assert result.exit_code == 0, result.output
+
+
+def test_the_format_is_detected_and_can_be_forced(forms, tmp_path):
+    from vgray.formats import detect
+
+    assert [detect(forms[f]) for f in ("npy", "hdf5", "webdataset", "parquet", "pt")] == [
+        "npy", "hdf5", "webdataset", "parquet", "pt"]
+    assert detect(forms["npy"], "pt") == "pt"
+
+
+def test_broken_members_are_skips_with_their_reason(ray_session, forms, tmp_path):
+    videos = dict(forms["videos"])
+    ids = sorted(videos)
+    bad = {ids[0]: {"rgb": videos[ids[0]]["rgb"].copy(), "flow": videos[ids[0]]["flow"]},
+           ids[1]: {"rgb": videos[ids[1]]["rgb"], "flow": videos[ids[1]]["flow"][:-2]}}
+    bad[ids[0]]["rgb"][3, 1] = np.nan
+    broken = {**videos, **bad}
+    write_hdf5(broken, str(tmp_path / "b.h5"))
+    write_webdataset(broken, str(tmp_path / "wds"))
+    write_parquet(broken, str(tmp_path / "pq"))
+    write_pt(broken, str(tmp_path / "pt"))
+    for name, extra in (("b.h5", ["--hdf5-key", "i3d_features"]), ("wds", []), ("pq", []),
+                        ("pt", [])):
+        out = str(tmp_path / f"run-{name}")
+        m = train(str(tmp_path / name), out, *extra)
+        skips = [json.loads(line) for line in open(os.path.join(out, "skipped.jsonl"))]
+        reasons = {s["video_id"]: s["reason"] for s in skips}
+        assert set(reasons) == {ids[0], ids[1]}, (name, reasons)
+        assert "non-finite" in reasons[ids[0]] and "T = " in reasons[ids[1]], (name, reasons)
+        assert m["counts"]["videos"] == 22
+
+
+def test_a_pt_file_that_is_not_a_tensor_is_never_unpickled(ray_session, forms, tmp_path):
+    root = tmp_path / "pt"
+    root.mkdir()
+    for vid, s in list(forms["videos"].items())[:6]:
+        torch.save(torch.from_numpy(s["rgb"]), str(root / f"{vid}.pt"))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"not": "a tensor"}, str(root / "dict.pt"))
+    torch.save(Evil(), str(root / "evil.pt"))
+    out = str(tmp_path / "run")
+    m = train(str(root), out, "--vocab-size", "3")
+    reasons = {json.loads(line)["video_id"]: json.loads(line)["reason"]
+               for line in open(os.path.join(out, "skipped.jsonl"))}
+    assert "holds a dict, not one tensor" in reasons["dict"]
+    assert "weights_only=True, never unpickled" in reasons["evil"]
+    assert not marker.exists() and m["counts"]["videos"] == 6
+
+
+def test_a_container_that_cannot_be_opened_is_one_line(forms, tmp_path):
+    bad = tmp_path / "broken.h5"
+    bad.write_bytes(b"not an hdf5 file at all")
+    result = CliRunner().invoke(app, ["train", str(bad), "--out", str(tmp_path / "r"), *ARGS])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: cannot open the HDF5 file {bad}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_duplicate_ids_across_shards_are_reported(ray_session, forms, tmp_path):
+    videos = forms["videos"]
+    root = tmp_path / "wds"
+    write_webdataset(videos, str(root))
+    first = sorted(videos)[0]
+    with wds.TarWriter(str(root / "shard-9999.tar")) as sink:  # the same id again
+        sink.write({"__key__": first, "rgb.npy": videos[first]["rgb"],
+                    "flow.npy": videos[first]["flow"]})
+    out = str(tmp_path / "run")
+    m = train(str(root), out)
+    reasons = [json.loads(line) for line in open(os.path.join(out, "skipped.jsonl"))]
+    assert [r["video_id"] for r in reasons] == [first]
+    assert "duplicate id: also in" in reasons[0]["reason"] and m["counts"]["videos"] == 24
+
+
+from test_storage import s3, upload_tree  # noqa: E402,F401 - moto on loopback (a fixture)
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "webdataset"])
+def test_hdf5_and_webdataset_read_from_s3(ray_session, s3, forms, tmp_path, fmt):  # noqa: F811
+    import subprocess
+    import sys
+
+    base = str(tmp_path / "npy")
+    train(forms["npy"], base)
+    local = forms[fmt]
+    if fmt == "hdf5":
+        with open(local, "rb") as src, s3["fs"].open_output_stream(
+                f"vgray-test/{fmt}/corpus.h5") as dst:
+            dst.write(src.read())
+        uri, extra = f"s3://vgray-test/{fmt}/corpus.h5", ["--hdf5-key", "i3d_features"]
+    else:
+        upload_tree(s3["fs"], local, f"vgray-test/{fmt}")
+        uri, extra = f"s3://vgray-test/{fmt}", []
+    out = str(tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "vgray.cli", "train", uri, "--out", out, *ARGS,
+                           *extra], env=s3["env"], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("embedded 24 videos")
+    assert_same_results(base, out)
