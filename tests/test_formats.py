@@ -19,6 +19,7 @@ h5py = pytest.importorskip("h5py")
 wds = pytest.importorskip("webdataset")
 torch = pytest.importorskip("torch")
 
+TRAIN_IDS: list[str] = []  # the corpus's train_ids.json, once written
 ARGS = ["--vocab-size", "5", "--dim", "4", "--epochs", "30", "--shard-clips", "120",
         "--workers", "2", "-q"]
 
@@ -78,6 +79,7 @@ def forms(tmp_path_factory):
     info = make_corpus(str(root / "npy"), videos=24, dim=8, words=5, topics=2, flow=True,
                        flow_dim=4, min_clips=10, max_clips=30, seed=5)
     videos = streams_of(info["features"])
+    TRAIN_IDS.append(info["train_ids"])
     write_hdf5(videos, str(root / "corpus.h5"))
     write_webdataset(videos, str(root / "wds"))
     write_parquet(videos, str(root / "parquet"))
@@ -88,7 +90,11 @@ def forms(tmp_path_factory):
 
 
 def train(features, out, *extra):
-    result = CliRunner().invoke(app, ["train", features, "--out", out, *ARGS, *extra])
+    """`vgray train`, with the corpus's training ids (found in every form as in .npy)."""
+    ids = TRAIN_IDS[0] if TRAIN_IDS else None
+    result = CliRunner().invoke(app, ["train", features, "--out", out, *ARGS, *extra,
+                                      *(["--train-ids", ids] if ids and "--train-ids" not in extra
+                                        else [])])
     assert result.exit_code == 0, result.output
     return json.load(open(os.path.join(out, "manifest.json")))
 
@@ -203,6 +209,21 @@ def test_a_container_that_cannot_be_opened_is_one_line(forms, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_shard_that_cannot_be_read_is_one_line(ray_session, forms, tmp_path):
+    import shutil
+
+    for fmt, name in (("webdataset", "shard-0001.tar"), ("parquet", "part-1.parquet")):
+        root = tmp_path / fmt
+        shutil.copytree(forms[fmt], root)
+        data = (root / name).read_bytes()
+        (root / name).write_bytes(data[: len(data) // 3] + b"\x01" * 700)  # cut and garbled
+        out = tmp_path / f"run-{fmt}"
+        result = CliRunner().invoke(app, ["train", str(root), "--out", str(out), *ARGS])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: cannot ") and str(root / name) in result.output
+        assert not out.exists()
+
+
 def test_duplicate_ids_across_shards_are_reported(ray_session, forms, tmp_path):
     videos = forms["videos"]
     root = tmp_path / "wds"
@@ -243,3 +264,15 @@ def test_hdf5_and_webdataset_read_from_s3(ray_session, s3, forms, tmp_path, fmt)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("embedded 24 videos")
     assert_same_results(base, out)
+
+
+def test_a_sweep_reads_a_container(ray_session, forms, tmp_path):
+    out = str(tmp_path / "sweep")
+    result = CliRunner().invoke(app, ["sweep", forms["hdf5"], "--out", out, "--hdf5-key",
+                                      "i3d_features", "--vocab-size", "3,4", "--window", "2",
+                                      "--dim", "2", "--epochs", "5", "--workers", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    for combo in ("K3-w2-d2", "K4-w2-d2"):
+        m = json.load(open(os.path.join(out, combo, "manifest.json")))
+        assert m["stages"]["glove"]["status"] == "done"
+    assert json.load(open(os.path.join(out, "manifest.json")))["corpus"]["videos"] == 24

@@ -214,7 +214,7 @@ def tar_members(path: str) -> dict[str, dict[str, tuple[int, int, bytes]]]:
     except StorageError:
         raise
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise BadVideo(f"unreadable tar shard: {e}") from None
+        raise VgrayError(f"cannot read the tar shard {path}: {e}") from None
     return found
 
 

@@ -87,10 +87,7 @@ def probe_container(entry: Entry, streams: str) -> list[Video | Skip]:
 
 def _probe_tar(entry: Entry, streams: str) -> list[Video | Skip]:
     path = entry.rgb_path
-    try:
-        members = formats.tar_members(path)
-    except BadVideo as e:
-        return [Skip(entry.video_id, path, str(e))]
+    members = formats.tar_members(path)  # a shard that cannot be read fails in one line
     found: list[Video | Skip] = []
     for key in sorted(members):
         problem = id_problem(key)
@@ -130,7 +127,7 @@ def _probe_parquet(entry: Entry, streams: str) -> list[Video | Skip]:
     except StorageError:
         raise
     except (OSError, ValueError) as e:
-        return [Skip(entry.video_id, path, f"unreadable Parquet file: {e}")]
+        raise VgrayError(f"cannot open the Parquet file {path}: {e}") from None
     if "video_id" not in names or "rgb" not in names:
         return [Skip(entry.video_id, path, "not a table of one row per video (video_id, rgb "
                                            "[, flow]); a per-clip table as `vgray export` "
