@@ -260,7 +260,8 @@ def test_hdf5_and_webdataset_read_from_s3(ray_session, s3, forms, tmp_path, fmt)
         uri, extra = f"s3://vgray-test/{fmt}", []
     out = str(tmp_path / "run")
     done = subprocess.run([sys.executable, "-m", "vgray.cli", "train", uri, "--out", out, *ARGS,
-                           *extra], env=s3["env"], capture_output=True, text=True, timeout=400)
+                           *extra, "--train-ids", TRAIN_IDS[0]], env=s3["env"],
+                          capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("embedded 24 videos")
     assert_same_results(base, out)

@@ -15,7 +15,7 @@ import concurrent.futures
 from . import formats, fs
 from .corpus import (IO_THREADS, Corpus, Entry, Reading, Skip, Video, assemble, id_problem,
                      list_videos, probe_one as probe_file)
-from .errors import BadVideo, StorageError
+from .errors import BadVideo, StorageError, VgrayError
 from .npyfile import NpyHeader, parse_header
 
 
