@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .config import EMBEDDINGS, TrainConfig
+from .config import TrainConfig
 from .errors import Terminated, VgrayError
 
 
@@ -283,9 +283,7 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
     reading = reading or {}
     options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
                **reading}
-    if command == "embed":
-        if embeddings not in EMBEDDINGS:
-            _fail(VgrayError(f"--embeddings must be one of {', '.join(EMBEDDINGS)}"))
+    if command == "embed":  # a choice: checked by the option itself (and by TrainConfig)
         options["embeddings"] = embeddings
     argv = _argv([command, run, features, "--out", out], options, quiet)
 

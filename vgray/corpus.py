@@ -24,8 +24,8 @@ import numpy as np
 
 from . import formats, fs
 from .errors import BadVideo, VgrayError
-from .npyfile import (HEADER_BYTES, NpyHeader, all_finite, file_size, load_rows, parse_header,
-                      read_at, read_header, read_rows_at)
+from .npyfile import (HEADER_BYTES, NpyHeader, all_finite, file_size, finite, load_rows,
+                      parse_header, read_at, read_header, read_rows_at)
 
 RGB_SUFFIX = "_rgb.npy"
 FLOW_SUFFIX = "_flow.npy"
@@ -118,8 +118,7 @@ def stream_rows(video: Video, stream: str, start: int = 0, stop: int | None = No
     if video.source == formats.NPY:
         return load_rows(path, start, stop, header)
     if video.source == formats.WEBDATASET:  # an .npy member at its offset in the tar
-        rows = read_rows_at(path, start, stop, header)
-        return formats.checked(rows, start)
+        return finite(read_rows_at(path, start, stop, header), start)
     if video.source == formats.HDF5:
         return formats.h5_rows(path, key, start, stop)
     if video.source == formats.PT:

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import fs
 from .errors import BadVideo, StorageError, VgrayError
+from .npyfile import finite
 
 NPY, HDF5, WEBDATASET, PARQUET, PT = "npy", "hdf5", "webdataset", "parquet", "pt"
 FORMATS = (NPY, HDF5, WEBDATASET, PARQUET, PT)
@@ -97,10 +98,7 @@ def checked(block: np.ndarray, start: int) -> np.ndarray:
         block = np.array(block, dtype=np.float32, order="C")
     if block.ndim != 2:
         raise BadVideo(f"expected a 2-D [T, D] array, got shape {block.shape}")
-    if not np.isfinite(block).all():
-        bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
-        raise BadVideo(f"non-finite value (NaN or inf, or beyond float32's range) in clip {bad}")
-    return block
+    return finite(block, start)
 
 
 def float_shape(shape: tuple, dtype: np.dtype, what: str) -> tuple[int, int]:

@@ -135,6 +135,11 @@ def load_rows(path: str, start: int = 0, stop: int | None = None,
         raise BadVideo(f"unreadable file: {e.strerror or e}") from None
     except (ValueError, EOFError) as e:  # the file changed since its header was read
         raise BadVideo(f"not a valid .npy file: {e}") from None
+    return finite(block, start)
+
+
+def finite(block: np.ndarray, start: int) -> np.ndarray:
+    """The block of clips from `start`, or BadVideo naming its first clip with NaN or inf."""
     if not np.isfinite(block).all():
         bad = int(np.argmax(~np.isfinite(block).all(axis=1))) + start
         raise BadVideo(f"non-finite value (NaN or inf, or beyond float32's range) in clip {bad}")
