@@ -80,16 +80,37 @@ def test_node_seconds():
     b = {"node": "b", "node_type": None, "resources": {"CPU": 2.0}}
     usage = node_usage([("assign", {**a, "span": [0, 2]}), ("assign", {**a, "span": [1, 3]}),
                         ("assign", {**b, "span": [0, 1]})])
-    assert usage == {"a": {"node_type": "cpu", "resources": {"CPU": 8.0}, "seconds": 3.0,
-                           "work": {"assign": 2}},
-                     "b": {"node_type": None, "resources": {"CPU": 2.0}, "seconds": 1.0,
-                           "work": {"assign": 1}}}
+    assert usage == {"a": {"node_type": "cpu", "resources": {"CPU": 8.0}, "host": None,
+                           "session": None, "seconds": 3.0, "work": {"assign": 2}},
+                     "b": {"node_type": None, "resources": {"CPU": 2.0}, "host": None,
+                           "session": None, "seconds": 1.0, "work": {"assign": 1}}}
     later = node_usage([("embed", {**a, "span": [10, 11.5]})])
     by_type = usage_by_type({"assign": {"nodes": usage}, "embed": {"nodes": later},
                              "scan": {"seconds": 1}})
     assert by_type == {"(CPU 2)": {"nodes": 1, "node_seconds": 1.0},
                        "cpu": {"nodes": 1, "node_seconds": 4.5}}
     assert usage_line(by_type) == "nodes: 1 × (CPU 2): 1.0 node-s; 1 × cpu: 4.5 node-s"
+
+
+def test_a_machine_resumed_on_is_one_node():
+    """Ray names a node afresh each time it starts: one machine, met again by a resumed run
+    under a new id, is one node; nodes that share a host in one session (the simulated nodes of
+    ray.cluster_utils.Cluster) are several; a node without host or session counts by its id."""
+    def node(session, host="10.0.0.1", seconds=1.0):
+        return {"node_type": None, "resources": {"CPU": 2.0}, "host": host, "session": session,
+                "seconds": seconds, "work": {"assign": 1}}
+
+    resumed = {"vocab": {"nodes": {"id1": node("s1")}},
+               "assign": {"nodes": {"id2": node("s2")}}, "embed": {"nodes": {"id2": node("s2")}}}
+    assert usage_by_type(resumed) == {"(CPU 2)": {"nodes": 1, "node_seconds": 3.0}}
+    simulated = {"vocab": {"nodes": {"a": node("s1"), "b": node("s1"), "c": node("s1")}},
+                 "assign": {"nodes": {"d": node("s2")}}}
+    assert usage_by_type(simulated)["(CPU 2)"]["nodes"] == 3
+    two_hosts = {"vocab": {"nodes": {"a": node("s1")}},
+                 "assign": {"nodes": {"b": node("s2", host="10.0.0.2")}}}
+    assert usage_by_type(two_hosts)["(CPU 2)"]["nodes"] == 2
+    old = {"vocab": {"nodes": {"a": node(None, None)}}, "assign": {"nodes": {"b": node(None, None)}}}
+    assert usage_by_type(old)["(CPU 2)"]["nodes"] == 2
 
 
 def test_the_monitor_config_is_read_only_from_this_clusters_monitor(tmp_path):

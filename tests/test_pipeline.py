@@ -293,8 +293,13 @@ def test_driver_killed_mid_run_resumes(tmp_path):
             np.load(path)  # everything under a final name is complete
     subprocess.run(args + ["--out", crashed], env=env, check=True, timeout=300, capture_output=True)
     total = len(os.listdir(markers))
-    work = json.load(open(os.path.join(crashed, "manifest.json")))["last_invocation"]["work"]
+    manifest = json.load(open(os.path.join(crashed, "manifest.json")))
+    work = manifest["last_invocation"]["work"]
     assert work["vocab"] == 0 and work["assign_shards"] == total - done_before
+    # the vocabulary was made in the first Ray session, the rest in the second: one machine
+    sessions = {n["session"] for stage in manifest["stages"].values()
+                for n in (stage.get("nodes") or {}).values()}
+    assert len(sessions) == 2 and [u["nodes"] for u in manifest["nodes"].values()] == [1]
     clean = str(tmp_path / "clean")
     subprocess.run(args + ["--out", clean], env=env, check=True, timeout=300, capture_output=True)
     assert_same_results(clean, crashed)

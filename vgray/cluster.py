@@ -423,27 +423,36 @@ def avoiding(nodes: tuple) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _node_facts(node_id: str, own_type: str | None) -> tuple:
-    """(node type, {CPU, GPU}) of a node, from Ray's node table and the autoscaler."""
+    """(node type, {CPU, GPU}, host address) of a node, from Ray's node table and the
+    autoscaler."""
     node_type = own_type
     if not node_type:
         mapping = (_autoscaler_status().get("autoscaler_report") or {}).get("node_type_mapping")
         node_type = (mapping or {}).get(node_id)
     if node_type == f"node_{node_id}":  # the name Ray makes up for a node of no declared type
         node_type = None
-    resources = {}
+    resources, host = {}, None
     try:
         for n in ray.nodes():
             if n["NodeID"] == node_id:
                 resources = {k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU")}
+                host = n.get("NodeManagerAddress") or None
     except Exception:  # noqa: BLE001 - facts are nice to have
         pass
-    return node_type, tuple(sorted(resources.items()))
+    return node_type, tuple(sorted(resources.items())), host
 
 
 def node_facts(node_id: str, own_type: str | None = None) -> dict:
-    """A node's type and resources (own_type: what the node says of itself)."""
-    node_type, resources = _node_facts(node_id, own_type)
-    return {"node_type": node_type, "resources": dict(resources)}
+    """A node's type, resources, host address, and the Ray session it belongs to (own_type:
+    what the node says of itself). A node's id is new each time Ray starts on a machine; the
+    host and session tell one machine seen by two invocations from two machines."""
+    node_type, resources, host = _node_facts(node_id, own_type)
+    try:
+        session = ray.get_runtime_context().get_session_name()
+    except Exception:  # noqa: BLE001 - facts are nice to have
+        session = None
+    return {"node_type": node_type, "resources": dict(resources), "host": host,
+            "session": session}
 
 
 def where_facts() -> dict:
@@ -478,6 +487,8 @@ def node_usage(records: list[tuple[str, dict]]) -> dict:
     for kind, where in records:
         node = nodes.setdefault(where["node"], {"node_type": where.get("node_type"),
                                                 "resources": where.get("resources") or {},
+                                                "host": where.get("host"),
+                                                "session": where.get("session"),
                                                 "seconds": 0.0, "work": {}, "_spans": []})
         node["work"][kind] = node["work"].get(kind, 0) + 1
         node["_spans"].append(tuple(where["span"]))
@@ -506,17 +517,25 @@ def node_label(node: dict) -> str:
 
 
 def usage_by_type(stages: dict) -> dict:
-    """Node-seconds per node type over every stage: {type: {nodes, node_seconds}}."""
+    """Node-seconds per node type over every stage: {type: {nodes, node_seconds}}.
+
+    Within one Ray session every node id is a node. A resumed run meets its machines again
+    under new ids (Ray names a node afresh each time it starts), so across sessions nodes are
+    matched by host: a host counts as many nodes as it held at once in any one session (one
+    machine resumed on is one node; the simulated nodes of one machine are several). A node
+    recorded without host or session counts by its id."""
     out: dict = {}
-    seen: dict = {}
+    ids: dict = {}  # (label, host or id) -> {session: {node ids}}
     for stage in stages.values():
         for node_id, node in (stage.get("nodes") or {}).items():
             label = node_label(node)
             entry = out.setdefault(label, {"nodes": 0, "node_seconds": 0.0})
             entry["node_seconds"] = round(entry["node_seconds"] + node["seconds"], 3)
-            if node_id not in seen.setdefault(label, set()):
-                seen[label].add(node_id)
-                entry["nodes"] += 1
+            host, session = node.get("host"), node.get("session")
+            key = (label, host) if host and session else (label, "id:" + node_id)
+            ids.setdefault(key, {}).setdefault(session, set()).add(node_id)
+    for (label, _), sessions in ids.items():
+        out[label]["nodes"] += max(len(nodes) for nodes in sessions.values())
     return dict(sorted(out.items()))
 
 
