@@ -7,7 +7,8 @@ Rows: a missing FEATURES, an empty FEATURES, training ids without files, --out e
 FEATURES, --out a non-empty directory that is no RUN, --out a file, the lock held by another
 vgray, a changed setting on a complete RUN, and, for comparison, the no-op re-run of that
 complete RUN and a bad option (a usage error). Each row: the median wall time of --repeat runs,
-the exit code, whether a Ray session directory appeared, and the line printed.
+the exit code, whether a Ray session directory appeared, and the line printed. Last, a train that
+does run: how long until its first line ("ray: starting a local Ray…") and until Ray is up.
 
 Writes benchmarks/results/refusals.json.
 """
@@ -55,6 +56,27 @@ def timed(argv: list[str], repeat: int) -> dict:
             "line": lines[-1] if lines else ""}
 
 
+def first_lines(features: str, root: str, repeat: int) -> dict:
+    """Seconds from a train (into a new --out each time) until its first line on stderr, and
+    until its second (Ray up)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    firsts, seconds, lines = [], [], []
+    for n in range(repeat):
+        argv = ["train", features, "--out", os.path.join(root, f"fresh{n}"), *ARGS[:-1]]
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "vgray.cli", *argv], env=env, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        lines = [proc.stderr.readline()]
+        firsts.append(time.perf_counter() - t)
+        lines.append(proc.stderr.readline())
+        seconds.append(time.perf_counter() - t)
+        proc.stderr.read()
+        proc.wait()
+    return {"first_line_s": round(statistics.median(firsts), 2),
+            "ray_up_s": round(statistics.median(seconds), 2),
+            "lines": [line.rstrip("\n") for line in lines]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeat", type=int, default=3)
@@ -94,6 +116,8 @@ def main() -> None:
             argv = argv if "--bogus" in argv or "-q" in argv else argv + ARGS
             result["rows"][name] = timed(argv, a.repeat)
             print(name, result["rows"][name], flush=True)
+        result["a train that runs"] = first_lines(features, root, a.repeat)
+        print("a train that runs", result["a train that runs"], flush=True)
     finally:
         holder.release()
         shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -510,7 +511,11 @@ def test_python_cli_py_subprocess(tmp_path):
     assert "\nvocab: seeding: 3/3 words (100%)" in done.stderr
     assert "\nglove: 5/5 epochs (100%)" in done.stderr and ", loss " in done.stderr
     assert "\ncooccur: reduce: 4/4 partitions (100%)" in done.stderr
-    assert done.stderr.startswith("scan: 8/8 videos (100%)")  # the workers read a chunk at a time
+    # Starting Ray takes seconds: a line says so first, and what Ray has once it is up.
+    first, second, rest = done.stderr.split("\n", 2)
+    assert first == "ray: starting a local Ray…"
+    assert re.fullmatch(r"ray: \d+ CPUs?, no GPU \(\d+\.\d s\)", second), second
+    assert rest.startswith("scan: 8/8 videos (100%)")  # the workers read a chunk at a time
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train",
                           str(tmp_path / "nope"), "--out", str(tmp_path / "r2")],
                          env=env, capture_output=True, text=True, timeout=300)

@@ -31,14 +31,27 @@ GPU_WAIT_KNOWN_S = 600.0    # a node type with a GPU exists: cloud GPU nodes tak
 GPU_WAIT_UNKNOWN_S = 120.0  # node types not readable: no way to tell an infeasible request
 
 
+def ray_address(address: str | None = None) -> str:
+    """Where connect() goes: `address`, else the RAY_ADDRESS that a Ray job runs with (not a
+    Jobs API address), else "local" (an embedded Ray of this process)."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    return address or (env if env and not env.startswith(("http://", "https://")) else "local")
+
+
+def joining(address: str | None = None) -> str:
+    """What connect() is about to do, in words; "" where Ray is already up in this process."""
+    if ray.is_initialized():
+        return ""
+    address = ray_address(address)
+    return "starting a local Ray" if address == "local" else f"connecting to {address}"
+
+
 def connect(address: str | None = None) -> None:
     """Use the Ray already initialised in this process; else attach to `address` (or the
     RAY_ADDRESS that a Ray job runs with); else start an embedded local Ray, never picking up
     some other cluster that happens to run on this machine."""
     if not ray.is_initialized():
-        env = os.environ.get("RAY_ADDRESS", "")
-        address = address or (env if env and not env.startswith(("http://", "https://"))
-                              else "local")
+        address = ray_address(address)
         kwargs = {"include_dashboard": False} if address == "local" else {}
         main = threading.current_thread() is threading.main_thread()
         on_term = signal.getsignal(signal.SIGTERM) if main else None
@@ -143,6 +156,13 @@ class Capacity:
         if any(t.room > 0 and t.gpus() for t in self.types):
             return True
         return None if any(t.resources is None and t.room > 0 for t in self.types) else False
+
+    def describe_now(self) -> str:
+        """'2 CPUs, no GPU' (and ', autoscaling' where nodes can be added)."""
+        gpus = f"{self.gpus_now:g} GPU{'s' if self.gpus_now != 1 else ''}" if self.gpus_now \
+            else "no GPU"
+        return (f"{self.cpus_now:g} CPU{'s' if self.cpus_now != 1 else ''}, {gpus}"
+                + (", autoscaling" if self.autoscaling else ""))
 
     def to_dict(self) -> dict:
         return {"autoscaling": self.autoscaling, "cpus_now": self.cpus_now,

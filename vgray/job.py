@@ -17,7 +17,8 @@ import numpy as np
 import ray
 
 from . import __version__, fs, s3
-from .cluster import (Capacity, Demand, GpuPlan, avoiding, capacity, node_usage, usage_by_type)
+from .cluster import (Capacity, Demand, GpuPlan, avoiding, capacity, joining, node_usage,
+                      usage_by_type)
 from .cluster import connect as connect_ray
 from .config import TrainConfig
 from .errors import StorageError, VgrayError
@@ -126,10 +127,16 @@ class Job:
         return self
 
     def connect(self) -> None:
-        """Ray, once the checks that need no cluster have passed: what it has and can grow to."""
+        """Ray, once the checks that need no cluster have passed: what it has and can grow to.
+        Starting Ray takes seconds: a line says so before, and what it found after."""
+        t, doing = time.perf_counter(), joining()
+        if doing:
+            self.echo(f"ray: {doing}…")
         connect_ray()
         self.capacity = capacity()
         self.demand = Demand(self.capacity)
+        if doing:
+            self.echo(f"ray: {self.capacity.describe_now()} ({time.perf_counter() - t:.1f} s)")
 
     def __exit__(self, kind, *exc) -> None:
         self.release_gpu_worker()
