@@ -277,3 +277,90 @@ def test_a_sweep_reads_a_container(ray_session, forms, tmp_path):
         m = json.load(open(os.path.join(out, combo, "manifest.json")))
         assert m["stages"]["glove"]["status"] == "done"
     assert json.load(open(os.path.join(out, "manifest.json")))["corpus"]["videos"] == 24
+
+
+def settled(cache) -> None:
+    """Until no block of the cache is being read (ahead) any more."""
+    import time
+
+    for _ in range(500):
+        with cache.lock:
+            if not cache.fetching:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the blocks read ahead never arrived")
+
+
+def test_the_block_cache_reads_each_block_once(monkeypatch):
+    """HDF5 on object storage is read through a per-process cache of aligned blocks: any read
+    (across block edges, from many threads at once) gives the file's bytes, each block costs one
+    ranged request while it is held, and the cache holds at most its number of blocks."""
+    import threading
+    import time
+
+    from vgray import formats
+
+    data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    requests, sizes = [], []
+    monkeypatch.setattr(formats.fs, "read_range",
+                        lambda path, start, n: requests.append(start) or data[start:start + n])
+    monkeypatch.setattr(formats.fs, "size", lambda path: sizes.append(path) or len(data))
+    cache = formats.BlockCache(block=1000, blocks=4, ahead=0)
+    f = formats.CachedFile("s3://b/corpus.h5", cache)
+    for start, n in ((0, 10), (995, 10), (2500, 1700), (9990, 50), (3000, 5)):
+        f.seek(start)
+        assert f.read(n) == data[start:start + n]
+    f.seek(0, 2)
+    assert f.read(5) == b""  # at the end
+    assert sorted(requests) == [0, 1000, 2000, 3000, 4000, 9000]  # (995, 10) spans 0 and 1
+    assert len(cache.data) == 4  # the oldest block went
+    requests.clear()
+    out = {}
+
+    def read(n):
+        g = formats.CachedFile("s3://b/corpus.h5", cache)
+        g.seek(6000)
+        out[n] = g.read(2000)
+
+    threads = [threading.Thread(target=read, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(v == data[6000:8000] for v in out.values()) and len(out) == 8
+    assert sorted(requests) == [6000, 7000] and sizes == ["s3://b/corpus.h5"]  # one size asked
+    # Threads that open the file at once ask its size once (as a scan's 64 threads do).
+    sizes.clear()
+    opening = formats.BlockCache(block=1000, blocks=4, ahead=0)
+    monkeypatch.setattr(formats.fs, "size",
+                        lambda path: sizes.append(path) or time.sleep(0.05) or len(data))
+    opened = [threading.Thread(target=formats.CachedFile, args=("s3://b/x.h5", opening))
+              for _ in range(8)]
+    for t in opened:
+        t.start()
+    for t in opened:
+        t.join()
+    assert sizes == ["s3://b/x.h5"]
+    # Reading ahead: a block read starts the next ones; a whole pass asks for each block once,
+    # and a block whose read ahead failed is read again where it is needed.
+    requests.clear()
+    ahead = formats.BlockCache(block=1000, blocks=32, ahead=3)
+    g = formats.CachedFile("s3://b/corpus.h5", ahead)
+    assert g.read(10) == data[:10]
+    settled(ahead)
+    assert sorted(requests) == [0, 1000, 2000, 3000]
+    assert g.read() == data[10:] and sorted(requests) == list(range(0, 10_000, 1000))
+    failing = formats.BlockCache(block=1000, blocks=32, ahead=2)
+    calls = []
+
+    def flaky(path, start, n):
+        calls.append(start)
+        if calls.count(start) == 1 and start:
+            raise OSError("connection reset")
+        return data[start:start + n]
+
+    monkeypatch.setattr(formats.fs, "read_range", flaky)
+    h = formats.CachedFile("s3://b/corpus.h5", failing)
+    assert h.read(10) == data[:10]
+    settled(failing)
+    assert h.read(2000) == data[10:2010] and calls.count(1000) == calls.count(2000) == 2

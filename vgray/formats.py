@@ -18,6 +18,8 @@ a shard's videos come in order). Nothing is ever unpickled: `.pt` files are load
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
 import io
 import tarfile
@@ -85,6 +87,108 @@ class RangedFile(io.RawIOBase):
         return len(data)
 
 
+class BlockCache:
+    """Aligned blocks of files on object storage, shared by the threads of a process and kept
+    least-recently-used first out: at most `blocks` of `block` bytes (64 MiB by default). HDF5
+    reads its metadata (object headers, B-tree nodes) in small pieces scattered through the
+    file, each thread opens the file itself, and every stage reads it again: through this cache
+    each block costs one ranged GET per process while it is held, not one per read. h5py reads
+    under a lock of its own, one read at a time, so a block fetched for it starts fetching the
+    next `ahead` blocks in the background (videos are read in file order)."""
+
+    def __init__(self, block: int = 2 << 20, blocks: int = 32, ahead: int = 3):
+        self.block, self.blocks, self.ahead = block, blocks, ahead
+        self.pool = None  # the threads that read ahead, started on first use
+        self.lock, self.size_lock = threading.Lock(), threading.Lock()
+        self.data: collections.OrderedDict = collections.OrderedDict()
+        self.fetching: dict = {}  # (path, index) -> Event of the thread fetching it
+        self.sizes: dict[str, int] = {}
+
+    def size(self, path: str) -> int:
+        """The file's size: asked once per process (the threads that open it at once wait)."""
+        with self.size_lock:
+            if path not in self.sizes:
+                self.sizes[path] = fs.size(path)
+            return self.sizes[path]
+
+    def get(self, path: str, index: int, size: int) -> bytes:
+        key = (path, index)
+        if self.ahead:
+            self._read_ahead(path, index, size)
+        while True:
+            with self.lock:
+                if key in self.data:
+                    self.data.move_to_end(key)
+                    return self.data[key]
+                waiting = self.fetching.get(key)
+                if waiting is None:
+                    mine = self.fetching[key] = threading.Event()
+                    break
+            waiting.wait()  # another thread is fetching it: use its block (or try again)
+        return self._fetch(path, index, size, key, mine)
+
+    def _read_ahead(self, path: str, index: int, size: int) -> None:
+        last = (size - 1) // self.block
+        with self.lock:
+            todo = [(i, threading.Event())
+                    for i in range(index + 1, min(index + self.ahead, last) + 1)
+                    if (path, i) not in self.data and (path, i) not in self.fetching]
+            for i, event in todo:
+                self.fetching[(path, i)] = event
+            if todo and self.pool is None:
+                self.pool = concurrent.futures.ThreadPoolExecutor(self.ahead, "vgray-ahead")
+        for i, event in todo:
+            # a block it fails to read is read again by the thread that needs it (and its
+            # error is reported there)
+            self.pool.submit(self._fetch, path, i, size, (path, i), event, True)
+
+    def _fetch(self, path: str, index: int, size: int, key: tuple, mine: threading.Event,
+               quiet: bool = False) -> bytes | None:
+        try:
+            start = index * self.block
+            data = fs.read_range(path, start, min(self.block, size - start))
+            with self.lock:
+                self.data[key] = data
+                while len(self.data) > self.blocks:
+                    self.data.popitem(last=False)
+            return data
+        except Exception:
+            if quiet:
+                return None
+            raise
+        finally:
+            with self.lock:
+                del self.fetching[key]
+            mine.set()
+
+
+BLOCKS = BlockCache()
+
+
+class CachedFile(RangedFile):
+    """A RangedFile whose reads are served from the process's BlockCache."""
+
+    def __init__(self, path: str, cache: BlockCache = BLOCKS):
+        self.cache = cache
+        super().__init__(path, cache.size(path))
+
+    def readinto(self, buffer) -> int:
+        want = min(len(buffer), self.size - self.pos)
+        if want <= 0:
+            return 0
+        view, done, block = memoryview(buffer).cast("B"), 0, self.cache.block
+        while done < want:
+            at = self.pos + done
+            data = self.cache.get(self.path, at // block, self.size)
+            piece = data[at % block: at % block + want - done]
+            if not piece:
+                break
+            view[done: done + len(piece)] = piece
+            done += len(piece)
+        self.pos += done
+        return done
+
+
 def open_file(path: str, buffer: int = 1 << 20):
     """A local file, or one on object storage read in ranged requests of `buffer` bytes."""
     if fs.is_uri(path):
@@ -136,7 +240,7 @@ def h5_file(path: str):
     if path not in files:
         h5py = need_h5py()
         try:
-            files[path] = h5py.File(open_file(path) if fs.is_uri(path) else path, "r")
+            files[path] = h5py.File(CachedFile(path) if fs.is_uri(path) else path, "r")
         except StorageError:
             raise
         except OSError as e:
