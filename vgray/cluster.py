@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import ray
 
 from .errors import VgrayError
+from .progress import plural
 
 log = logging.getLogger("vgray")
 
@@ -159,9 +160,8 @@ class Capacity:
 
     def describe_now(self) -> str:
         """'2 CPUs, no GPU' (and ', autoscaling' where nodes can be added)."""
-        gpus = f"{self.gpus_now:g} GPU{'s' if self.gpus_now != 1 else ''}" if self.gpus_now \
-            else "no GPU"
-        return (f"{self.cpus_now:g} CPU{'s' if self.cpus_now != 1 else ''}, {gpus}"
+        gpus = plural(int(self.gpus_now), "GPU") if self.gpus_now else "no GPU"
+        return (f"{plural(int(self.cpus_now), 'CPU')}, {gpus}"
                 + (", autoscaling" if self.autoscaling else ""))
 
     def to_dict(self) -> dict:

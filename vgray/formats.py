@@ -112,9 +112,15 @@ class BlockCache:
             return self.sizes[path]
 
     def get(self, path: str, index: int, size: int) -> bytes:
-        key = (path, index)
+        """Block `index` of the file; the blocks after it are read ahead once it is had (never
+        after a failed read, so a storage that is down costs no extra requests)."""
+        data = self._get(path, index, size)
         if self.ahead:
             self._read_ahead(path, index, size)
+        return data
+
+    def _get(self, path: str, index: int, size: int) -> bytes:
+        key = (path, index)
         while True:
             with self.lock:
                 if key in self.data:
