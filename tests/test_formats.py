@@ -209,6 +209,19 @@ def test_a_container_that_cannot_be_opened_is_one_line(forms, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_hdf5_without_h5py_is_one_line_with_the_hint(forms, tmp_path, monkeypatch):
+    """h5py is an optional extra: without it an HDF5 FEATURES is one line naming the install,
+    and --out is left as it was found."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h5py", None)  # `import h5py` raises ImportError
+    result = CliRunner().invoke(app, ["train", forms["hdf5"], "--out", str(tmp_path / "r"),
+                                      "--hdf5-key", "i3d_features", *ARGS])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output == "error: reading HDF5 needs h5py: pip install 'vgray[hdf5]'\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_shard_that_cannot_be_read_is_one_line(ray_session, forms, tmp_path):
     import shutil
 
@@ -242,8 +255,8 @@ def test_duplicate_ids_across_shards_are_reported(ray_session, forms, tmp_path):
 from test_storage import s3, upload_tree  # noqa: E402,F401 - moto on loopback (a fixture)
 
 
-@pytest.mark.parametrize("fmt", ["hdf5", "webdataset"])
-def test_hdf5_and_webdataset_read_from_s3(ray_session, s3, forms, tmp_path, fmt):  # noqa: F811
+@pytest.mark.parametrize("fmt", ["hdf5", "webdataset", "parquet", "pt"])
+def test_every_container_reads_from_s3(ray_session, s3, forms, tmp_path, fmt):  # noqa: F811
     import subprocess
     import sys
 
