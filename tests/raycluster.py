@@ -14,6 +14,8 @@ import time
 import pytest
 
 CURRENT = "/tmp/ray/ray_current_cluster"  # written by `ray start --head`
+FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+FAKE_HEAD_ID = "f" * 51 + "00000"  # the fake provider's head node id
 
 
 def free_port():
@@ -78,19 +80,27 @@ def gcs_up(port: int) -> bool:
 
 @contextlib.contextmanager
 def fake_autoscaling_cluster(tmp, worker_types: dict, idle_timeout_minutes: float = 0.1,
-                             max_workers: int = 8):
+                             max_workers: int = 8, autoscaler: str = "v1"):
     """A head with 0 CPUs whose autoscaler launches `worker_types` (name -> {resources,
     max_workers}) from zero, through Ray's fake multi-node provider (every node a set of
     processes on this machine). Yields the GCS address, the autoscaler config's path and the
-    environment a client needs (the cluster's token)."""
+    environment a client needs (the cluster's token).
+
+    autoscaler "v2" runs Ray's autoscaler v2 (KubeRay's default): its monitor cannot open the
+    `fake_multinode` type's example.yaml (not in the wheels), so the same provider class is
+    loaded as an external one, and the head is given the instance id that v2 needs."""
     port = free_port()
+    provider = {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}",
+                "disable_node_updaters": True, "disable_launch_config_check": True,
+                # Without it fake nodes are never marked active and never scale down.
+                "use_node_id_as_ip": True}
+    if autoscaler == "v2":
+        provider.update(type="external", module=FAKE_PROVIDER, launch_multiple=True,
+                        head_node_id=FAKE_HEAD_ID)
     config = {
         "cluster_name": "vgray-test", "max_workers": max_workers, "upscaling_speed": 1.0,
         "idle_timeout_minutes": idle_timeout_minutes,
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}",
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     # Without it fake nodes are never marked active and never scale down.
-                     "use_node_id_as_ip": True},
+        "provider": provider,
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
@@ -115,10 +125,15 @@ def fake_autoscaling_cluster(tmp, worker_types: dict, idle_timeout_minutes: floa
            # node dead: after that the fake provider's node is never replaced.)
            "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "5", "PYTHONWARNINGS": "ignore"}
     env.pop("RAY_ADDRESS", None)
+    if autoscaler == "v2":
+        env.update(RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_ID,
+                   RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_ID)
     args = [f"--autoscaling-config={path}", "--num-cpus=0", f"--port={port}",
             "--include-dashboard=false", *own_ports()]
     log = os.path.join(tmp, "head.log")
     up = lambda: gcs_up(port) and "Ray runtime started" in open(log).read()  # noqa: E731
     with head(args, env, log, up, grace=3):  # nothing of a fake cluster needs a graceful end
-        client_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **clients}
+        # A client must not inherit RAY_enable_autoscaler_v2: Ray's is_autoscaler_v2() trusts it.
+        client_env = {**{k: v for k, v in os.environ.items()
+                         if k not in ("RAY_ADDRESS", "RAY_enable_autoscaler_v2")}, **clients}
         yield {"address": f"127.0.0.1:{port}", "config": path, "env": client_env}

@@ -92,14 +92,15 @@ class Watch:
         self.proc.wait()
 
 
-@pytest.fixture(scope="class")
+@pytest.fixture(scope="class", params=["v1", "v2"])
 def cluster(request, tmp_path_factory):
-    """A head with 0 CPUs and the class's worker types, all from zero; a node watcher on it."""
+    """A head with 0 CPUs and the class's worker types, all from zero, under Ray's classic
+    autoscaler (v1) and under v2 (KubeRay's default); a node watcher on it."""
     tmp = str(tmp_path_factory.mktemp("fake-cluster"))
-    with fake_autoscaling_cluster(tmp, request.cls.TYPES) as c:
+    with fake_autoscaling_cluster(tmp, request.cls.TYPES, autoscaler=request.param) as c:
         watch = Watch(c["address"], os.path.join(tmp, "nodes.jsonl"), c["env"])
         assert watch.wait_for(lambda alive: len(alive) == 1, 120), "the head did not register"
-        yield {**c, "watch": watch}
+        yield {**c, "watch": watch, "autoscaler": request.param}
         watch.stop()
 
 
@@ -132,6 +133,7 @@ class TestCpuAndGpuTypes:
 
         # The node types and their maximum counts were read from the autoscaler's config.
         assert m["cluster"]["autoscaling"] and m["cluster"]["autoscaler_config"] == cluster["config"]
+        assert m["cluster"]["autoscaler"] == cluster["autoscaler"]
         assert {t["name"]: t["room"] for t in m["cluster"]["node_types"]} == {
             "cpu_worker": 2, "gpu_worker": 1}
         # Shard work followed the shards up to what the cluster can grow to: 4 CPUs of the CPU
@@ -222,7 +224,9 @@ class TestCpuTypeOnly:
         lines = done.stderr.strip().splitlines()
         # what Ray was found to be (a cluster that starts from zero workers), then one error
         assert lines[0] == f"ray: connecting to {cluster['address']}…", lines
-        assert re.fullmatch(r"ray: 0 CPUs, no GPU, autoscaling \(\d+\.\d s\)", lines[1]), lines
+        assert lines[1] == (f"ray: 0 CPUs, no GPU, autoscaling ({cluster['autoscaler']}, node "
+                            f"types from {cluster['config']}) ({lines[1].rsplit('(', 1)[1]}"), lines
+        assert re.fullmatch(r"\d+\.\d s\)", lines[1].rsplit("(", 1)[1]), lines
         assert lines[2:] == [
             "error: --device cuda, but the Ray cluster has no GPU and cannot launch one (node "
             "types: ray.head.default (head), cpu_worker (CPU 2))"]

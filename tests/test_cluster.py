@@ -9,9 +9,10 @@ import time
 import pytest
 import ray
 
-from vgray.cluster import (Capacity, GpuPlan, _flag, _monitor_argv, avoiding, node_alive,
-                           node_types, node_usage, pick_device, plan_gpu, union_length,
+from vgray.autoscale import Capacity, flag, monitor_argv, node_types
+from vgray.cluster import (avoiding, node_alive, node_usage, pick_device, union_length,
                            usage_by_type, usage_line)
+from vgray.demand import GpuPlan, plan_gpu
 from vgray.pool import on_one_actor
 from vgray.errors import VgrayError
 
@@ -119,18 +120,18 @@ def test_the_monitor_config_is_read_only_from_this_clusters_monitor(tmp_path):
                              "--autoscaling-config", "/etc/cluster.yaml"])
     try:
         deadline = time.time() + 30
-        while _monitor_argv(fake.pid, "6379") is None and time.time() < deadline:
+        while monitor_argv(fake.pid, "6379") is None and time.time() < deadline:
             time.sleep(0.05)  # until the child has exec'd
-        argv = _monitor_argv(fake.pid, "6379")
-        assert _flag(argv, "--autoscaling-config") == "/etc/cluster.yaml"
-        assert _flag(argv, "--gcs-address") == "10.0.0.1:6379"
-        assert _monitor_argv(fake.pid, "6380") is None  # another cluster's monitor
+        argv = monitor_argv(fake.pid, "6379")
+        assert flag(argv, "--autoscaling-config") == "/etc/cluster.yaml"
+        assert flag(argv, "--gcs-address") == "10.0.0.1:6379"
+        assert monitor_argv(fake.pid, "6380") is None  # another cluster's monitor
     finally:
         fake.kill()
         fake.wait()
-    assert _monitor_argv(os.getpid(), "6379") is None  # not a monitor
-    assert _monitor_argv(fake.pid, "6379") is None  # gone
-    assert _monitor_argv(None, "6379") is None
+    assert monitor_argv(os.getpid(), "6379") is None  # not a monitor
+    assert monitor_argv(fake.pid, "6379") is None  # gone
+    assert monitor_argv(None, "6379") is None
 
 
 def test_avoiding():

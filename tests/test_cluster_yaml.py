@@ -61,7 +61,8 @@ def test_no_port_open_to_the_world(config):
 def test_what_a_run_plans_on_it(config):
     """Read as vgray reads the autoscaler's copy of it on the head: shard work may grow to every
     CPU of the CPU type, and k-means and GloVe ask for the GPU type, from zero nodes."""
-    from vgray.cluster import Capacity, node_types, plan_gpu
+    from vgray.autoscale import Capacity, node_types
+    from vgray.demand import plan_gpu
 
     types, head = node_types(config, {})
     cap = Capacity(0, 0, True, tuple(types), head)

@@ -181,7 +181,9 @@ def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
         _run(go)
         return
     previous = os.environ.get("RAY_ADDRESS")
-    if address:  # attached to when Ray is first needed (a refusal needs none)
+    # Attached to when Ray is first needed (a refusal needs none). "auto" follows Ray's rule:
+    # a RAY_ADDRESS already set comes first.
+    if address and not (address == "auto" and previous):
         os.environ["RAY_ADDRESS"] = address
     try:
         summary = _run(local)

@@ -1,42 +1,32 @@
-"""The Ray cluster as a run sees it: connecting, what it has and can grow to, asking its
-autoscaler for that, placing the GPU stages, which nodes are alive, and where work ran. (The
-retrying pool of workers that runs on it is pool.py.)
-
-An autoscaling cluster starts its worker types from zero, so what it *has* says little about what
-it *can* provide. The node types and their maximum counts are read from the autoscaler's own
-config (the monitor's `--autoscaling-config` on the head, or the launcher's
-`~/ray_bootstrap_config.yaml`); where that cannot be read (KubeRay runs its autoscaler in another
-container) vgray still asks, and bounds how long it waits for a GPU.
+"""The Ray cluster as a run sees it: connecting, the device a task computes on, which nodes are
+alive, and where work ran. (What the cluster can grow to is autoscale.py, asking its autoscaler
+for it demand.py, and the retrying pool of workers that runs on it pool.py.)
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
-
 import ray
 
+from .autoscale import autoscaler_status, v2_node_type
 from .errors import VgrayError
-from .progress import plural
 
 log = logging.getLogger("vgray")
 
-UNKNOWN_GROWTH_CPUS = 256  # shard actors at most where the autoscaler's node types are unknown
-GPU_WAIT_KNOWN_S = 600.0    # a node type with a GPU exists: cloud GPU nodes take minutes to boot
-GPU_WAIT_UNKNOWN_S = 120.0  # node types not readable: no way to tell an infeasible request
-
-
 def ray_address(address: str | None = None) -> str:
     """Where connect() goes: `address`, else the RAY_ADDRESS that a Ray job runs with (not a
-    Jobs API address), else "local" (an embedded Ray of this process)."""
+    Jobs API address), else "local" (an embedded Ray of this process). "auto" follows Ray's
+    rule: RAY_ADDRESS first where it is set, else the cluster this machine last started."""
     env = os.environ.get("RAY_ADDRESS", "")
-    return address or (env if env and not env.startswith(("http://", "https://")) else "local")
+    env = env if env and env != "auto" and not env.startswith(("http://", "https://")) else ""
+    if address == "auto" and env:
+        return env
+    return address or env or ("auto" if os.environ.get("RAY_ADDRESS") == "auto" else "local")
 
 
 def joining(address: str | None = None) -> str:
@@ -97,280 +87,7 @@ def quiet_benign_ray_lines() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# What the cluster has and can grow to
-
-@dataclass(frozen=True)
-class NodeType:
-    """A worker type the autoscaler may launch: its resources (None if the config does not say)
-    and how many more of it may join."""
-
-    name: str
-    resources: dict | None
-    room: int
-
-    def gpus(self) -> float | None:
-        return None if self.resources is None else float(self.resources.get("GPU", 0))
-
-    def cpus(self) -> float | None:
-        return None if self.resources is None else float(self.resources.get("CPU", 0))
-
-    def describe(self) -> str:
-        if self.resources is None:
-            return f"{self.name} (resources not stated)"
-        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(self.resources.items())
-                          if k in ("CPU", "GPU") or not k.startswith(("memory", "object_store")))
-        return f"{self.name} ({shown or 'no CPU or GPU'})"
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """What the cluster has now and what its autoscaler can add."""
-
-    cpus_now: float
-    gpus_now: float
-    autoscaling: bool               # an autoscaler that can add nodes
-    types: tuple | None             # NodeType of every worker type (None: not readable)
-    head_type: str | None = None
-    source: str | None = None       # where the types were read
-
-    def cpus(self) -> float:
-        """CPUs for shard work once grown: those present plus those of the CPU-only types the
-        autoscaler may still add (GPU types count only on a cluster without CPU-only types, so
-        that CPU work never asks for GPU nodes); UNKNOWN_GROWTH_CPUS where the growth cannot be
-        known."""
-        if not self.autoscaling:
-            return self.cpus_now
-        if self.types is None or any(t.resources is None for t in self.types):
-            return max(self.cpus_now, UNKNOWN_GROWTH_CPUS)
-        cpu_only = [t for t in self.types if not t.gpus()]
-        return self.cpus_now + sum(t.room * t.cpus() for t in (cpu_only or self.types))
-
-    def can_get_gpu(self) -> bool | None:
-        """True: a GPU is present or a type with one may be launched; False: neither; None: the
-        node types cannot be read, so only trying tells."""
-        if self.gpus_now > 0:
-            return True
-        if not self.autoscaling:
-            return False
-        if self.types is None:
-            return None
-        if any(t.room > 0 and t.gpus() for t in self.types):
-            return True
-        return None if any(t.resources is None and t.room > 0 for t in self.types) else False
-
-    def describe_now(self) -> str:
-        """'2 CPUs, no GPU' (and ', autoscaling' where nodes can be added)."""
-        gpus = plural(int(self.gpus_now), "GPU") if self.gpus_now else "no GPU"
-        return (f"{plural(int(self.cpus_now), 'CPU')}, {gpus}"
-                + (", autoscaling" if self.autoscaling else ""))
-
-    def to_dict(self) -> dict:
-        return {"autoscaling": self.autoscaling, "cpus_now": self.cpus_now,
-                "gpus_now": self.gpus_now, "autoscaler_config": self.source,
-                "node_types": None if self.types is None else [
-                    {"name": t.name, "resources": t.resources, "room": t.room} for t in self.types]}
-
-    def describe_types(self) -> str:
-        if self.types is None:
-            return "node types unknown"
-        names = ([f"{self.head_type} (head)"] if self.head_type else []) + [
-            t.describe() for t in self.types]
-        return "node types: " + (", ".join(names) if names else "none")
-
-
-def capacity() -> Capacity:
-    """Read what the connected cluster has and, from its autoscaler, what it can add."""
-    have = ray.cluster_resources()
-    status = _autoscaler_status()
-    config, source = _autoscaler_config(status)
-    if config is not None:
-        running = _running_by_type(status)
-        types, head = node_types(config, running)
-        return Capacity(have.get("CPU", 0), have.get("GPU", 0), any(t.room > 0 for t in types),
-                        tuple(types), head, source)
-    # No readable config. KubeRay (autoscaler v2, in a container of its own) can still add
-    # nodes; otherwise (the embedded local Ray, a plain `ray start --head`) the cluster is fixed.
-    v2 = _kv("__autoscaler_v2_enabled") in (b"1", b"true")
-    kuberay = "KUBERAY_GEN_RAY_START_CMD" in os.environ
-    return Capacity(have.get("CPU", 0), have.get("GPU", 0), v2 or kuberay, None)
-
-
-def node_types(config: dict, running: dict[str, int]) -> tuple[list[NodeType], str | None]:
-    """Worker types of an autoscaler config with the room each has left: its max_workers less
-    those running, within the cluster's max_workers overall."""
-    available = config.get("available_node_types") or {}
-    head = config.get("head_node_type")
-    total = config.get("max_workers")
-    workers = {name: t for name, t in available.items() if name != head}
-    left = None if total is None else max(0, int(total) - sum(running.get(n, 0) for n in workers))
-    types = []
-    for name, spec in sorted(workers.items()):
-        limit = spec.get("max_workers", total if total is not None else 0)
-        room = max(0, int(limit) - running.get(name, 0))
-        if left is not None:
-            room = min(room, left)
-        resources = spec.get("resources")
-        types.append(NodeType(name, dict(resources) if resources is not None else None, room))
-    return types, head
-
-
-def _kv(key: str) -> bytes | None:
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    try:
-        return _internal_kv_get(key)
-    except Exception:  # noqa: BLE001 - no KV, no autoscaler facts
-        return None
-
-
-def _autoscaler_status() -> dict:
-    raw = _kv("__autoscaling_status")
-    try:
-        return json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-
-
-def _running_by_type(status: dict) -> dict[str, int]:
-    """Nodes of each type that are up or being launched."""
-    report = status.get("autoscaler_report") or {}
-    running = dict(report.get("active_nodes") or {})
-    for name, n in (report.get("idle_nodes") or {}).items():
-        running[name] = running.get(name, 0) + n
-    for entry in report.get("pending_nodes") or []:  # [ip, type, status]
-        if len(entry) >= 2:
-            running[entry[1]] = running.get(entry[1], 0) + 1
-    for name, n in (report.get("pending_launches") or {}).items():
-        running[name] = running.get(name, 0) + n
-    return running
-
-
-def _autoscaler_config(status: dict) -> tuple[dict | None, str | None]:
-    """The autoscaler's config: the file its monitor was started with, where the monitor runs on
-    this machine (a monitor without one is a fixed cluster's); else, on the head, the cluster
-    launcher's bootstrap config."""
-    argv = _monitor_argv(status.get("monitor_pid"), _gcs_port())
-    if argv is not None:
-        path = _flag(argv, "--autoscaling-config")
-    else:
-        candidate = os.path.expanduser("~/ray_bootstrap_config.yaml")
-        path = candidate if os.path.exists(candidate) and _on_head() else None
-    if path is None:
-        return None, None
-    import yaml
-
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        log.warning("cannot read the autoscaler's config %s: %s", path, e)
-        return None, None
-    return (config, path) if isinstance(config, dict) else (None, None)
-
-
-def _gcs_port() -> str | None:
-    try:
-        return ray.get_runtime_context().gcs_address.rsplit(":", 1)[-1]
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _monitor_argv(pid, gcs_port: str | None) -> list[str] | None:
-    """The command line of the Ray monitor with this pid, if it is this cluster's monitor and
-    runs on this machine (a pid of another machine names some other process here)."""
-    try:
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-    except (OSError, ValueError, TypeError):
-        return None
-    if not any(a.endswith("monitor.py") for a in argv):
-        return None
-    gcs = _flag(argv, "--gcs-address")
-    if gcs_port is not None and (gcs is None or gcs.rsplit(":", 1)[-1] != gcs_port):
-        return None
-    return argv
-
-
-def _flag(argv: list[str], name: str) -> str | None:
-    for k, a in enumerate(argv):
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-        if a == name and k + 1 < len(argv):
-            return argv[k + 1]
-    return None
-
-
-def _on_head() -> bool:
-    try:
-        me = ray.get_runtime_context().get_node_id()
-        return any(n["NodeID"] == me and "node:__internal_head__" in n.get("Resources", {})
-                   for n in ray.nodes() if n.get("Alive"))
-    except Exception:  # noqa: BLE001 - a client without a node of its own
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Asking the autoscaler, and placing the GPU stages
-
-class Demand:
-    """The capacity this run asks the autoscaler for (`request_resources`): a floor that makes
-    nodes boot before work waits for them. Replaced stage by stage, cleared when the run ends so
-    that every node can go back once idle. Does nothing on a cluster that cannot grow."""
-
-    def __init__(self, cap: Capacity):
-        self.enabled = cap.autoscaling
-        self.asked: list[dict] = []
-        self.history: list[dict] = []  # what was asked, in order, for the manifest
-
-    def ask(self, stage: str, cpus: int = 0, gpu: bool = False) -> None:
-        bundles = [{"CPU": 1}] * int(cpus) + ([{"CPU": 1, "GPU": 1}] if gpu else [])
-        if not self.enabled or bundles == self.asked:
-            return
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=bundles)
-        self.asked = bundles
-        self.history.append({"stage": stage, "cpus": int(cpus), "gpu": bool(gpu)})
-
-    def clear(self) -> None:
-        if self.enabled and self.asked:
-            from ray.autoscaler.sdk import request_resources
-
-            try:
-                request_resources(bundles=[])
-            except Exception as e:  # noqa: BLE001 - Ray may already be gone (Ctrl-C)
-                log.warning("could not clear the autoscaler request: %s", e)
-            self.asked = []
-            self.history.append({"stage": "end", "cpus": 0, "gpu": False})
-
-
-@dataclass(frozen=True)
-class GpuPlan:
-    """Whether the GPU stages (k-means, GloVe) ask Ray for a GPU, and how long they wait for one
-    to join before running on CPU (`--device auto`) or failing (`--device cuda`)."""
-
-    request: bool
-    required: bool
-    wait_s: float
-    where: str = ""  # the node types, for messages
-
-
-def plan_gpu(device: str, cap: Capacity, wait_s: float | None = None) -> GpuPlan:
-    """--device cpu: never; cuda: always, failing at once where no GPU can come; auto: whenever
-    the cluster has a GPU or may launch one (and tries, within a bound, where it cannot tell)."""
-    if device == "cpu":
-        return GpuPlan(False, False, 0.0)
-    can = cap.can_get_gpu()
-    where = cap.describe_types()
-    if can is False:
-        if device == "cuda":
-            raise VgrayError("--device cuda, but the Ray cluster has no GPU and cannot launch one"
-                             + (f" ({where})" if cap.types is not None else ""))
-        return GpuPlan(False, False, 0.0, where)
-    if wait_s is None:
-        wait_s = GPU_WAIT_KNOWN_S if can else GPU_WAIT_UNKNOWN_S
-    return GpuPlan(True, device == "cuda", float(wait_s), where)
-
+# The device of a task
 
 def gpu_problem() -> str | None:
     """Why torch cannot use the GPU this process was given, or None if it can."""
@@ -447,8 +164,8 @@ def _node_facts(node_id: str, own_type: str | None) -> tuple:
     autoscaler."""
     node_type = own_type
     if not node_type:
-        mapping = (_autoscaler_status().get("autoscaler_report") or {}).get("node_type_mapping")
-        node_type = (mapping or {}).get(node_id)
+        mapping = (autoscaler_status().get("autoscaler_report") or {}).get("node_type_mapping")
+        node_type = (mapping or {}).get(node_id) or v2_node_type(node_id)
     if node_type == f"node_{node_id}":  # the name Ray makes up for a node of no declared type
         node_type = None
     resources, host = {}, None

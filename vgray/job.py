@@ -17,10 +17,11 @@ import numpy as np
 import ray
 
 from . import __version__, fs, s3
-from .cluster import (Capacity, Demand, GpuPlan, avoiding, capacity, joining, node_usage,
-                      usage_by_type)
+from .autoscale import Capacity, capacity
+from .cluster import avoiding, joining, node_usage, usage_by_type
 from .cluster import connect as connect_ray
 from .config import TrainConfig
+from .demand import Demand, GpuPlan
 from .errors import StorageError, VgrayError
 from .live import get_with_progress, start_board
 from .pool import Pool, on_one_actor
@@ -134,9 +135,11 @@ class Job:
             self.echo(f"ray: {doing}…")
         connect_ray()
         self.capacity = capacity()
-        self.demand = Demand(self.capacity)
+        self.demand = Demand(self.capacity, self.echo)
         if doing:
             self.echo(f"ray: {self.capacity.describe_now()} ({time.perf_counter() - t:.1f} s)")
+        for note in self.capacity.notes:
+            self.echo(f"ray: {note}")
 
     def __exit__(self, kind, *exc) -> None:
         self.release_gpu_worker()
@@ -262,7 +265,9 @@ class Job:
         """Workers for `units` units: --workers, else as many as the work needs up to the CPUs
         the cluster has or its autoscaler can add; the autoscaler is asked for them."""
         n = max(1, min(requested or int(self.capacity.cpus()), units))
-        self.demand.ask(stage, cpus=max(n, len(self.pool)), gpu=self.hold_gpu)
+        asked = self.demand.ask(stage, cpus=max(n, len(self.pool)), gpu=self.hold_gpu)
+        if not requested:  # fewer where autoscaler v2 cannot meet them all
+            n = max(1, min(n, asked))
         return n
 
     def run_units(self, stage: str, requested: int | None, units: list[int], submit, on_done,

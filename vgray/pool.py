@@ -14,7 +14,8 @@ import time
 
 import ray
 
-from .cluster import GpuPlan, node_alive, node_facts
+from .cluster import node_alive, node_facts
+from .demand import GpuPlan
 from .errors import StorageError, VgrayError
 
 log = logging.getLogger("vgray")

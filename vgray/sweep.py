@@ -39,7 +39,7 @@ import io
 import time
 
 from . import fs, stages
-from .cluster import plan_gpu
+from .demand import plan_gpu
 from .config import TrainConfig
 from .corpus import read_train_ids
 from .errors import VgrayError
@@ -135,7 +135,9 @@ class _Sweep:
         listing = None if scanned and scanned.corpus else stages.listed(
             self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks, cfg.reading())
         job.connect()
-        job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)
+        job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait, job.demand)
+        if job.gpu.note:
+            job.echo(f"gpu: {job.gpu.note}")
         todo = [c for c in self.grid if not self.trained(c)]
         needed = sorted({c[0] for c in todo})
         vocab_left = [k for k in needed if not (self.state(k).get("vocab", {}).get("status") == "done"

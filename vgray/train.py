@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from . import fs, stages
-from .cluster import plan_gpu
+from .demand import plan_gpu
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
 from .job import Job
@@ -44,7 +44,10 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
                                                           cfg.follow_symlinks, cfg.reading())
     job.connect()
     run = job.run
-    job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait)  # fails here if cuda cannot be had
+    # fails here if cuda cannot be had
+    job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait, job.demand)
+    if job.gpu.note:
+        job.echo(f"gpu: {job.gpu.note}")
     # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while FEATURES is
     # scanned and clips are sampled, and is not given back and launched again between k-means
     # and GloVe.
