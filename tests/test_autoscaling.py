@@ -25,10 +25,18 @@ GPU = {"gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 1}}
 ARGS = ["--vocab-size", "6", "--dim", "4", "--epochs", "10000", "--shard-clips", "100"]
 
 
-def vgray(*args, env=None, timeout=600):
-    """`python cli.py ARGS`; with a cluster's env (its token) to run on it."""
+# vgray as on KubeRay, where the autoscaler runs in a container of its own: no monitor process
+# on this machine to read the node types from (and no RayCluster to read them either).
+BLIND = ("import sys, vgray.autoscale as a; a.find_monitor = lambda *x, **k: None; "
+         "from vgray.cli import main; sys.argv[0] = 'vgray'; main()")
+
+
+def vgray(*args, env=None, timeout=600, blind=False):
+    """`python cli.py ARGS`; with a cluster's env (its token) to run on it; `blind`: without
+    sight of the autoscaler's monitor."""
     env = env or {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *map(str, args)],
+    program = ["-c", BLIND] if blind else [os.path.join(ROOT, "cli.py")]
+    return subprocess.run([sys.executable, *program, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -175,6 +183,34 @@ class TestCpuAndGpuTypes:
         print(f"\nfirst CPU node after {firsts[0]:.1f} s, GPU node after {joined[gpu_node]:.1f} s,"
               f" run {wall:.1f} s")
 
+    def test_node_types_unknown_v2_is_asked_in_steps(self, cluster, corpus, local_run, tmp_path):
+        """Autoscaler v2 with node types that cannot be read (KubeRay's sidecar, no RayCluster
+        access): a GPU is asked for and v2's answer taken at once; CPUs are asked for in steps
+        that the cluster can meet, and made fewer where v2 refuses them."""
+        if cluster["autoscaler"] != "v2":
+            pytest.skip("v1 does not say what it cannot meet: unknown types wait for a GPU")
+        out = str(tmp_path / "run")
+        done = vgray("train", corpus, "--out", out, *ARGS, "--address", cluster["address"],
+                     env=cluster["env"], blind=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "autoscaling (v2, node types unknown)" in done.stderr
+        m = manifest(out)
+        assert m["cluster"]["node_types"] is None and m["cluster"]["gpu"]["request"] is True
+        asked = m["cluster"]["asked"]
+        assert asked[0] == {"stage": "probe: GPU", "cpus": 0, "gpu": True}
+        # The first step is GROWTH_STEP_CPUS (8 of the 12 shards); the types hold 4 CPUs of
+        # shard work besides the GPU type's: v2 refuses, vgray asks for fewer until it is met.
+        assert {"stage": "vocab", "cpus": 8, "gpu": True} in asked
+        assert max(a["cpus"] for a in asked if a["stage"] != "probe: GPU") <= 8
+        assert asked[-2:] == [{"stage": "embed", "cpus": 4, "gpu": False},
+                              {"stage": "end", "cpus": 0, "gpu": False}]
+        assert "the autoscaler cannot meet 8 CPUs" in done.stderr
+        for stage, work in (("vocab", "kmeans"), ("glove", "glove")):
+            [info] = nodes_doing(m, stage, work).values()
+            assert info["node_type"] == "gpu_worker"
+        assert_same_results(local_run, out)
+        assert cluster["watch"].wait_for(only_head, 120), cluster["watch"].snapshots()[-1]
+
     def test_device_cuda_fails_on_a_gpu_torch_cannot_use(self, cluster, corpus, tmp_path):
         done = vgray("train", corpus, "--out", tmp_path / "run", *ARGS, "--device", "cuda",
                      "--address", cluster["address"], env=cluster["env"])
@@ -231,6 +267,43 @@ class TestCpuTypeOnly:
             "error: --device cuda, but the Ray cluster has no GPU and cannot launch one (node "
             "types: ray.head.default (head), cpu_worker (CPU 2))"]
         assert not (tmp_path / "run").exists()
+
+    def test_address_auto_follows_ray_address(self, cluster, corpus, tmp_path):
+        """`--address auto` attaches to RAY_ADDRESS where it is set (Ray's rule), not to the
+        cluster that this machine's ray_current_cluster names."""
+        current = "/tmp/ray/ray_current_cluster"
+        had = open(current).read() if os.path.exists(current) else None
+        os.makedirs(os.path.dirname(current), exist_ok=True)
+        with open(current, "w") as f:
+            f.write("127.0.0.1:1")  # a cluster that cannot be reached
+        try:
+            done = vgray("train", corpus, "--out", tmp_path / "run", "--device", "cuda",
+                         "--address", "auto", env={**cluster["env"],
+                                                   "RAY_ADDRESS": cluster["address"]},
+                         timeout=60)
+        finally:
+            if had is None:
+                os.remove(current)
+            else:
+                with open(current, "w") as f:
+                    f.write(had)
+        lines = done.stderr.strip().splitlines()
+        assert lines[0] == f"ray: connecting to {cluster['address']}…", lines
+        assert done.returncode == 1 and lines[-1].startswith("error: --device cuda, but the Ray "
+                                                             "cluster has no GPU"), lines
+
+    def test_node_types_unknown_v2_refuses_cuda_at_once(self, cluster, corpus, tmp_path):
+        if cluster["autoscaler"] != "v2":
+            pytest.skip("v1 does not say what it cannot meet: unknown types wait for a GPU")
+        t = time.time()
+        done = vgray("train", corpus, "--out", tmp_path / "run", *ARGS, "--device", "cuda",
+                     "--address", cluster["address"], env=cluster["env"], timeout=60, blind=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and lines[-1] == (
+            "error: --device cuda, but the Ray cluster has no GPU and cannot launch one (the "
+            "autoscaler (v2) cannot launch one, node types unknown)"), lines
+        assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
+        print(f"\nrefused in {time.time() - t:.1f} s")
 
     def test_device_auto_runs_on_cpu(self, cluster, corpus, local_run, tmp_path):
         out = str(tmp_path / "run")

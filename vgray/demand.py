@@ -78,6 +78,7 @@ class Demand:
         return self.ask_v2(stage, cpus, gpu)
 
     def ask_v2(self, stage: str, want: int, gpu: bool) -> int:
+        wanted = want
         if self.refused[gpu] is not None:  # (with the GPU never 0 here: see gpu_refused)
             want = max(0, min(want, self.refused[gpu] - 1))
         reached = max(self.met[gpu], self.met[True] if not gpu else -1, 0)
@@ -91,14 +92,15 @@ class Demand:
                 self.met[gpu] = max(self.met[gpu], n)
                 if n >= want:
                     return n
-                n = min(want, 2 * n)  # the next step
+                n = min(want, max(2 * n, 1))  # the next step
                 continue
             self.refused[gpu] = n if self.refused[gpu] is None else min(self.refused[gpu], n)
+            want = min(want, n - 1)
             if gpu and n == 0:
                 self.gpu_refused = True
                 self.echo(f"{stage}: the autoscaler cannot launch a GPU node; "
                           "asking for CPUs only")
-                return self.ask_v2(stage, want, False)
+                return self.ask_v2(stage, wanted, False)
             lower = max(self.met[gpu], 0)
             n = (lower + n) // 2
             self.echo(f"{stage}: the autoscaler cannot meet {self.history[-1]['cpus']} CPUs; "
