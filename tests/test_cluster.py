@@ -281,3 +281,33 @@ def test_rays_benign_kill_line_is_kept_out_of_the_output_and_other_lines_are_not
     shown = out.out + out.err
     assert "Failed to kill actor" not in shown
     assert "disk full" in shown and "a worker's own line" in shown
+
+
+def test_the_embedded_ray_is_a_fixed_cluster_of_v1(ray_session):
+    from vgray.autoscale import capacity
+
+    cap = capacity()
+    assert (cap.autoscaling, cap.autoscaler, cap.types) == (False, "v1", None)
+    assert cap.describe_now() == "2 CPUs, no GPU"
+
+
+def test_node_types_held_by_the_gcs_come_first(ray_session):
+    """Ray's main branch fills the GCS's cluster config (empty up to 2.60): read it first."""
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
+
+    from vgray.autoscale import CLUSTER_CONFIG_KEY, V2_NAMESPACE, capacity
+
+    config = ClusterConfig(node_group_configs=[
+        NodeGroupConfig(name="cpu", resources={"CPU": 4}, min_count=0, max_count=3),
+        NodeGroupConfig(name="gpu", resources={"CPU": 8, "GPU": 1}, min_count=0, max_count=1)])
+    _internal_kv_put(CLUSTER_CONFIG_KEY, config.SerializeToString(), namespace=V2_NAMESPACE)
+    try:
+        cap = capacity()
+    finally:
+        _internal_kv_del(CLUSTER_CONFIG_KEY, namespace=V2_NAMESPACE)
+    assert cap.source == "gcs:cluster_config" and cap.autoscaling
+    assert [(t.name, t.resources, t.room, t.min_count, t.max_count) for t in cap.types] == [
+        ("cpu", {"CPU": 4.0}, 3, 0, 3), ("gpu", {"CPU": 8.0, "GPU": 1.0}, 1, 0, 1)]
+    assert cap.cpus() == 2 + 12 and cap.can_get_gpu() is True
+    assert "autoscaling (v1, node types from gcs:cluster_config)" in cap.describe_now()
