@@ -3,7 +3,7 @@
 The request is a floor that makes nodes boot before work waits for them: replaced stage by stage,
 cleared when the run ends. Ray keeps one such request per cluster, not one per client: a second
 run's request replaces the first's, so a run clears the request at its end only while it is still
-its own (see the README's "Two runs on one cluster").
+its own (see "Two runs on one cluster" in docs/ray.md).
 
 Autoscaler v2 answers a request: one that no mix of node types can hold is infeasible as a whole,
 and nothing of it is launched. Under v2 a request is therefore checked once the autoscaler has
