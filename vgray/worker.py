@@ -468,7 +468,7 @@ class ShardWorker:
         report = Reporter(board)
         with all_cores():
             model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
-                          device).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
+                          device, tol=cfg.glove_tol).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
                               "glove", e, cfg.epochs, "epochs", f"loss {value:.5g}"))
         report.flush()
         state = {"w": model.w_, "w_context": model.w_context_, "b": model.b_,
@@ -479,7 +479,9 @@ class ShardWorker:
                    "epoch,loss\n" + "".join(f"{e},{v!r}\n" for e, v in enumerate(model.loss_)))
         save_npy(run.path("glove", "vectors.npy"), model.vectors_)
         return Fit({"device": device, "device_note": note, "nonzeros": int(len(x)),
-                    "epochs": cfg.epochs, "initial_loss": model.loss_[0],
+                    # epochs run; stopped: "converged" (before max_epochs) or "epochs"
+                    "epochs": model.n_epochs_, "max_epochs": cfg.epochs,
+                    "stopped": model.stop_reason_, "initial_loss": model.loss_[0],
                     # the saved state's J: the lowest of every epoch's, at kept_epoch
                     "final_loss": model.loss_[model.best_epoch_],
                     "kept_epoch": model.best_epoch_, "last_loss": model.loss_[-1],
