@@ -151,3 +151,22 @@ def test_reaching_epochs_before_converging_is_said_so():
     i, j, x, _ = topic_cooccur(k=20, videos=60)
     model = GloVe(dim=4, epochs=30, tol=1e-6, seed=1).fit(i, j, x, 20)
     assert model.stop_reason_ == "epochs" and model.n_epochs_ == 30 and len(model.loss_) == 31
+
+
+def test_the_glove_line_says_how_many_epochs_ran_and_why():
+    from vgray.stages import glove_line
+
+    fit = {"device": "cpu", "nonzeros": 2501, "initial_loss": 0.1838, "final_loss": 9.428e-05,
+           "last_loss": 0.000113}
+    converged = glove_line("glove", {**fit, "epochs": 1872, "max_epochs": 3000,
+                                     "stopped": "converged", "kept_epoch": 1850}, 1.25)
+    assert converged == ("glove: converged at epoch 1872 of --epochs 3000 on 2501 non-zeros, loss "
+                         "0.1838 -> 9.428e-05 (last epoch 0.000113), kept epoch 1850 of 1872 "
+                         "(lowest J), on cpu (1.2 s)")
+    reached = glove_line("glove", {**fit, "epochs": 300, "max_epochs": 300, "stopped": "epochs",
+                                   "kept_epoch": 300}, 2.0)
+    assert reached == ("glove: 300 epochs (reached --epochs) on 2501 non-zeros, loss 0.1838 -> "
+                       "9.428e-05, on cpu (2.0 s)")
+    # a RUN made before the stopping rule: its record has no "stopped"
+    older = glove_line("glove", {**fit, "epochs": 300, "kept_epoch": 300}, 2.0)
+    assert older.startswith("glove: 300 epochs on 2501 non-zeros")
