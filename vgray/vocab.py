@@ -18,6 +18,12 @@ import torch
 # Rows of the data whose distances to all centroids are held at once (bounds memory at
 # chunk x K floats: 64 MB for K = 4096).
 _CHUNK = 4096
+
+
+def _block_rows(k: int) -> int:
+    """Rows per block of Lloyd's and the assignment's products: as many as 64 MB of scores hold,
+    4,096 to 16,384 (blocks of 4,096 rows ran the float32 pass slower: benchmarks/README.md)."""
+    return max(_CHUNK, min(4 * _CHUNK, (1 << 24) // max(k, 1)))
 INITS = ("k-means||", "k-means++")  # seedings: k-means|| in a few passes (default), greedy k-means++
 
 
@@ -46,8 +52,9 @@ class Codebook:
             self._ct = np.ascontiguousarray(centers.detach().numpy().T)
             self._csq = self.centers_sq.detach().numpy()
 
-    def nearest(self, x: torch.Tensor, chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(self, x: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Index of the nearest center (squared Euclidean) per row of x, and that distance."""
+        chunk = chunk or _block_rows(self.centers.shape[0])
         labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
         dists = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
         if self.numpy and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -75,7 +82,7 @@ class Codebook:
 
 
 def nearest(x: torch.Tensor, centers: torch.Tensor, centers_sq: torch.Tensor | None = None,
-            chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest center (squared Euclidean) per row of x, and that squared distance
     (exact float32; see Codebook)."""
     return Codebook(centers, centers_sq).nearest(x, chunk)
@@ -334,9 +341,10 @@ class KMeans:
         centers_sq = _sq_norms(centers)
         low = centers.to(torch.bfloat16) if self.precision_ == "bfloat16" else None
         book = Codebook(centers, centers_sq) if low is None else None
+        rows = _block_rows(k)
         for t, start in zip(self._tensors, self._starts):
-            for s in range(0, len(t), _CHUNK):
-                block = t[s:s + _CHUNK].to(centers.device) - self._mean
+            for s in range(0, len(t), rows):
+                block = t[s:s + rows].to(centers.device) - self._mean
                 at = slice(int(start) + s, int(start) + s + len(block))
                 if low is None:
                     lab, d = book.nearest(block)
