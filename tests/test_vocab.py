@@ -87,6 +87,18 @@ def test_kmeans_parallel_picks_distinct_rows_in_every_planted_cluster(seed):
     assert len({int(truth[r[0]]) for r in rows}) == 12  # one seed in each planted cluster
 
 
+def test_kmeans_parallel_without_the_pairwise_matrix_seeds_the_same(monkeypatch):
+    # Past _PAIRWISE_MAX candidates each step computes its rows: the same seeds up to rounding.
+    from vgray import vocab
+
+    x, truth = planted(k=12, per=60, seed=1)
+    t = torch.from_numpy(x)
+    held = kmeans_parallel(t, 12, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(vocab, "_PAIRWISE_MAX", 5)
+    computed = kmeans_parallel(t, 12, torch.Generator().manual_seed(1))
+    assert torch.equal(held, computed)
+
+
 def test_kmeans_parallel_is_deterministic_per_seed():
     x, _ = planted(k=10, per=40, d=8, noise=1.0)
     t = torch.from_numpy(x)

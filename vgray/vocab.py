@@ -24,6 +24,7 @@ def _block_rows(k: int) -> int:
     """Rows per block of Lloyd's and the assignment's products: as many as 64 MB of scores hold,
     4,096 to 16,384 (blocks of 4,096 rows ran the float32 pass slower: benchmarks/README.md)."""
     return max(_CHUNK, min(4 * _CHUNK, (1 << 24) // max(k, 1)))
+_PAIRWISE_MAX = 16384  # k-means|| candidates whose pairwise distances are held at once (1 GB)
 INITS = ("k-means||", "k-means++")  # seedings: k-means|| in a few passes (default), greedy k-means++
 
 
@@ -196,22 +197,28 @@ def _weighted_kmeans_plusplus(c: torch.Tensor, weights: torch.Tensor, k: int,
                               generator: torch.Generator, on_center=None) -> torch.Tensor:
     """Greedy k-means++ over m weighted points (m of a few k): indices of the k chosen.
 
-    Their m x m squared distances are taken once (float64 from float32 products), so each of
-    the k steps reads only 2 + log k rows of them."""
+    Their m x m squared distances are taken once, so each of the k steps reads only 2 + log k
+    rows of them; beyond _PAIRWISE_MAX candidates (1 GB of distances) each step computes its
+    rows instead."""
     m, dev = c.shape[0], c.device
     trials = 2 + int(math.log(k))
     sq = _sq_norms(c)
-    dist = torch.empty((m, m), dtype=torch.float32, device=dev)
-    for s in range(0, m, _CHUNK):
-        block = torch.mm(c[s:s + _CHUNK], c.T).mul_(-2.0)
-        dist[s:s + _CHUNK] = block.add_(sq[s:s + _CHUNK].unsqueeze(1)).add_(sq.unsqueeze(0))
-    dist.clamp_min_(0)
+
+    def rows_of(index: torch.Tensor) -> torch.Tensor:  # [len(index), m] squared distances
+        block = torch.mm(c[index], c.T).mul_(-2.0)
+        return block.add_(sq[index].unsqueeze(1)).add_(sq.unsqueeze(0)).clamp_min_(0)
+
+    if m <= _PAIRWISE_MAX:
+        dist = torch.empty((m, m), dtype=torch.float32, device=dev)
+        for s in range(0, m, _CHUNK):
+            dist[s:s + _CHUNK] = rows_of(torch.arange(s, min(s + _CHUNK, m), device=dev))
+        rows_of = dist.__getitem__
     picked = torch.empty(k, dtype=torch.int64, device=dev)
     # The first seed by weight alone, as k-means|| draws it from the rows it stands for.
     cumulative = torch.cumsum(weights, 0)
     rand = torch.rand(1, generator=generator, dtype=torch.float64).to(dev)
     picked[0] = torch.searchsorted(cumulative, rand * cumulative[-1]).clamp_max_(m - 1)[0]
-    closest = dist[picked[0]].double()
+    closest = rows_of(picked[:1])[0].double()
     for step in range(1, k):
         mass = closest * weights
         cumulative = torch.cumsum(mass, 0)
@@ -220,7 +227,7 @@ def _weighted_kmeans_plusplus(c: torch.Tensor, weights: torch.Tensor, k: int,
             break
         rand = torch.rand(trials, generator=generator, dtype=torch.float64).to(dev)
         cand = torch.searchsorted(cumulative, rand * cumulative[-1]).clamp_max_(m - 1)
-        cand_dist = torch.minimum(closest.unsqueeze(0), dist[cand].double())  # [trials, m]
+        cand_dist = torch.minimum(closest.unsqueeze(0), rows_of(cand).double())  # [trials, m]
         best = int(torch.argmin(cand_dist @ weights))
         closest = cand_dist[best]
         picked[step] = cand[best]
