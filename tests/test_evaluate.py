@@ -201,7 +201,10 @@ def test_an_overfit_run_is_said_to_be_one(ray_session, corpus, tmp_path, caplog)
     fit = json.load(open(os.path.join(out, "manifest.json")))["stages"]["glove"]
     curve = np.loadtxt(os.path.join(out, "glove", "loss.csv"), delimiter=",", skiprows=1)[:, 1]
     assert fit["kept_epoch"] == int(np.argmin(curve)) < 600 and fit["final_loss"] == curve.min()
+    # The lowest J still gains more than --glove-tol over 50 epochs: every epoch runs.
+    assert fit["stopped"] == "epochs" and fit["epochs"] == fit["max_epochs"] == len(curve) - 1
     line = next(x for x in result.output.splitlines() if x.startswith("glove:"))
+    assert line.startswith("glove: 600 epochs (reached --epochs) on ")
     assert (f"loss {curve[0]:.4g} -> {curve.min():.4g} (last epoch {curve[-1]:.4g}), kept epoch "
             f"{fit['kept_epoch']} of 600 (lowest J)") in line
 

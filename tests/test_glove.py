@@ -121,3 +121,52 @@ def test_the_saved_state_is_the_epoch_of_lowest_j(monkeypatch, steps, device):
     short = GloVe(epochs=best, **settings).fit(i, j, x, 5)
     assert short.best_epoch_ == best
     assert np.array_equal(short.vectors_, model.vectors_) and np.array_equal(short.b_, model.b_)
+
+
+def first_converged(curve, tol, window):
+    """The first epoch at which the lowest J gained <= tol of itself over `window` epochs."""
+    lowest = np.minimum.accumulate(curve)
+    return next((e for e in range(window, len(curve))
+                 if lowest[e - window] - lowest[e] <= tol * lowest[e]), None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stops_once_converged_and_keeps_what_a_shorter_fit_keeps(device):
+    i, j, x, _ = topic_cooccur(k=40, videos=200)
+    settings = dict(dim=2, seed=1, x_max=20.0, device=device)
+    full = GloVe(epochs=3000, **settings).fit(i, j, x, 40)
+    assert full.stop_reason_ == "epochs" and full.n_epochs_ == 3000 and len(full.loss_) == 3001
+    want = first_converged(np.array(full.loss_), 1e-3, 40)
+    assert want is not None and want < 3000  # this problem flattens out well before
+    model = GloVe(epochs=3000, tol=1e-3, window=40, **settings).fit(i, j, x, 40)
+    assert model.stop_reason_ == "converged" and model.n_epochs_ == want
+    np.testing.assert_allclose(model.loss_, full.loss_[:want + 1], rtol=1e-5)
+    # Stopping changes nothing of what the fit keeps: a fit of exactly that many epochs.
+    short = GloVe(epochs=want, **settings).fit(i, j, x, 40)
+    assert model.best_epoch_ == short.best_epoch_
+    assert np.array_equal(model.vectors_, short.vectors_) and np.array_equal(model.b_, short.b_)
+
+
+def test_reaching_epochs_before_converging_is_said_so():
+    i, j, x, _ = topic_cooccur(k=20, videos=60)
+    model = GloVe(dim=4, epochs=30, tol=1e-6, seed=1).fit(i, j, x, 20)
+    assert model.stop_reason_ == "epochs" and model.n_epochs_ == 30 and len(model.loss_) == 31
+
+
+def test_the_glove_line_says_how_many_epochs_ran_and_why():
+    from vgray.stages import glove_line
+
+    fit = {"device": "cpu", "nonzeros": 2501, "initial_loss": 0.1838, "final_loss": 9.428e-05,
+           "last_loss": 0.000113}
+    converged = glove_line("glove", {**fit, "epochs": 1872, "max_epochs": 3000,
+                                     "stopped": "converged", "kept_epoch": 1850}, 1.25)
+    assert converged == ("glove: converged at epoch 1872 of --epochs 3000 on 2501 non-zeros, loss "
+                         "0.1838 -> 9.428e-05 (last epoch 0.000113), kept epoch 1850 of 1872 "
+                         "(lowest J), on cpu (1.2 s)")
+    reached = glove_line("glove", {**fit, "epochs": 300, "max_epochs": 300, "stopped": "epochs",
+                                   "kept_epoch": 300}, 2.0)
+    assert reached == ("glove: 300 epochs (reached --epochs) on 2501 non-zeros, loss 0.1838 -> "
+                       "9.428e-05, on cpu (2.0 s)")
+    # a RUN made before the stopping rule: its record has no "stopped"
+    older = glove_line("glove", {**fit, "epochs": 300, "kept_epoch": 300}, 2.0)
+    assert older.startswith("glove: 300 epochs on 2501 non-zeros")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgray.vocab import KMeans, assign, kmeans_plusplus, nearest
+from vgray.vocab import KMeans, assign, kmeans_parallel, kmeans_plusplus, nearest
 
 
 def brute_nearest(x, c):
@@ -71,6 +71,75 @@ def test_kmeanspp_spreads_over_clusters():
     centers = kmeans_plusplus(torch.from_numpy(x), 8, torch.Generator().manual_seed(0)).numpy()
     hit = {int(truth[np.argmin(((x - c) ** 2).sum(1))]) for c in centers}
     assert len(hit) >= 7  # k-means++ puts (nearly) one seed in each planted cluster
+
+
+def seed_cost(x, centers):
+    return brute_nearest(x.astype(np.float64), centers.astype(np.float64))[1].min(1).sum()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kmeans_parallel_picks_distinct_rows_in_every_planted_cluster(seed):
+    x, truth = planted(k=12, per=60, seed=seed)
+    centers = kmeans_parallel(torch.from_numpy(x), 12, torch.Generator().manual_seed(seed)).numpy()
+    rows = [np.flatnonzero((x == c).all(1)) for c in centers]
+    assert all(len(r) >= 1 for r in rows)  # every seed is a row of x
+    assert len({int(r[0]) for r in rows}) == 12  # and no row twice
+    assert len({int(truth[r[0]]) for r in rows}) == 12  # one seed in each planted cluster
+
+
+def test_kmeans_parallel_without_the_pairwise_matrix_seeds_the_same(monkeypatch):
+    # Past _PAIRWISE_MAX candidates each step computes its rows: the same seeds up to rounding.
+    from vgray import vocab
+
+    x, truth = planted(k=12, per=60, seed=1)
+    t = torch.from_numpy(x)
+    held = kmeans_parallel(t, 12, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(vocab, "_PAIRWISE_MAX", 5)
+    computed = kmeans_parallel(t, 12, torch.Generator().manual_seed(1))
+    assert torch.equal(held, computed)
+
+
+def test_kmeans_parallel_is_deterministic_per_seed():
+    x, _ = planted(k=10, per=40, d=8, noise=1.0)
+    t = torch.from_numpy(x)
+    a = kmeans_parallel(t, 10, torch.Generator().manual_seed(5))
+    b = kmeans_parallel(t, 10, torch.Generator().manual_seed(5))
+    c = kmeans_parallel(t, 10, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kmeans_parallel_seeds_as_well_as_kmeanspp(seed):
+    # Overlapping blobs, where seeding matters: the seeds' own cost, and the inertia after Lloyd.
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(loc=rng.normal(size=16) * 1.5, size=(rng.integers(20, 120), 16))
+                        for _ in range(60)]).astype(np.float32)
+    t = torch.from_numpy(x)
+    par = kmeans_parallel(t, 40, torch.Generator().manual_seed(seed)).numpy()
+    pp = kmeans_plusplus(t, 40, torch.Generator().manual_seed(seed)).numpy()
+    assert seed_cost(x, par) <= 1.15 * seed_cost(x, pp)
+    ours = KMeans(40, seed=seed, precision="float32").fit(x).inertia_
+    plusplus = KMeans(40, seed=seed, precision="float32", init="k-means++").fit(x).inertia_
+    assert ours <= 1.03 * plusplus
+
+
+def test_kmeans_parallel_with_as_many_rows_as_words():
+    # Too few D^2 draws to make k candidates: the farthest rows make up the rest, all distinct.
+    x, _ = planted(k=4, per=5, d=6, noise=0.5)
+    centers = kmeans_parallel(torch.from_numpy(x), 20, torch.Generator().manual_seed(0),
+                              rounds=1, oversample=0.1).numpy()
+    assert len(np.unique(centers, axis=0)) == 20
+    assert KMeans(20, seed=0).fit(x).inertia_ == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_init_is_refused_and_kmeanspp_still_fits():
+    with pytest.raises(ValueError, match="init"):
+        KMeans(3, init="random")
+    x, truth = planted(k=6, per=30)
+    from sklearn.metrics import normalized_mutual_info_score
+
+    model = KMeans(6, seed=0, init="k-means++").fit(x)
+    assert normalized_mutual_info_score(truth, model.labels_) >= 0.99
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

@@ -94,8 +94,9 @@ D = TrainConfig()
 TrainIds = Annotated[Optional[str], typer.Option("--train-ids", rich_help_panel=DATA, help="JSON list of training ids, or an object keyed by id (ActivityNet train.json). Default: every video.")]
 XMax = Annotated[float, typer.Option("--x-max", rich_help_panel=GLOVE, help="GloVe weighting cut-off.")]
 Alpha = Annotated[float, typer.Option(rich_help_panel=GLOVE, help="GloVe weighting exponent.")]
-Epochs = Annotated[int, typer.Option(rich_help_panel=GLOVE, help="GloVe epochs (full-batch steps).")]
+Epochs = Annotated[int, typer.Option(rich_help_panel=GLOVE, help="GloVe epochs (full-batch steps) at most; see --glove-tol.")]
 LearningRate = Annotated[float, typer.Option("--learning-rate", rich_help_panel=GLOVE, help="GloVe Adam step size.")]
+GloveTol = Annotated[float, typer.Option("--glove-tol", rich_help_panel=GLOVE, help="GloVe stops before --epochs once its lowest J gained less than this share over 50 epochs (0: run every epoch).")]
 Streams = Annotated[Literal["rgb", "flow", "rgb+flow"], typer.Option(rich_help_panel=DATA, help="What is clustered: rgb, flow or rgb+flow (concatenated per clip).")]
 Seed = Annotated[int, typer.Option(rich_help_panel=VOCAB, help="Seed of the k-means sample and init and of GloVe's init.")]
 Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(rich_help_panel=CLUSTER, help="auto, cpu or cuda: where k-means and GloVe run.")]
@@ -220,6 +221,7 @@ def train(
     alpha: Alpha = D.alpha,
     epochs: Epochs = D.epochs,
     learning_rate: LearningRate = D.learning_rate,
+    glove_tol: GloveTol = D.glove_tol,
     streams: Streams = D.streams,
     seed: Seed = D.seed,
     workers: Workers = None,
@@ -243,9 +245,9 @@ def train(
 ):
     """Learn a visual vocabulary and Visual GloVe vectors, and embed every clip of FEATURES."""
     settings = dict(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max, alpha=alpha,
-                    epochs=epochs, learning_rate=learning_rate, streams=streams, seed=seed,
-                    workers=workers, device=device, gpu_wait=gpu_wait, strict=strict,
-                    follow_symlinks=follow_symlinks,
+                    epochs=epochs, learning_rate=learning_rate, glove_tol=glove_tol,
+                    streams=streams, seed=seed, workers=workers, device=device, gpu_wait=gpu_wait,
+                    strict=strict, follow_symlinks=follow_symlinks,
                     kmeans_iters=kmeans_iters,
                     kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
                     reducers=reducers, embeddings=embeddings, input_format=input_format,
@@ -365,7 +367,8 @@ def sweep(
     train_ids: TrainIds = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="JSON object video id -> class: each combination gets a linear probe (and retrieval) and is ranked by its accuracy, ties by retrieval mAP.")] = None,
     x_max: XMax = D.x_max, alpha: Alpha = D.alpha, epochs: Epochs = D.epochs,
-    learning_rate: LearningRate = D.learning_rate, streams: Streams = D.streams, seed: Seed = D.seed,
+    learning_rate: LearningRate = D.learning_rate, glove_tol: GloveTol = D.glove_tol,
+    streams: Streams = D.streams, seed: Seed = D.seed,
     workers: Workers = None, device: Device = D.device, gpu_wait: GpuWait = None,
     strict: Strict = False, follow_symlinks: FollowSymlinks = False,
     kmeans_iters: KmeansIters = D.kmeans_iters, kmeans_sample: KmeansSample = None,
@@ -379,8 +382,9 @@ def sweep(
     from .resume import parse_values
 
     settings = dict(x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
-                    streams=streams, seed=seed, workers=workers, device=device, gpu_wait=gpu_wait,
-                    strict=strict, follow_symlinks=follow_symlinks, kmeans_iters=kmeans_iters,
+                    glove_tol=glove_tol, streams=streams, seed=seed, workers=workers, device=device,
+                    gpu_wait=gpu_wait, strict=strict, follow_symlinks=follow_symlinks,
+                    kmeans_iters=kmeans_iters,
                     shard_clips=shard_clips, batch_clips=batch_clips, reducers=reducers,
                     input_format=input_format, hdf5_key=hdf5_key, hdf5_flow_key=hdf5_flow_key)
     lists = [_run(parse_values, text, flag) for text, flag in

@@ -27,8 +27,11 @@ class TrainConfig:
     dim: int = 128
     x_max: float = 20.0
     alpha: float = 0.75
-    epochs: int = 300
+    epochs: int = 300  # the most; GloVe stops earlier once converged (glove_tol)
     learning_rate: float = 0.05
+    # GloVe has converged when its lowest J gained less than this share over the last
+    # glove.WINDOW (50) epochs; 0 runs every epoch.
+    glove_tol: float = 1e-4
     streams: str = "rgb"
     seed: int = 0
     workers: int | None = None  # None: as the work needs, up to the CPUs the cluster can grow to
@@ -57,6 +60,7 @@ class TrainConfig:
             (self.alpha > 0, "--alpha must be positive"),
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.learning_rate > 0, "--learning-rate must be positive"),
+            (0 <= self.glove_tol < 1, "--glove-tol must be at least 0 and below 1"),
             (self.streams in STREAMS, f"--streams must be one of {', '.join(STREAMS)}"),
             (self.workers is None or self.workers >= 1, "--workers must be at least 1"),
             (self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
@@ -93,8 +97,11 @@ class TrainConfig:
     # Settings that fix what a RUN holds on disk (results or their layout); the others (workers,
     # device, strict, batch_clips) only change how it is made.
     RESULT_KEYS = ("vocab_size", "window", "dim", "x_max", "alpha", "epochs", "learning_rate",
+                   "glove_tol",
                    "streams", "seed", "kmeans_iters", "kmeans_sample", "shard_clips", "reducers",
                    "embeddings", "input_format", "hdf5_key", "hdf5_flow_key")
     # Result keys added since RUNs were first made, with the value an older RUN was made with.
+    # glove_tol: RUNs made before it ran every epoch; they count as made with the default, so
+    # that re-running one with its own settings resumes it instead of refusing a changed setting.
     ADDED = {"embeddings": "files", "input_format": None, "hdf5_key": None,
-             "hdf5_flow_key": None}
+             "hdf5_flow_key": None, "glove_tol": 1e-4}

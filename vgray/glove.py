@@ -4,7 +4,8 @@ J = mean over X_ij > 0 of f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2, f(x) =
 Each epoch is one full-batch Adam step on J with analytic gradients: as a dense K x K matrix
 product for vocabularies up to a few thousand words, over the non-zeros in chunks beyond that.
 The state kept is the epoch's of lowest J (the step computes J anyway), not the last one's: Adam
-at a fixed step size can climb back from a minimum it reached.
+at a fixed step size can climb back from a minimum it reached. Training stops at `epochs`, or
+earlier once the lowest J has gained less than `tol` of itself over the last `window` epochs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 DENSE_MAX_WORDS = 4096
 SYNC_SECONDS = 0.25  # on a GPU, how often the host reads the epochs' J
 _SPARSE_CHUNK = 1 << 18
+WINDOW = 50  # epochs over which convergence is judged
 
 
 def weighting(x: np.ndarray, x_max: float, alpha: float) -> np.ndarray:
@@ -48,21 +50,28 @@ class GloVe:
     """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
 
     def __init__(self, dim: int = 128, x_max: float = 100.0, alpha: float = 0.75, epochs: int = 300,
-                 learning_rate: float = 0.05, seed: int = 0, device: str = "cpu"):
+                 learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
+                 tol: float = 0.0, window: int = WINDOW):
         self.dim = dim
         self.x_max = x_max
         self.alpha = alpha
-        self.epochs = epochs
+        self.epochs = epochs  # the most epochs run
         self.learning_rate = learning_rate
         self.seed = seed
         self.device = device
+        # Converged: the lowest J gained less than `tol` of itself over the last `window` epochs
+        # (0: always run `epochs`).
+        self.tol = tol
+        self.window = window
 
     def fit(self, i: np.ndarray, j: np.ndarray, x: np.ndarray, vocab_size: int,
             on_epoch=None) -> "GloVe":
         """Train on the non-zeros X[i, j] = x > 0; loss_[e] is J after e epochs (loss_[0]: init).
 
-        The fitted state (w_, w_context_, b_, b_context_, vectors_) is that of epoch best_epoch_,
-        the first epoch of lowest J; loss_[-1] is the last epoch's J."""
+        Stops after n_epochs_ epochs: at `epochs`, or earlier once converged (stop_reason_ says
+        which: "converged" or "epochs"). The fitted state (w_, w_context_, b_, b_context_,
+        vectors_) is that of epoch best_epoch_, the first epoch of lowest J; loss_[-1] is the
+        last epoch's J."""
         i = np.asarray(i, np.int64)
         j = np.asarray(j, np.int64)
         x = np.asarray(x, np.float64)
@@ -96,23 +105,40 @@ class GloVe:
                 self.loss_.append(value)
             pending.clear()
 
+        # The stopping rule is applied on the device too, so a GPU fit stops at the same epoch as
+        # a CPU one whenever its host looks: the epochs it ran ahead change nothing it keeps.
+        window = max(1, self.window)
+        lowest = torch.full((window,), math.inf, dtype=torch.float64, device=dev)  # ring of J
+        stopped = torch.zeros((), dtype=torch.bool, device=dev)
+        stop_epoch = torch.full((), self.epochs, dtype=torch.int64, device=dev)
         for epoch in range(self.epochs + 1):
             with torch.no_grad():
                 value = step([p.data for p in params], grads)
-                better = value < best_loss
+                better = (value < best_loss) & ~stopped
                 for kept, p in zip(best, params):
                     torch.where(better, p.data, kept, out=kept)
                 best_epoch.masked_fill_(better, epoch)
                 torch.where(better, value, best_loss, out=best_loss)
                 pending.append(value)
-            if dev.type == "cpu" or epoch == self.epochs or time.monotonic() - synced >= SYNC_SECONDS:
+                if self.tol > 0:
+                    # lowest[epoch % window] held the lowest J as of `window` epochs ago
+                    converged = (lowest[epoch % window] - best_loss <= self.tol * best_loss) & ~stopped
+                    lowest[epoch % window] = best_loss
+                    stop_epoch.masked_fill_(converged, epoch)
+                    stopped |= converged
+            last = epoch == self.epochs
+            if dev.type == "cpu" or last or time.monotonic() - synced >= SYNC_SECONDS:
                 sync()
                 synced = time.monotonic()
-            if epoch == self.epochs:
+                last = last or (self.tol > 0 and bool(stopped))
+            if last:
                 break
             for p, g in zip(params, grads):
                 p.grad = g
             optimizer.step()
+        self.n_epochs_ = int(stop_epoch)
+        self.stop_reason_ = "converged" if bool(stopped) else "epochs"
+        del self.loss_[self.n_epochs_ + 1:]  # epochs a GPU ran past the stop
         self.best_epoch_ = int(best_epoch)
         w, wc, b, bc = (p.cpu().numpy() for p in best)
         self.w_, self.w_context_, self.b_, self.b_context_ = w, wc, b, bc

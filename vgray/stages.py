@@ -393,11 +393,16 @@ def vocab_line(cfg: TrainConfig, figures: dict, seconds: float) -> str:
 
 
 def glove_line(what: str, figures: dict, seconds: float) -> str:
-    """The GloVe summary: J at init -> J of the saved state, and which epoch that is when it is
-    not the last (the saved state is the epoch of lowest J)."""
+    """The GloVe summary: how many epochs ran and why it stopped, J at init -> J of the saved
+    state, and which epoch that is when it is not the last (the saved state is the epoch of
+    lowest J)."""
     epochs, kept = figures["epochs"], figures.get("kept_epoch", figures["epochs"])
     which = "" if kept == epochs else (
         f" (last epoch {figures['last_loss']:.4g}), kept epoch {kept} of {epochs} (lowest J)")
-    return (f"{what}: {epochs} epochs on {figures['nonzeros']} non-zeros, loss "
+    if figures.get("stopped") == "converged":
+        ran = f"converged at epoch {epochs} of --epochs {figures['max_epochs']}"
+    else:
+        ran = f"{epochs} epochs" + (" (reached --epochs)" if "stopped" in figures else "")
+    return (f"{what}: {ran} on {figures['nonzeros']} non-zeros, loss "
             f"{figures['initial_loss']:.4g} -> {figures['final_loss']:.4g}{which}, "
             f"{device_line(figures)} ({seconds:.1f} s)")

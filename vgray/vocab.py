@@ -1,4 +1,4 @@
-"""The visual vocabulary: k-means in torch (k-means++ init, Lloyd iterations), CPU or CUDA.
+"""The visual vocabulary: k-means in torch (k-means|| seeding, Lloyd iterations), CPU or CUDA.
 
 Lloyd's assignment step is one matrix product per block of clips. Where the hardware multiplies
 bfloat16 natively (AVX512-BF16 / AMX CPUs, CUDA), the product runs in bfloat16 to propose each
@@ -18,6 +18,14 @@ import torch
 # Rows of the data whose distances to all centroids are held at once (bounds memory at
 # chunk x K floats: 64 MB for K = 4096).
 _CHUNK = 4096
+
+
+def _block_rows(k: int) -> int:
+    """Rows per block of Lloyd's and the assignment's products: as many as 64 MB of scores hold,
+    4,096 to 16,384 (blocks of 4,096 rows ran the float32 pass slower: benchmarks/README.md)."""
+    return max(_CHUNK, min(4 * _CHUNK, (1 << 24) // max(k, 1)))
+_PAIRWISE_MAX = 16384  # k-means|| candidates whose pairwise distances are held at once (1 GB)
+INITS = ("k-means||", "k-means++")  # seedings: k-means|| in a few passes (default), greedy k-means++
 
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +53,9 @@ class Codebook:
             self._ct = np.ascontiguousarray(centers.detach().numpy().T)
             self._csq = self.centers_sq.detach().numpy()
 
-    def nearest(self, x: torch.Tensor, chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(self, x: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Index of the nearest center (squared Euclidean) per row of x, and that distance."""
+        chunk = chunk or _block_rows(self.centers.shape[0])
         labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
         dists = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
         if self.numpy and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -74,7 +83,7 @@ class Codebook:
 
 
 def nearest(x: torch.Tensor, centers: torch.Tensor, centers_sq: torch.Tensor | None = None,
-            chunk: int = _CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+            chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest center (squared Euclidean) per row of x, and that squared distance
     (exact float32; see Codebook)."""
     return Codebook(centers, centers_sq).nearest(x, chunk)
@@ -129,6 +138,106 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
     return centers
 
 
+def kmeans_parallel(x: torch.Tensor, k: int, generator: torch.Generator, rounds: int = 5,
+                    oversample: float = 0.5, bfloat16: bool = False,
+                    on_center=None) -> torch.Tensor:
+    """k-means|| seeding (Bahmani et al. 2012): `rounds` passes over x, each drawing about
+    oversample * k candidates by D^2 sampling, then greedy weighted k-means++ over the candidates
+    (each weighted by the rows of x nearest to it).
+
+    k-means++ makes k passes over x, each a product with only 2 + log k columns (bound by memory,
+    not compute); here every pass is one large product. The candidates' pairwise distances are
+    computed once, so the k sequential steps of the last phase each read a few rows of that
+    matrix. With bfloat16, the products behind the sampling weights are taken in bfloat16 (the
+    seeds are still rows of x). on_center(c) is called with the number of centres chosen so far."""
+    n, dev = x.shape[0], x.device
+    x_sq = _sq_norms(x)
+    low = x.to(torch.bfloat16) if bfloat16 else x
+
+    def nearest_of(rows: torch.Tensor):  # [n] distance to the nearest of x[rows], and which
+        best = torch.empty(n, dtype=x.dtype, device=dev)
+        which = torch.empty(n, dtype=torch.int64, device=dev)
+        cand, cand_sq = low[rows], x_sq[rows]
+        for s in range(0, n, _CHUNK):
+            d = torch.mm(low[s:s + _CHUNK], cand.T).to(x.dtype).mul_(-2.0)
+            d.add_(x_sq[s:s + _CHUNK].unsqueeze(1)).add_(cand_sq.unsqueeze(0))
+            best[s:s + _CHUNK], which[s:s + _CHUNK] = d.min(dim=1)
+        return best.clamp_min_(0), which
+
+    first = int(torch.randint(n, (1,), generator=generator, device="cpu"))
+    chosen = torch.tensor([first], device=dev)
+    closest, owner = nearest_of(chosen)
+    closest[first] = 0
+    want = oversample * k
+    for _ in range(rounds):
+        pot = closest.double().sum()
+        if float(pot) <= 0:
+            break
+        draw = torch.rand(n, generator=generator, dtype=torch.float64).to(dev)
+        new = torch.nonzero(draw * pot < want * closest.double()).flatten()
+        if len(new) == 0:
+            continue
+        d, which = nearest_of(new)
+        closer = d < closest
+        closest = torch.where(closer, d, closest)
+        owner = torch.where(closer, which + len(chosen), owner)
+        owner[new] = torch.arange(len(chosen), len(chosen) + len(new), device=dev)
+        closest[new] = 0
+        chosen = torch.cat([chosen, new])
+    if len(chosen) < k:  # a sample barely larger than k: the farthest rows make up the rest
+        rest = torch.argsort(closest, descending=True, stable=True)[: k - len(chosen)]
+        owner[rest] = torch.arange(len(chosen), len(chosen) + len(rest), device=dev)
+        chosen = torch.cat([chosen, rest])
+    weights = torch.bincount(owner, minlength=len(chosen)).double()
+    picked = _weighted_kmeans_plusplus(x[chosen], weights, k, generator, on_center)
+    return x[chosen[picked]]
+
+
+def _weighted_kmeans_plusplus(c: torch.Tensor, weights: torch.Tensor, k: int,
+                              generator: torch.Generator, on_center=None) -> torch.Tensor:
+    """Greedy k-means++ over m weighted points (m of a few k): indices of the k chosen.
+
+    Their m x m squared distances are taken once, so each of the k steps reads only 2 + log k
+    rows of them; beyond _PAIRWISE_MAX candidates (1 GB of distances) each step computes its
+    rows instead."""
+    m, dev = c.shape[0], c.device
+    trials = 2 + int(math.log(k))
+    sq = _sq_norms(c)
+
+    def rows_of(index: torch.Tensor) -> torch.Tensor:  # [len(index), m] squared distances
+        block = torch.mm(c[index], c.T).mul_(-2.0)
+        return block.add_(sq[index].unsqueeze(1)).add_(sq.unsqueeze(0)).clamp_min_(0)
+
+    if m <= _PAIRWISE_MAX:
+        dist = torch.empty((m, m), dtype=torch.float32, device=dev)
+        for s in range(0, m, _CHUNK):
+            dist[s:s + _CHUNK] = rows_of(torch.arange(s, min(s + _CHUNK, m), device=dev))
+        rows_of = dist.__getitem__
+    picked = torch.empty(k, dtype=torch.int64, device=dev)
+    # The first seed by weight alone, as k-means|| draws it from the rows it stands for.
+    cumulative = torch.cumsum(weights, 0)
+    rand = torch.rand(1, generator=generator, dtype=torch.float64).to(dev)
+    picked[0] = torch.searchsorted(cumulative, rand * cumulative[-1]).clamp_max_(m - 1)[0]
+    closest = rows_of(picked[:1])[0].double()
+    for step in range(1, k):
+        mass = closest * weights
+        cumulative = torch.cumsum(mass, 0)
+        if float(cumulative[-1]) <= 0:  # fewer distinct candidates than k: duplicates remain
+            picked[step:] = torch.randint(m, (k - step,), generator=generator).to(dev)
+            break
+        rand = torch.rand(trials, generator=generator, dtype=torch.float64).to(dev)
+        cand = torch.searchsorted(cumulative, rand * cumulative[-1]).clamp_max_(m - 1)
+        cand_dist = torch.minimum(closest.unsqueeze(0), rows_of(cand).double())  # [trials, m]
+        best = int(torch.argmin(cand_dist @ weights))
+        closest = cand_dist[best]
+        picked[step] = cand[best]
+        if on_center is not None:
+            on_center(step + 1)
+    if on_center is not None:
+        on_center(k)
+    return picked
+
+
 def bf16_matmul_is_fast(device: str) -> bool:
     """Whether this device multiplies bfloat16 matrices natively (else they are emulated)."""
     if str(device).startswith("cuda"):
@@ -141,7 +250,7 @@ def bf16_matmul_is_fast(device: str) -> bool:
 
 
 class KMeans:
-    """k-means: k-means++ seeding on a subsample, then Lloyd; scikit-learn-style estimator.
+    """k-means: k-means|| (or k-means++) seeding on a subsample, then Lloyd; scikit-learn style.
 
     Lloyd stops after max_iter iterations, when no clip changes word, or when an iteration
     lowers the inertia by less than `tol` of it.
@@ -152,16 +261,20 @@ class KMeans:
     """
 
     def __init__(self, n_clusters: int, max_iter: int = 25, seed: int = 0, device: str = "cpu",
-                 precision: str = "auto", seed_sample: int | None = None, tol: float = 1e-4):
+                 precision: str = "auto", seed_sample: int | None = None, tol: float = 1e-4,
+                 init: str = "k-means||"):
         if precision not in ("auto", "float32", "bfloat16"):
             raise ValueError("precision must be auto, float32 or bfloat16")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}")
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.seed = seed
         self.device = device
         self.precision = precision
         self.tol = tol  # stop when an iteration lowers the inertia by less than this share
-        self.seed_sample = seed_sample  # None: 8 clips per word (at least 4096) for k-means++
+        self.seed_sample = seed_sample  # None: 8 clips per word (at least 4096) for the seeding
+        self.init = init
 
     def fit(self, features, progress=None) -> "KMeans":
         """Fit on float [N, D] (N >= n_clusters); sets cluster_centers_, inertia_, n_iter_.
@@ -190,9 +303,9 @@ class KMeans:
         size = min(n, self.seed_sample or max(8 * k, 4096))
         rows = torch.randperm(n, generator=generator)[:size].sort().values if size < n else torch.arange(n)
         report = progress or (lambda *state: None)
-        centers = kmeans_plusplus(self._rows(rows), k, generator,
-                                  bfloat16=self.precision_ == "bfloat16",
-                                  on_center=lambda c: report("vocab: seeding", c, k, "words"))
+        seeding = kmeans_parallel if self.init == "k-means||" else kmeans_plusplus
+        centers = seeding(self._rows(rows), k, generator, bfloat16=self.precision_ == "bfloat16",
+                          on_center=lambda c: report("vocab: seeding", c, k, "words"))
         labels, inertia = None, math.inf
         self.n_iter_, self.inertia_curve_ = 0, []  # inertia_curve_[i]: after i updates
         while True:
@@ -235,9 +348,10 @@ class KMeans:
         centers_sq = _sq_norms(centers)
         low = centers.to(torch.bfloat16) if self.precision_ == "bfloat16" else None
         book = Codebook(centers, centers_sq) if low is None else None
+        rows = _block_rows(k)
         for t, start in zip(self._tensors, self._starts):
-            for s in range(0, len(t), _CHUNK):
-                block = t[s:s + _CHUNK].to(centers.device) - self._mean
+            for s in range(0, len(t), rows):
+                block = t[s:s + rows].to(centers.device) - self._mean
                 at = slice(int(start) + s, int(start) + s + len(block))
                 if low is None:
                     lab, d = book.nearest(block)

@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import contextlib
 import os
+import threading
 import time
 import zlib
 from typing import TYPE_CHECKING
@@ -232,6 +233,10 @@ def write_concat(target: str, source, emb: np.ndarray, two_streams: bool,
 # A lost worker is not restarted by Ray (a restart that cannot be placed would hold its call
 # hostage): the pool replaces it and runs its unit again on another worker; every call is
 # idempotent, its files are written atomically and its marker last.
+def _import_torch() -> None:
+    import torch  # noqa: F401
+
+
 @ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
 class ShardWorker:
     """A run's worker, long-lived: it samples clips, tokenises and counts, merges counts and
@@ -241,12 +246,14 @@ class ShardWorker:
     def __init__(self, streams: str, batch_clips: int, device: str = "cpu",
                  centroids_path: str | None = None, submitted: float | None = None,
                  backend: str = "auto"):
-        import torch
         from threadpoolctl import threadpool_limits
 
         self._born = actor_start(submitted or time.time())
-        torch.set_num_threads(1)  # one core per actor; also keeps results thread-independent
-        threadpool_limits(1)
+        # torch takes ~1 s to import and the first stage (the scan) does not use it: it loads
+        # in a thread meanwhile, and the first call that computes waits for it (_torch).
+        self._torch_loading = threading.Thread(target=_import_torch, daemon=True)
+        self._torch_loading.start()
+        threadpool_limits(1)  # one core per actor; also keeps results thread-independent
         self.streams = streams
         self.batch_clips = batch_clips
         self.device = device  # cpu; auto or cuda for the GPU worker
@@ -259,6 +266,18 @@ class ShardWorker:
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def _torch(self) -> None:
+        """Once torch is imported: one core for its products too (set on the thread that
+        computes, which is where OpenMP reads it)."""
+        if self._torch_loading is not None:
+            self._torch_loading.join()
+            self._torch_loading = None
+            import torch
+            from threadpoolctl import threadpool_limits
+
+            torch.set_num_threads(1)
+            threadpool_limits(1)
+
     def compute_device(self) -> tuple[str, str | None]:
         """Where this worker computes: cuda when it was given a GPU that torch can use."""
         if self._compute is None:
@@ -267,6 +286,7 @@ class ShardWorker:
 
     def codebook(self, path: str) -> Codebook:
         """The vocabulary at `path`, loaded once per worker (on its GPU, if it computes there)."""
+        self._torch()
         import torch
 
         from .vocab import Codebook
@@ -427,6 +447,7 @@ class ShardWorker:
         """k-means on the concatenated sample (in shard order, so independent of the workers);
         seeding and iterations are posted to `board` as they go. With `below`, `samples` is the
         shards' clips then their draws, and the sample is the clips whose draw is below it."""
+        self._torch()
         from .vocab import KMeans
 
         began = self._began()
@@ -455,6 +476,7 @@ class ShardWorker:
 
     def glove(self, root: str, config: dict, board=None) -> Fit:
         """GloVe on the merged counts of the RUN at `root`; writes its glove/."""
+        self._torch()
         from .glove import GloVe
 
         began = self._began()
@@ -468,7 +490,7 @@ class ShardWorker:
         report = Reporter(board)
         with all_cores():
             model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
-                          device).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
+                          device, tol=cfg.glove_tol).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
                               "glove", e, cfg.epochs, "epochs", f"loss {value:.5g}"))
         report.flush()
         state = {"w": model.w_, "w_context": model.w_context_, "b": model.b_,
@@ -479,7 +501,9 @@ class ShardWorker:
                    "epoch,loss\n" + "".join(f"{e},{v!r}\n" for e, v in enumerate(model.loss_)))
         save_npy(run.path("glove", "vectors.npy"), model.vectors_)
         return Fit({"device": device, "device_note": note, "nonzeros": int(len(x)),
-                    "epochs": cfg.epochs, "initial_loss": model.loss_[0],
+                    # epochs run; stopped: "converged" (before max_epochs) or "epochs"
+                    "epochs": model.n_epochs_, "max_epochs": cfg.epochs,
+                    "stopped": model.stop_reason_, "initial_loss": model.loss_[0],
                     # the saved state's J: the lowest of every epoch's, at kept_epoch
                     "final_loss": model.loss_[model.best_epoch_],
                     "kept_epoch": model.best_epoch_, "last_loss": model.loss_[-1],
