@@ -17,6 +17,8 @@ from vgray.synth import make_corpus
 from raycluster import fake_autoscaling_cluster
 from test_pipeline import assert_same_results
 
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CPU = {"cpu_worker": {"resources": {"CPU": 2}, "max_workers": 2}}

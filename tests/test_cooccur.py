@@ -5,16 +5,7 @@ import pytest
 
 from vgray import cooccur
 
-
-def brute_force(sequences, k, window):
-    """X[t_p, t_q] += 1/(q-p) and X[t_q, t_p] += 1/(q-p) for p < q, q - p <= window."""
-    x = np.zeros((k, k))
-    for seq in sequences:
-        for p in range(len(seq)):
-            for q in range(p + 1, min(len(seq), p + window + 1)):
-                x[seq[p], seq[q]] += 1.0 / (q - p)
-                x[seq[q], seq[p]] += 1.0 / (q - p)
-    return x
+from helpers import brute_force
 
 
 def dense(i, j, s, k, window):

@@ -3,6 +3,7 @@ direct scikit-learn computation, a planted corpus's topics found, bad labels ref
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,16 +15,14 @@ from vgray.cli import app
 from vgray.config import TrainConfig
 from vgray.glove import GloVe, loss
 
-from test_cooccur import brute_force
-from test_pipeline import ARGS, cooccur_of, tokens_of
+from helpers import brute_force, cooccur_of, tokens_of
 
 
 @pytest.fixture(scope="module")
-def run(ray_session, corpus, tmp_path_factory):
+def run(ray_session, trained_run, tmp_path_factory):
+    """A copy of the session's trained run (evaluate writes into RUN)."""
     out = str(tmp_path_factory.mktemp("evaluate") / "run")
-    result = CliRunner().invoke(app, ["train", corpus["features"], "--out", out, "--train-ids",
-                                      corpus["train_ids"], *ARGS])
-    assert result.exit_code == 0, result.output
+    shutil.copytree(trained_run[0], out)
     return out
 
 

@@ -106,6 +106,7 @@ def assert_same(a: dict, b: dict) -> None:
     assert a["skips"] == b["skips"]
 
 
+@pytest.mark.s3
 def test_a_bad_file_on_s3_is_a_skip_and_a_clean_run_is_cheap(clean):
     run, per_video = clean
     skipped = {s["video_id"]: s["reason"] for s in run["skips"]}
@@ -117,6 +118,7 @@ def test_a_bad_file_on_s3_is_a_skip_and_a_clean_run_is_cheap(clean):
     assert per_video < 13, per_video  # 12.2 with the scan on the workers (small files read whole)
 
 
+@pytest.mark.s3
 def test_five_percent_of_requests_failing_changes_nothing(store, clean):
     with FaultyProxy(store["moto"].endpoint, fail=0.05, seed=11) as proxy:
         done = train(proxy, "faulty")
@@ -129,6 +131,7 @@ def test_five_percent_of_requests_failing_changes_nothing(store, clean):
     assert retried > 0 and SECRET not in done.stdout + done.stderr
 
 
+@pytest.mark.s3
 def test_storage_down_fails_in_one_line_and_the_rerun_completes(store, clean):
     with FaultyProxy(store["moto"].endpoint) as proxy:
         proxy.down = True

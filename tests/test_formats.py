@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from test_pipeline import assert_same_results, tokens_of
 from vgray.cli import app
 from vgray.synth import make_corpus
+
+from helpers import assert_same_results, tokens_of, upload_tree
 
 h5py = pytest.importorskip("h5py")
 wds = pytest.importorskip("webdataset")
@@ -99,9 +100,15 @@ def train(features, out, *extra):
     return json.load(open(os.path.join(out, "manifest.json")))
 
 
-def test_every_format_gives_the_same_run(ray_session, forms, tmp_path):
-    base = str(tmp_path / "npy")
-    m = train(forms["npy"], base)
+@pytest.fixture(scope="module")
+def npy_run(ray_session, forms, tmp_path_factory):
+    """The .npy corpus trained once: what every other form must give. Tests only read it."""
+    base = str(tmp_path_factory.mktemp("npy-run") / "npy")
+    return base, train(forms["npy"], base)
+
+
+def test_every_format_gives_the_same_run(ray_session, forms, npy_run, tmp_path):
+    base, m = npy_run
     assert m["corpus"]["videos"] == 24 and m["corpus"]["layout"] == "two-stream"
     for fmt, extra in (("hdf5", ["--hdf5-key", "i3d_features"]), ("webdataset", []),
                        ("parquet", []), ("pt", [])):
@@ -120,9 +127,8 @@ def test_every_format_gives_the_same_run(ray_session, forms, tmp_path):
                                           np.load(os.path.join(out, name)))
 
 
-def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, tmp_path):
-    base = str(tmp_path / "npy")
-    train(forms["npy"], base)
+def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, npy_run, tmp_path):
+    base, _ = npy_run
     vid = sorted(forms["videos"])[0]
     for fmt, extra in (("webdataset", []), ("hdf5", ["--hdf5-key", "i3d_features"])):
         out = str(tmp_path / f"embed-{fmt}")
@@ -252,16 +258,13 @@ def test_duplicate_ids_across_shards_are_reported(ray_session, forms, tmp_path):
     assert "duplicate id: also in" in reasons[0]["reason"] and m["counts"]["videos"] == 24
 
 
-from test_storage import s3, upload_tree  # noqa: E402,F401 - moto on loopback (a fixture)
-
-
+@pytest.mark.s3
 @pytest.mark.parametrize("fmt", ["hdf5", "webdataset", "parquet", "pt"])
-def test_every_container_reads_from_s3(ray_session, s3, forms, tmp_path, fmt):  # noqa: F811
+def test_every_container_reads_from_s3(ray_session, s3, forms, npy_run, tmp_path, fmt):
     import subprocess
     import sys
 
-    base = str(tmp_path / "npy")
-    train(forms["npy"], base)
+    base, _ = npy_run
     local = forms[fmt]
     if fmt == "hdf5":
         with open(local, "rb") as src, s3["fs"].open_output_stream(

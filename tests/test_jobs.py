@@ -19,6 +19,8 @@ from vgray.synth import make_corpus
 from raycluster import free_port, own_ports
 from raycluster import head as started_head
 
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):

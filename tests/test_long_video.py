@@ -7,10 +7,15 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from numpy.lib.format import open_memmap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T, D = 200_000, 1024
+
+# It writes 820 MB and trains on them: slow. It cannot be smaller and keep its meaning: the
+# bound is 3/4 of the video, and a worker with torch loaded peaks at ~450 MB on short videos.
+pytestmark = pytest.mark.slow
 
 
 def descendants(pid):

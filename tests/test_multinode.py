@@ -12,9 +12,11 @@ import pytest
 from vgray.train import train
 from vgray.synth import make_corpus
 
-from test_pipeline import assert_same_results
+from helpers import assert_same_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

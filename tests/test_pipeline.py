@@ -19,34 +19,13 @@ from vgray.cli import app
 from vgray.config import TrainConfig
 from vgray.store import read_tokens
 
-from test_cooccur import brute_force
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--vocab-size", "12", "--dim", "8", "--epochs", "200", "--shard-clips", "200", "-q"]
-
-
-def cli(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def tokens_of(run):
-    return read_tokens(sorted(glob.glob(os.path.join(run, "tokens", "*.parquet"))))
-
-
-def cooccur_of(run):
-    table = pq.read_table(sorted(glob.glob(os.path.join(run, "cooccur", "*.parquet"))))
-    order = np.lexsort((table["j"].to_numpy(), table["i"].to_numpy()))
-    return {c: table[c].to_numpy()[order] for c in ("i", "j", "x")}
+from helpers import ARGS, ROOT, assert_same_results, brute_force, cli, cooccur_of, tokens_of
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, corpus, tmp_path_factory):
-    run = str(tmp_path_factory.mktemp("run") / "run")
-    result = cli("train", corpus["features"], "--out", run, "--train-ids", corpus["train_ids"],
-                 "--workers", "2", *ARGS)
-    return run, result
+def trained(ray_session, trained_run):
+    """The session's trained run (conftest.trained_run): RUN and the result of its train."""
+    return trained_run
 
 
 def test_contract_files(trained, corpus):
@@ -249,19 +228,13 @@ def test_new_vocabulary_recomputes_everything_after_it(trained, corpus, tmp_path
     assert_same_results(run, copy)
 
 
-def test_driver_killed_mid_run_resumes(tmp_path):
+def test_driver_killed_mid_run_resumes(tmp_path, interrupted_corpus):
     """kill -9 of the driver (and the Ray it started) mid-assignment; the re-run resumes."""
     import signal
     import time
 
-    from vgray.synth import make_corpus
-
-    info = make_corpus(str(tmp_path / "c"), videos=80, dim=8, words=6, topics=2, min_clips=40,
-                       max_clips=60)
-    args = [sys.executable, os.path.join(ROOT, "cli.py"), "train", info["features"],
-            "--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "50",
-            "--workers", "1", "-q"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args, env, clean = interrupted_corpus
+    args = args + ["-q"]
     crashed = str(tmp_path / "crashed")
     proc = subprocess.Popen(args + ["--out", crashed], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -301,14 +274,12 @@ def test_driver_killed_mid_run_resumes(tmp_path):
     sessions = {n["session"] for stage in manifest["stages"].values()
                 for n in (stage.get("nodes") or {}).values()}
     assert len(sessions) == 2 and [u["nodes"] for u in manifest["nodes"].values()] == [1]
-    clean = str(tmp_path / "clean")
-    subprocess.run(args + ["--out", clean], env=env, check=True, timeout=300, capture_output=True)
     assert_same_results(clean, crashed)
 
 
 @pytest.fixture(scope="module")
 def interrupted_corpus(tmp_path_factory):
-    """A corpus, the command that trains on it, and its uninterrupted run."""
+    """A corpus, the command that trains on it, and its uninterrupted run (made with -q)."""
     from vgray.synth import make_corpus
 
     root = tmp_path_factory.mktemp("ctrlc")
@@ -324,7 +295,7 @@ def interrupted_corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stage,sent", [("vocab", "SIGINT"), ("assign", "SIGTERM"),
-                                        ("embed", "SIGINT")])
+                                        pytest.param("embed", "SIGINT", marks=pytest.mark.slow)])
 def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, sent, interrupted_corpus):
     """SIGINT to the whole foreground group, as Ctrl-C sends it, during a stage: a message, exit
     130 within seconds, Ray's processes gone, the lock released; the re-run finishes the rest
@@ -387,15 +358,6 @@ def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, sent, interr
         np.load(path)  # nothing partial under a final name
     subprocess.run(args + ["--out", out, "-q"], env=env, check=True, timeout=300, capture_output=True)
     assert_same_results(clean, out)
-
-
-def assert_same_results(a_dir, b_dir):
-    a, b = tokens_of(a_dir), tokens_of(b_dir)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    ca, cb = cooccur_of(a_dir), cooccur_of(b_dir)
-    assert all(np.array_equal(ca[c], cb[c]) for c in ca)
-    np.testing.assert_array_equal(np.load(os.path.join(a_dir, "glove", "vectors.npy")),
-                                  np.load(os.path.join(b_dir, "glove", "vectors.npy")))
 
 
 def test_one_worker_and_two_workers_identical(trained, corpus, tmp_path):

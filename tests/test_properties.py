@@ -20,8 +20,8 @@ from vgray.corpus import load_rows, read_header
 from vgray.readers import scan
 from vgray.errors import BadVideo
 
-PROFILE = settings(max_examples=int(os.environ.get("VGRAY_HYPOTHESIS_EXAMPLES", "1000")),
-                   deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The number of examples is the profile's (tests/conftest.py): 100 while developing, 1,000 in CI.
+PROFILE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 DTYPES = ["<f2", "<f4", ">f4", "<f8", ">f8", "<i1", "<i4", ">i8", "<u2", "|b1", "<c8", ">c16", "<M8[s]"]
 

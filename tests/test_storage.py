@@ -2,14 +2,11 @@
 server mode on loopback, started and stopped by this test), checked against the same run on
 local files."""
 
-import glob
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -19,53 +16,10 @@ from typer.testing import CliRunner
 from vgray.cli import app
 from vgray.synth import make_corpus
 
-from test_pipeline import cooccur_of, tokens_of
+from helpers import cooccur_of, tokens_of, upload_tree
+from s3proxy import SECRET
 
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(endpoint, timeout=2)
-                break
-            except Exception:
-                time.sleep(0.5)
-        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
-                               access_key="testing", secret_key=SECRET, region="us-east-1",
-                               allow_bucket_creation=True)
-        fs.create_dir("vgray-test")
-        yield {"env": {**os.environ, **env, "PYTHONWARNINGS": "ignore"}, "fs": fs}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-SECRET = "vgray-secret-0f3a9c71"  # must never show up in output, logs, errors or the run
-
-
-def upload_tree(fs, local, bucket_path):
-    for path in glob.glob(os.path.join(local, "**", "*"), recursive=True):
-        if os.path.isfile(path):
-            rel = os.path.relpath(path, local)
-            with open(path, "rb") as src, fs.open_output_stream(f"{bucket_path}/{rel}") as dst:
-                dst.write(src.read())
+pytestmark = pytest.mark.s3
 
 
 def test_train_from_s3_to_s3_matches_local(ray_session, s3, tmp_path):

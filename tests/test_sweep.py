@@ -24,8 +24,7 @@ from vgray.errors import VgrayError
 from vgray.resume import SweepSummary, best_of, parse_values
 from vgray.sweep import report_page
 
-from test_cooccur import brute_force
-from test_pipeline import ROOT, tokens_of
+from helpers import ROOT, brute_force, tokens_of
 
 GRID = [(k, w, d) for k in (3, 6) for w in (2, 4) for d in (4, 8)]
 COMMON = ["--epochs", "40", "--shard-clips", "300"]
@@ -78,35 +77,42 @@ def swept(ray_session, data):
     return out, result.output
 
 
-def test_every_combination_equals_a_separate_train(swept, data, tmp_path):
+# Two combinations that hold every value of each axis are trained again in the fast tier; the
+# other six only with the slow tests.
+FAST = [(3, 2, 4), (6, 4, 8)]
+
+
+@pytest.mark.parametrize("k,w,d", [pytest.param(*c, id=f"K{c[0]}-w{c[1]}-d{c[2]}",
+                                                marks=() if c in FAST else pytest.mark.slow)
+                                   for c in GRID])
+def test_every_combination_equals_a_separate_train(swept, data, tmp_path, k, w, d):
     out, _ = swept
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     clips = [manifest["vocabularies"][k]["vocab"]["sample_clips"] for k in ("3", "6")]
     train_clips = sum(len(t) for v, t in tokens_of(combo(out, 3, 2, 4)).items()
                       if v in json.load(open(data["train_ids"])))
     assert clips[0] < clips[1] < train_clips  # K 3's sample is a strict subset of K 6's
-    for k, w, d in GRID:
-        run = str(tmp_path / f"K{k}-w{w}-d{d}")
-        invoke("train", data["features"], "--out", run, "--train-ids", data["train_ids"],
-               "--vocab-size", k, "--window", w, "--dim", d, "-q", *COMMON)
-        mine = combo(out, k, w, d)
-        for path in ("vocab/centroids.npy", "glove/vectors.npy"):
-            np.testing.assert_array_equal(np.load(os.path.join(mine, path)),
-                                          np.load(os.path.join(run, path)), err_msg=path)
-        a, b = tokens_of(mine), tokens_of(run)
-        assert a.keys() == b.keys() and all(np.array_equal(a[v], b[v]) for v in a)
-        parts = sorted(os.listdir(os.path.join(run, "cooccur")))
-        assert sorted(os.listdir(os.path.join(mine, "cooccur"))) == parts
-        for part in parts:  # file by file: the same rows in the same order
-            assert pq.read_table(os.path.join(mine, "cooccur", part)).equals(
-                pq.read_table(os.path.join(run, "cooccur", part)))
-        assert open(os.path.join(mine, "glove", "loss.csv")).read() == \
-            open(os.path.join(run, "glove", "loss.csv")).read()
-        skipped = open(os.path.join(run, "skipped.jsonl")).read()
-        assert open(os.path.join(mine, "skipped.jsonl")).read() == skipped
-        assert "v_00007" in skipped and "non-finite" in skipped
-        theirs = json.load(open(os.path.join(run, "manifest.json")))
-        assert json.load(open(os.path.join(mine, "manifest.json")))["settings"] == theirs["settings"]
+    run = str(tmp_path / f"K{k}-w{w}-d{d}")
+    invoke("train", data["features"], "--out", run, "--train-ids", data["train_ids"],
+           "--vocab-size", k, "--window", w, "--dim", d, "-q", *COMMON)
+    mine = combo(out, k, w, d)
+    for path in ("vocab/centroids.npy", "glove/vectors.npy"):
+        np.testing.assert_array_equal(np.load(os.path.join(mine, path)),
+                                      np.load(os.path.join(run, path)), err_msg=path)
+    a, b = tokens_of(mine), tokens_of(run)
+    assert a.keys() == b.keys() and all(np.array_equal(a[v], b[v]) for v in a)
+    parts = sorted(os.listdir(os.path.join(run, "cooccur")))
+    assert sorted(os.listdir(os.path.join(mine, "cooccur"))) == parts
+    for part in parts:  # file by file: the same rows in the same order
+        assert pq.read_table(os.path.join(mine, "cooccur", part)).equals(
+            pq.read_table(os.path.join(run, "cooccur", part)))
+    assert open(os.path.join(mine, "glove", "loss.csv")).read() == \
+        open(os.path.join(run, "glove", "loss.csv")).read()
+    skipped = open(os.path.join(run, "skipped.jsonl")).read()
+    assert open(os.path.join(mine, "skipped.jsonl")).read() == skipped
+    assert "v_00007" in skipped and "non-finite" in skipped
+    theirs = json.load(open(os.path.join(run, "manifest.json")))
+    assert json.load(open(os.path.join(mine, "manifest.json")))["settings"] == theirs["settings"]
 
 
 def test_derived_windows_are_exact(swept, data):
