@@ -24,14 +24,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def own_ports() -> list[str]:
-    """Ports of its own for a head: another Ray on this machine (the tests' own) holds the
-    defaults."""
-    return [arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                             "--metrics-export-port", "--ray-client-server-port",
-                             "--runtime-env-agent-port", "--node-manager-port",
-                             "--object-manager-port")
-            for arg in (flag, str(free_port()))]
+def own_ports(*taken: int) -> list[str]:
+    """Ports of its own for a head, each a different one: another Ray on this machine (the
+    tests' own) holds the defaults. (A port freed can be handed out again: taken twice, two of
+    the head's components would clash and the head not come up.)"""
+    flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--metrics-export-port", "--ray-client-server-port", "--runtime-env-agent-port",
+             "--node-manager-port", "--object-manager-port")
+    ports: list[int] = []
+    while len(ports) < len(flags):
+        port = free_port()
+        if port not in ports and port not in taken:
+            ports.append(port)
+    return [arg for flag, port in zip(flags, ports) for arg in (flag, str(port))]
 
 
 @contextlib.contextmanager
@@ -129,7 +134,7 @@ def fake_autoscaling_cluster(tmp, worker_types: dict, idle_timeout_minutes: floa
         env.update(RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_ID,
                    RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_ID)
     args = [f"--autoscaling-config={path}", "--num-cpus=0", f"--port={port}",
-            "--include-dashboard=false", *own_ports()]
+            "--include-dashboard=false", *own_ports(port)]
     log = os.path.join(tmp, "head.log")
     up = lambda: gcs_up(port) and "Ray runtime started" in open(log).read()  # noqa: E731
     with head(args, env, log, up, grace=3):  # nothing of a fake cluster needs a graceful end

@@ -15,7 +15,7 @@ import pytest
 from vgray.synth import make_corpus
 
 from raycluster import fake_autoscaling_cluster
-from test_pipeline import assert_same_results
+from helpers import assert_same_results
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 

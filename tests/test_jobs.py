@@ -44,8 +44,12 @@ def head(tmp_path_factory):
         except (urllib.error.URLError, ConnectionError, OSError):
             return False
 
-    args = ["--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-            str(dashboard), *own_ports(), "--num-cpus", "2", "--include-dashboard", "true"]
+    gcs = free_port()
+    while gcs == dashboard:
+        gcs = free_port()
+    args = ["--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+            str(dashboard), *own_ports(gcs, dashboard), "--num-cpus", "2",
+            "--include-dashboard", "true"]
     with started_head(args, env, home / "head.log", ready, grace=3):
         yield {"url": url, "env": env, "token": token, "home": home}
 
