@@ -241,3 +241,23 @@ def test_a_closed_port_is_one_note(pod):
     pod.setenv("VGRAY_K8S_API", f"http://127.0.0.1:{port}")
     config, _, note = kuberay.autoscaling_config()
     assert config is None and "Connection" in note
+
+
+def test_on_kuberay_the_raycluster_answers_where_no_monitor_runs_here(pod, monkeypatch):
+    """The order of the sources: no GCS config, no monitor on this machine (KubeRay's runs in
+    a container of its own), so the RayCluster answers; where it cannot, one note and unknown."""
+    from vgray import autoscale
+
+    monkeypatch.setattr(autoscale, "gcs_cluster_config", lambda: None)
+    monkeypatch.setattr(autoscale, "find_monitor", lambda *a, **k: None)
+    with FakeApi(raycluster(), "the-token") as url:
+        pod.setenv("VGRAY_K8S_API", url)
+        notes = []
+        config, source = autoscale.autoscaler_config(None, True, notes)
+    assert source == "RayCluster vgray-ns/vgray" and notes == []
+    assert config == kuberay.to_autoscaling_config(raycluster())
+    with FakeApi(raycluster(), "the-token", "forbid") as url:
+        pod.setenv("VGRAY_K8S_API", url)
+        notes = []
+        assert autoscale.autoscaler_config(None, True, notes) == (None, None)
+    assert len(notes) == 1 and "HTTP 403" in notes[0]

@@ -43,6 +43,7 @@ V2_NAMESPACE = "__autoscaler"  # ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE
 V2_ENABLED_KEY = "__autoscaler_v2_enabled"
 CLUSTER_CONFIG_KEY = "__autoscaler_cluster_config"
 V1_REQUEST_KEY = "autoscaler_resource_request"  # where v1's request_resources writes
+FIXED = "fixed"  # the source of a monitor that runs without a config: a cluster that cannot grow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,10 +156,9 @@ def capacity() -> Capacity:
         return Capacity(cpus, gpus, any(t.room > 0 for t in types), tuple(types), head, source,
                         version, tuple(notes))
     # No readable config: v2 or KubeRay (its autoscaler in a container of its own) can still add
-    # nodes, unless v2's monitor runs here without a config (a fixed `ray start --head`).
-    fixed = v2 and find_monitor(gcs_port()) is not None
+    # nodes, unless a monitor runs here without a config (a fixed `ray start --head`).
     kuberay = "KUBERAY_GEN_RAY_START_CMD" in os.environ
-    return Capacity(cpus, gpus, (v2 and not fixed) or kuberay, None, None, None, version,
+    return Capacity(cpus, gpus, (v2 and source != FIXED) or kuberay, None, None, None, version,
                     tuple(notes))
 
 
@@ -272,7 +272,8 @@ def v2_node_type(node_id: str) -> str | None:
 
 def autoscaler_config(monitor_pid, v2: bool, notes: list) -> tuple[dict | None, str | None]:
     """The autoscaler's config and where it was read, from the first source that answers (the
-    module's docstring has the order); (None, None) where none does."""
+    module's docstring has the order); (None, FIXED) for a monitor without a config file;
+    (None, None) where none answers."""
     config = gcs_cluster_config()
     if config is not None:
         return config, "gcs:cluster_config"
@@ -281,7 +282,7 @@ def autoscaler_config(monitor_pid, v2: bool, notes: list) -> tuple[dict | None, 
     argv = argv or find_monitor(port, "v2" if v2 else "")
     if argv is not None:  # a monitor without a config file is a fixed cluster's
         path = flag(argv, "--autoscaling-config")
-        return (read_yaml(path), path) if path else (None, None)
+        return (read_yaml(path), path) if path else (None, FIXED)
     if os.environ.get("RAY_CLUSTER_NAME"):
         from . import kuberay
 

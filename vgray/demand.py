@@ -13,6 +13,7 @@ grows in steps (GROWTH_STEP_CPUS, doubled while met), never in one jump the clus
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -152,8 +153,6 @@ class Demand:
             if self.v2:
                 return v2_constraint(v2_reply()) == Counter(frozenset(b.items())
                                                             for b in self.asked)
-            import json
-
             raw = kv(V1_REQUEST_KEY)
             return raw is None or json.loads(raw) == self.asked
         except Exception:  # noqa: BLE001 - unreadable: clear it, as before
