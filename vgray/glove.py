@@ -1,8 +1,9 @@
 """GloVe (Pennington et al. 2014) on a co-occurrence matrix, in torch on CPU or CUDA.
 
 J = mean over X_ij > 0 of f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2, f(x) = min(1, (x/x_max)^alpha).
-Each epoch is one full-batch Adam step on J with analytic gradients: as a dense K x K matrix
-product for vocabularies up to a few thousand words, over the non-zeros in chunks beyond that.
+Each epoch is one full-batch Adam step on J with analytic gradients. For vocabularies up to a few
+thousand words the non-zeros' predictions are sampled from w w~^T and the gradient is two dense
+K x K matrix products; beyond that, everything is taken over the non-zeros in chunks.
 The state kept is the epoch's of lowest J (the step computes J anyway), not the last one's: Adam
 at a fixed step size can climb back from a minimum it reached. Training stops at `epochs`, or
 earlier once the lowest J has gained less than `tol` of itself over the last `window` epochs.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -146,28 +148,34 @@ class GloVe:
         return self
 
     def _dense_step(self, i, j, x, k, dev):
-        """J and its gradient with K x K matrices: three matmuls per epoch."""
+        """J over the non-zeros, with their predictions sampled from w w~^T (no K x K product),
+        and its gradient as two K x K matrix products."""
         n = len(x)
-        log_x = torch.zeros(k, k, dtype=torch.float32, device=dev)
-        f = torch.zeros(k, k, dtype=torch.float32, device=dev)
+        order = np.lexsort((j, i))  # row-major, as a CSR pattern holds them
+        i, j, x = i[order], j[order], x[order]
         ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
-        log_x[ii, jj] = torch.from_numpy(np.log(x)).float().to(dev)
-        f[ii, jj] = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
-
-        pred = torch.empty(k, k, dtype=torch.float32, device=dev)  # buffers reused every epoch
-        fe = torch.empty_like(pred)
+        rows = torch.zeros(k + 1, dtype=torch.int64, device=dev)
+        rows[1:] = torch.cumsum(torch.bincount(ii, minlength=k), 0)
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore")
+            pattern = torch.sparse_csr_tensor(rows, jj, torch.zeros(n, device=dev), (k, k))
+        log_x = torch.from_numpy(np.log(x)).float().to(dev)
+        f = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
+        # The gradient of J by the predictions: non-zero where X is, rewritten there each epoch.
+        g_full = torch.zeros(k, k, dtype=torch.float32, device=dev)
+        at = ii * k + jj
 
         def step(params, grads):
             w, wc, b, bc = params
-            torch.mm(w, wc.T, out=pred)
-            pred.add_(b.unsqueeze(1)).add_(bc.unsqueeze(0)).sub_(log_x)  # the error
-            torch.mul(f, pred, out=fe)  # zero where X is zero, since f is
-            value = torch.mul(fe, pred, out=pred).sum(dtype=torch.float64) / n  # J, on the device
-            g = fe.mul_(2.0 / n)
-            torch.mm(g, wc, out=grads[0])
-            torch.mm(g.T, w, out=grads[1])
-            torch.sum(g, dim=1, out=grads[2])
-            torch.sum(g, dim=0, out=grads[3])
+            err = torch.sparse.sampled_addmm(pattern, w, wc.T, beta=0.0).values()
+            err.add_(b[ii]).add_(bc[jj]).sub_(log_x)
+            fe = f * err
+            value = (fe * err).sum(dtype=torch.float64) / n  # J, on the device
+            g_full.view(-1)[at] = fe.mul_(2.0 / n)
+            torch.mm(g_full, wc, out=grads[0])
+            torch.mm(g_full.T, w, out=grads[1])
+            torch.sum(g_full, dim=1, out=grads[2])
+            torch.sum(g_full, dim=0, out=grads[3])
             return value
 
         return step
