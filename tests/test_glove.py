@@ -42,13 +42,28 @@ def test_direct_loss_by_hand():
     assert glove.loss(w, wc, b, bc, i, j, x, 100.0, 0.75) == pytest.approx(want)
 
 
-def test_dense_and_sparse_steps_agree(monkeypatch):
+@pytest.mark.parametrize("steps", ["csr", "chunked"])
+def test_dense_and_sparse_steps_agree(steps):
     i, j, x, _ = topic_cooccur(k=20, videos=60)
-    dense = GloVe(dim=4, epochs=30, seed=1).fit(i, j, x, 20)
-    monkeypatch.setattr(glove, "DENSE_MAX_WORDS", 5)
-    sparse = GloVe(dim=4, epochs=30, seed=1).fit(i, j, x, 20)
-    np.testing.assert_allclose(dense.loss_, sparse.loss_, rtol=1e-4)
-    np.testing.assert_allclose(dense.vectors_, sparse.vectors_, rtol=1e-3, atol=1e-4)
+    dense = GloVe(dim=4, epochs=30, seed=1, steps="dense").fit(i, j, x, 20)
+    other = GloVe(dim=4, epochs=30, seed=1, steps=steps).fit(i, j, x, 20)
+    np.testing.assert_allclose(dense.loss_, other.loss_, rtol=1e-4)
+    np.testing.assert_allclose(dense.vectors_, other.vectors_, rtol=1e-3, atol=1e-4)
+
+
+def test_auto_steps_by_device_density_and_size(monkeypatch):
+    i, j, x, _ = topic_cooccur(k=20, videos=60)  # most of the 400 pairs co-occur
+    seen = []
+    monkeypatch.setattr(GloVe, "_sparse_step", lambda self, *a: seen.append("chunked"))
+    monkeypatch.setattr(GloVe, "_dense_step",
+                        lambda self, *a, csr: seen.append("csr" if csr else "dense"))
+    cpu, cuda = glove.torch.device("cpu"), glove.torch.device("cuda")
+    for device, k, pairs in ((cpu, 20, len(x)), (cpu, 20, 10), (cpu, 5000, 10 ** 8),
+                             (cuda, 20, 10), (cuda, 5000, 10)):
+        GloVe()._step(i, j, np.ones(pairs), k, device)
+    assert seen == ["dense", "csr", "csr", "dense", "chunked"]
+    with pytest.raises(ValueError, match="steps must be one of"):
+        GloVe(steps="fast")
 
 
 def test_neighbours_share_topic():
@@ -99,18 +114,17 @@ DEVICES = ["cpu"] + (["cuda"] if __import__("torch").cuda.is_available() else []
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("steps", ["dense", "sparse"])
-def test_the_saved_state_is_the_epoch_of_lowest_j(monkeypatch, steps, device):
+@pytest.mark.parametrize("steps", ["dense", "csr", "chunked"])
+def test_the_saved_state_is_the_epoch_of_lowest_j(steps, device):
     # A step size this large overshoots: J reaches its lowest at epoch 12 of 14 and climbs back.
     rng = np.random.default_rng(0)
     i, j, s = cooccur.count([rng.integers(0, 5, size=8) for _ in range(6)], 5, 2)
     x = cooccur.weights(s, 2)
-    settings = dict(dim=3, x_max=20.0, alpha=0.75, learning_rate=0.5, seed=0, device=device)
+    settings = dict(dim=3, x_max=20.0, alpha=0.75, learning_rate=0.5, seed=0, device=device,
+                    steps=steps)
     want, states = reference_fit(i, j, x, 5, 3, 14, 0.5, 0, 20.0, 0.75)
     best = int(np.argmin(want))
     assert 0 < best < 14 and want[-1] > 1.1 * want.min()
-    if steps == "sparse":
-        monkeypatch.setattr(glove, "DENSE_MAX_WORDS", 2)
     model = GloVe(epochs=14, **settings).fit(i, j, x, 5)
     np.testing.assert_allclose(model.loss_, want, rtol=1e-4)
     assert model.best_epoch_ == best

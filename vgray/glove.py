@@ -1,9 +1,10 @@
 """GloVe (Pennington et al. 2014) on a co-occurrence matrix, in torch on CPU or CUDA.
 
 J = mean over X_ij > 0 of f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2, f(x) = min(1, (x/x_max)^alpha).
-Each epoch is one full-batch Adam step on J with analytic gradients. For vocabularies up to a few
-thousand words the non-zeros' predictions are sampled from w w~^T and the gradient is two dense
-K x K matrix products; beyond that, everything is taken over the non-zeros in chunks.
+Each epoch is one full-batch Adam step on J with analytic gradients: the non-zeros' predictions
+are sampled from w w~^T and the gradient is two K x K matrix products, sparse on a CPU (where few
+pairs co-occur, or past a few thousand words), dense elsewhere; a GPU past a few thousand words
+takes everything over the non-zeros in chunks (GloVe's `steps`).
 The state kept is the epoch's of lowest J (the step computes J anyway), not the last one's: Adam
 at a fixed step size can climb back from a minimum it reached. Training stops at `epochs`, or
 earlier once the lowest J has gained less than `tol` of itself over the last `window` epochs.
@@ -22,6 +23,19 @@ DENSE_MAX_WORDS = 4096
 SYNC_SECONDS = 0.25  # on a GPU, how often the host reads the epochs' J
 _SPARSE_CHUNK = 1 << 18
 WINDOW = 50  # epochs over which convergence is judged
+STEPS = ("auto", "dense", "csr", "chunked")
+# Below this share of co-occurring pairs, a CPU takes the gradient's products sparse ("csr";
+# measured: sparse and dense cost the same at ~17% of pairs on one core; benchmarks/README.md).
+SPARSE_GRADIENT = 0.1
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """The K x K CSR matrix of `values` at (rows, cols), given in row-major order."""
+    crow = torch.zeros(k + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=k), 0)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, cols, values, (k, k))
 
 
 def weighting(x: np.ndarray, x_max: float, alpha: float) -> np.ndarray:
@@ -53,7 +67,7 @@ class GloVe:
 
     def __init__(self, dim: int = 128, x_max: float = 100.0, alpha: float = 0.75, epochs: int = 300,
                  learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
-                 tol: float = 0.0, window: int = WINDOW):
+                 tol: float = 0.0, window: int = WINDOW, steps: str = "auto"):
         self.dim = dim
         self.x_max = x_max
         self.alpha = alpha
@@ -65,6 +79,13 @@ class GloVe:
         # (0: always run `epochs`).
         self.tol = tol
         self.window = window
+        # How an epoch is computed (the same J and gradient, summed in another order): "dense"
+        # (predictions at the non-zeros, K x K gradient products), "csr" (the same products
+        # sparse; CPU), "chunked" (all over the non-zeros in chunks), or "auto": csr on a CPU where
+        # few pairs co-occur or past DENSE_MAX_WORDS, else dense up to DENSE_MAX_WORDS, chunked past.
+        if steps not in STEPS:
+            raise ValueError(f"steps must be one of {', '.join(STEPS)}")
+        self.steps = steps
 
     def fit(self, i: np.ndarray, j: np.ndarray, x: np.ndarray, vocab_size: int,
             on_epoch=None) -> "GloVe":
@@ -87,7 +108,7 @@ class GloVe:
         grads = [torch.zeros_like(p) for p in params]
         optimizer = torch.optim.Adam([torch.nn.Parameter(p) for p in params], lr=self.learning_rate)
         params = optimizer.param_groups[0]["params"]
-        step = (self._dense_step if k <= DENSE_MAX_WORDS else self._sparse_step)(i, j, x, k, dev)
+        step = self._step(i, j, x, k, dev)
         # The best state so far is kept on the device, chosen there by J (no host sync), so a
         # GPU fit keeps running ahead of the host; a strict < keeps the first of equal minima.
         best = [p.detach().clone() for p in params]
@@ -147,23 +168,50 @@ class GloVe:
         self.vectors_ = (w + wc).astype(np.float32)
         return self
 
-    def _dense_step(self, i, j, x, k, dev):
-        """J over the non-zeros, with their predictions sampled from w w~^T (no K x K product),
-        and its gradient as two K x K matrix products."""
+    def _step(self, i, j, x, k, dev):
+        """The epoch's step(params, grads) -> J, as `steps` says."""
+        steps = self.steps
+        if steps == "auto":
+            sparse = k > DENSE_MAX_WORDS or len(x) < SPARSE_GRADIENT * k * k
+            steps = ("csr" if sparse else "dense") if dev.type == "cpu" else (
+                "dense" if k <= DENSE_MAX_WORDS else "chunked")
+        if steps == "chunked":
+            return self._sparse_step(i, j, x, k, dev)
+        return self._dense_step(i, j, x, k, dev, csr=steps == "csr")
+
+    def _dense_step(self, i, j, x, k, dev, csr: bool = False):
+        """J over the non-zeros, with their predictions sampled from w w~^T (no K x K product).
+        Its gradient is two K x K matrix products: sparse ones with `csr` (nothing K x K is held),
+        else dense."""
         n = len(x)
         order = np.lexsort((j, i))  # row-major, as a CSR pattern holds them
         i, j, x = i[order], j[order], x[order]
         ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
-        rows = torch.zeros(k + 1, dtype=torch.int64, device=dev)
-        rows[1:] = torch.cumsum(torch.bincount(ii, minlength=k), 0)
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-            warnings.simplefilter("ignore")
-            pattern = torch.sparse_csr_tensor(rows, jj, torch.zeros(n, device=dev), (k, k))
         log_x = torch.from_numpy(np.log(x)).float().to(dev)
         f = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
-        # The gradient of J by the predictions: non-zero where X is, rewritten there each epoch.
-        g_full = torch.zeros(k, k, dtype=torch.float32, device=dev)
-        at = ii * k + jj
+        pattern = _csr(ii, jj, torch.zeros(n, device=dev), k)
+        if csr:
+            flip = torch.from_numpy(np.lexsort((i, j))).to(dev)  # the transpose's row-major order
+            ii_t, jj_t = jj[flip], ii[flip]
+
+            def gradient(g, params, grads):
+                w, wc = params[0], params[1]
+                torch.mm(_csr(ii, jj, g, k), wc, out=grads[0])
+                torch.mm(_csr(ii_t, jj_t, g[flip], k), w, out=grads[1])
+                grads[2].zero_().index_add_(0, ii, g)
+                grads[3].zero_().index_add_(0, jj, g)
+        else:
+            # The gradient by the predictions: non-zero where X is, rewritten there each epoch.
+            g_full = torch.zeros(k, k, dtype=torch.float32, device=dev)
+            at = ii * k + jj
+
+            def gradient(g, params, grads):
+                w, wc = params[0], params[1]
+                g_full.view(-1)[at] = g
+                torch.mm(g_full, wc, out=grads[0])
+                torch.mm(g_full.T, w, out=grads[1])
+                torch.sum(g_full, dim=1, out=grads[2])
+                torch.sum(g_full, dim=0, out=grads[3])
 
         def step(params, grads):
             w, wc, b, bc = params
@@ -171,17 +219,13 @@ class GloVe:
             err.add_(b[ii]).add_(bc[jj]).sub_(log_x)
             fe = f * err
             value = (fe * err).sum(dtype=torch.float64) / n  # J, on the device
-            g_full.view(-1)[at] = fe.mul_(2.0 / n)
-            torch.mm(g_full, wc, out=grads[0])
-            torch.mm(g_full.T, w, out=grads[1])
-            torch.sum(g_full, dim=1, out=grads[2])
-            torch.sum(g_full, dim=0, out=grads[3])
+            gradient(fe.mul_(2.0 / n), params, grads)
             return value
 
         return step
 
     def _sparse_step(self, i, j, x, k, dev):
-        """J and its gradient over the non-zeros, in chunks that bound memory."""
+        """J and its gradient over the non-zeros, in chunks that bound memory ("chunked")."""
         n = len(x)
         ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
         log_x = torch.from_numpy(np.log(x)).float().to(dev)
