@@ -54,9 +54,8 @@ def test_dense_and_sparse_steps_agree(steps):
 def test_auto_steps_by_device_density_and_size(monkeypatch):
     i, j, x, _ = topic_cooccur(k=20, videos=60)  # most of the 400 pairs co-occur
     seen = []
-    monkeypatch.setattr(GloVe, "_sparse_step", lambda self, *a: seen.append("chunked"))
-    monkeypatch.setattr(GloVe, "_dense_step",
-                        lambda self, *a, csr: seen.append("csr" if csr else "dense"))
+    for name, steps in (("_dense_step", "dense"), ("_csr_step", "csr"), ("_sparse_step", "chunked")):
+        monkeypatch.setattr(GloVe, name, lambda self, *a, steps=steps: seen.append(steps))
     cpu, cuda = glove.torch.device("cpu"), glove.torch.device("cuda")
     for device, k, pairs in ((cpu, 20, len(x)), (cpu, 20, 10), (cpu, 5000, 10 ** 8),
                              (cuda, 20, 10), (cuda, 5000, 10)):

@@ -1,10 +1,10 @@
 """GloVe (Pennington et al. 2014) on a co-occurrence matrix, in torch on CPU or CUDA.
 
 J = mean over X_ij > 0 of f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2, f(x) = min(1, (x/x_max)^alpha).
-Each epoch is one full-batch Adam step on J with analytic gradients: the non-zeros' predictions
-are sampled from w w~^T and the gradient is two K x K matrix products, sparse on a CPU (where few
-pairs co-occur, or past a few thousand words), dense elsewhere; a GPU past a few thousand words
-takes everything over the non-zeros in chunks (GloVe's `steps`).
+Each epoch is one full-batch Adam step on J with analytic gradients (GloVe's `steps`): as dense
+K x K matrix products for vocabularies up to a few thousand words; on a CPU where few pairs
+co-occur, or past that size, as sparse ones (the non-zeros' predictions sampled from w w~^T, the
+gradient as two CSR x dense products); on a GPU past that size, over the non-zeros in chunks.
 The state kept is the epoch's of lowest J (the step computes J anyway), not the last one's: Adam
 at a fixed step size can climb back from a minimum it reached. Training stops at `epochs`, or
 earlier once the lowest J has gained less than `tol` of itself over the last `window` epochs.
@@ -24,18 +24,23 @@ SYNC_SECONDS = 0.25  # on a GPU, how often the host reads the epochs' J
 _SPARSE_CHUNK = 1 << 18
 WINDOW = 50  # epochs over which convergence is judged
 STEPS = ("auto", "dense", "csr", "chunked")
-# Below this share of co-occurring pairs, a CPU takes the gradient's products sparse ("csr";
-# measured: sparse and dense cost the same at ~17% of pairs on one core; benchmarks/README.md).
-SPARSE_GRADIENT = 0.1
+# Below this share of co-occurring pairs, a CPU takes its epochs sparse ("csr"; measured on one
+# core and two: csr and dense cost the same at ~20% of the pairs; benchmarks/README.md).
+CSR_MAX_SHARE = 0.15
 
 
-def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
-    """The K x K CSR matrix of `values` at (rows, cols), given in row-major order."""
-    crow = torch.zeros(k + 1, dtype=torch.int64, device=rows.device)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=k), 0)
+def _row_starts(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Where each of the K rows starts among non-zeros in row-major order (CSR's crow)."""
+    starts = torch.zeros(k + 1, dtype=torch.int64, device=rows.device)
+    starts[1:] = torch.cumsum(torch.bincount(rows, minlength=k), 0)
+    return starts
+
+
+def _csr(starts: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
+    """The K x K CSR matrix of `values` in row-major order (row starts, column of each)."""
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(crow, cols, values, (k, k))
+        return torch.sparse_csr_tensor(starts, cols, values, (k, k))
 
 
 def weighting(x: np.ndarray, x_max: float, alpha: float) -> np.ndarray:
@@ -80,9 +85,10 @@ class GloVe:
         self.tol = tol
         self.window = window
         # How an epoch is computed (the same J and gradient, summed in another order): "dense"
-        # (predictions at the non-zeros, K x K gradient products), "csr" (the same products
-        # sparse; CPU), "chunked" (all over the non-zeros in chunks), or "auto": csr on a CPU where
-        # few pairs co-occur or past DENSE_MAX_WORDS, else dense up to DENSE_MAX_WORDS, chunked past.
+        # (K x K products), "csr" (sparse products over the non-zeros), "chunked" (gathers over
+        # the non-zeros in chunks), or "auto": on a CPU csr where under CSR_MAX_SHARE of the pairs
+        # co-occur or past DENSE_MAX_WORDS, else dense; on a GPU dense up to DENSE_MAX_WORDS,
+        # chunked past.
         if steps not in STEPS:
             raise ValueError(f"steps must be one of {', '.join(STEPS)}")
         self.steps = steps
@@ -172,46 +178,51 @@ class GloVe:
         """The epoch's step(params, grads) -> J, as `steps` says."""
         steps = self.steps
         if steps == "auto":
-            sparse = k > DENSE_MAX_WORDS or len(x) < SPARSE_GRADIENT * k * k
+            sparse = k > DENSE_MAX_WORDS or len(x) < CSR_MAX_SHARE * k * k
             steps = ("csr" if sparse else "dense") if dev.type == "cpu" else (
                 "dense" if k <= DENSE_MAX_WORDS else "chunked")
-        if steps == "chunked":
-            return self._sparse_step(i, j, x, k, dev)
-        return self._dense_step(i, j, x, k, dev, csr=steps == "csr")
+        make = {"dense": self._dense_step, "csr": self._csr_step, "chunked": self._sparse_step}
+        return make[steps](i, j, x, k, dev)
 
-    def _dense_step(self, i, j, x, k, dev, csr: bool = False):
-        """J over the non-zeros, with their predictions sampled from w w~^T (no K x K product).
-        Its gradient is two K x K matrix products: sparse ones with `csr` (nothing K x K is held),
-        else dense."""
+    def _dense_step(self, i, j, x, k, dev):
+        """J and its gradient with K x K matrices: three matmuls per epoch."""
         n = len(x)
-        order = np.lexsort((j, i))  # row-major, as a CSR pattern holds them
+        log_x = torch.zeros(k, k, dtype=torch.float32, device=dev)
+        f = torch.zeros(k, k, dtype=torch.float32, device=dev)
+        ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
+        log_x[ii, jj] = torch.from_numpy(np.log(x)).float().to(dev)
+        f[ii, jj] = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
+
+        pred = torch.empty(k, k, dtype=torch.float32, device=dev)  # buffers reused every epoch
+        fe = torch.empty_like(pred)
+
+        def step(params, grads):
+            w, wc, b, bc = params
+            torch.mm(w, wc.T, out=pred)
+            pred.add_(b.unsqueeze(1)).add_(bc.unsqueeze(0)).sub_(log_x)  # the error
+            torch.mul(f, pred, out=fe)  # zero where X is zero, since f is
+            value = torch.mul(fe, pred, out=pred).sum(dtype=torch.float64) / n  # J, on the device
+            g = fe.mul_(2.0 / n)
+            torch.mm(g, wc, out=grads[0])
+            torch.mm(g.T, w, out=grads[1])
+            torch.sum(g, dim=1, out=grads[2])
+            torch.sum(g, dim=0, out=grads[3])
+            return value
+
+        return step
+
+    def _csr_step(self, i, j, x, k, dev):
+        """J over the non-zeros, with their predictions sampled from w w~^T, and its gradient as
+        two sparse K x K matrix products (CSR): nothing K x K is held."""
+        n = len(x)
+        order = np.lexsort((j, i))  # row-major, as a CSR matrix holds them
         i, j, x = i[order], j[order], x[order]
         ii, jj = torch.from_numpy(i).to(dev), torch.from_numpy(j).to(dev)
         log_x = torch.from_numpy(np.log(x)).float().to(dev)
         f = torch.from_numpy(weighting(x, self.x_max, self.alpha)).float().to(dev)
-        pattern = _csr(ii, jj, torch.zeros(n, device=dev), k)
-        if csr:
-            flip = torch.from_numpy(np.lexsort((i, j))).to(dev)  # the transpose's row-major order
-            ii_t, jj_t = jj[flip], ii[flip]
-
-            def gradient(g, params, grads):
-                w, wc = params[0], params[1]
-                torch.mm(_csr(ii, jj, g, k), wc, out=grads[0])
-                torch.mm(_csr(ii_t, jj_t, g[flip], k), w, out=grads[1])
-                grads[2].zero_().index_add_(0, ii, g)
-                grads[3].zero_().index_add_(0, jj, g)
-        else:
-            # The gradient by the predictions: non-zero where X is, rewritten there each epoch.
-            g_full = torch.zeros(k, k, dtype=torch.float32, device=dev)
-            at = ii * k + jj
-
-            def gradient(g, params, grads):
-                w, wc = params[0], params[1]
-                g_full.view(-1)[at] = g
-                torch.mm(g_full, wc, out=grads[0])
-                torch.mm(g_full.T, w, out=grads[1])
-                torch.sum(g_full, dim=1, out=grads[2])
-                torch.sum(g_full, dim=0, out=grads[3])
+        starts, flip = _row_starts(ii, k), torch.from_numpy(np.lexsort((i, j))).to(dev)
+        starts_t, jj_t = _row_starts(jj, k), ii[flip]  # the transpose, in its row-major order
+        pattern = _csr(starts, jj, torch.zeros(n, device=dev), k)
 
         def step(params, grads):
             w, wc, b, bc = params
@@ -219,7 +230,11 @@ class GloVe:
             err.add_(b[ii]).add_(bc[jj]).sub_(log_x)
             fe = f * err
             value = (fe * err).sum(dtype=torch.float64) / n  # J, on the device
-            gradient(fe.mul_(2.0 / n), params, grads)
+            g = fe.mul_(2.0 / n)
+            torch.mm(_csr(starts, jj, g, k), wc, out=grads[0])
+            torch.mm(_csr(starts_t, jj_t, g[flip], k), w, out=grads[1])
+            grads[2].zero_().index_add_(0, ii, g)
+            grads[3].zero_().index_add_(0, jj, g)
             return value
 
         return step
