@@ -13,7 +13,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .config import TrainConfig
-from .errors import Terminated, VgrayError
+from .errors import Terminated, VgrayError, first_line
 
 
 def _flag(*names, **options):
@@ -121,7 +121,7 @@ def _fail(error: BaseException) -> None:
     (a bug, an error of a library) also says how to see its traceback."""
     if os.environ.get("VGRAY_DEBUG") == "1":
         raise error
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    message = first_line(error)
     hint = "" if isinstance(error, VgrayError) else " (set VGRAY_DEBUG=1 for the traceback)"
     typer.echo(f"error: {message}{hint}", err=True)
     raise typer.Exit(1)

@@ -24,10 +24,7 @@ from .corpus import Corpus, Video, list_features, read_train_ids
 from .readers import scan
 from .errors import StorageError, VgrayError
 from .progress import Progress
-from .store import RunDir
-
-# The stages of a complete `vgray train` RUN, in order.
-TRAIN_STAGES = ("scan", "vocab", "assign", "cooccur", "glove", "embed")
+from .store import TRAIN_STAGES, RunDir
 
 
 def make_shards(videos: list[Video], shard_clips: int) -> list[list[Video]]:

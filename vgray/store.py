@@ -28,6 +28,8 @@ from . import fs
 from .errors import VgrayError
 
 MANIFEST = "manifest.json"
+# The stages of a complete `vgray train` RUN, in the order they run (and are shown).
+TRAIN_STAGES = ("scan", "vocab", "assign", "cooccur", "glove", "embed")
 WORK = ".work"  # shard markers and partial counts; kept so that a re-run can resume
 
 TOKENS_SCHEMA = pa.schema([("video_id", pa.string()), ("tokens", pa.list_(pa.int32()))])
