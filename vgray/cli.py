@@ -379,7 +379,7 @@ def sweep(
 ):
     """Train and evaluate every combination of --vocab-size x --window x --dim, sharing the scan,
     the k-means sample, the pass over the features and the counts; print the best."""
-    from .resume import parse_values
+    from .sweeptable import parse_values
 
     settings = dict(x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
                     glove_tol=glove_tol, streams=streams, seed=seed, workers=workers, device=device,

@@ -46,9 +46,9 @@ from .errors import VgrayError
 from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
 from .progress import Progress
-from .resume import (TIE_BREAK, VARIED, Check, SweepSummary, best_of, cell, check_sweep,
-                     digest_file, make_shards, name, sweep_settings, tie_note, train_settings)
+from .resume import Check, check_sweep, digest_file, make_shards, sweep_settings, train_settings
 from .store import WORK, RunDir, copy_file, read_json, save_npy, shard_name, write_text
+from .sweeptable import TIE_BREAK, VARIED, SweepSummary, best_of, cell, name, tie_note
 from .units import Count, Fit, ReduceUnit, ShardStats, TokenizeUnit, Vocabulary, totals
 
 PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy",
@@ -422,7 +422,7 @@ class _Sweep:
         write_text(self.run_dir.path("sweep.csv"), text.getvalue())
         # Only a probe ranks combinations of different K and windows on one scale: J, inertia
         # and the neighbours' share each move with K or the window by construction.
-        # Ties of the probe are broken by retrieval mAP (resume.best_of).
+        # Ties of the probe are broken by retrieval mAP (sweeptable.best_of).
         ranked_by = "probe_accuracy" if self.labels else None
         best = best_of(rows, ranked_by)
         write_text(self.run_dir.path("report.html"), report_page(rows, ranked_by, best))
