@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, list_features, read_train_ids
+from .corpus import Corpus, Video, features_fingerprint, read_train_ids
 from .readers import scan
 from .errors import StorageError
 from .progress import Progress
@@ -151,7 +151,7 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
         # FEATURES as one listing says it is, as it was when RUN was made: no header is read.
         if config.strict and counts.get("skipped"):
             return Check()  # the run fails with the reason
-        if list_features(features, config.follow_symlinks, config.reading()) != listed:
+        if features_fingerprint(features, config.follow_symlinks, config.reading()) != listed:
             return Check()
         shards, corpus, seconds = stages["assign"].get("shards"), None, 0.0
         if shards is None:
@@ -252,7 +252,7 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
     listed = manifest.get("corpus", {}).get("listing")
     corpus, seconds = None, 0.0
     if listed is not None:  # one listing, no header read
-        if list_features(features, config.follow_symlinks, config.reading()) != listed:
+        if features_fingerprint(features, config.follow_symlinks, config.reading()) != listed:
             return Check()
     else:  # a sweep of an earlier vgray
         corpus, seconds = scan_corpus(features, config, ids, echo)

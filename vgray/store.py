@@ -141,7 +141,8 @@ def read_table(path: str, schema: pa.Schema | None = None) -> pa.Table:
     return pq.read_table(_parquet_source(path), schema=schema)
 
 
-def parquet_rows(path: str) -> int:
+def parquet_row_count(path: str) -> int:
+    """Rows in a Parquet file, from its footer."""
     return pq.ParquetFile(_parquet_source(path)).metadata.num_rows
 
 

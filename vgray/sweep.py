@@ -8,7 +8,7 @@ What is shared, and why each combination still equals a separate `vgray train`:
   train with K words samples the clips with u < p_K. The sweep samples with the largest p and
   keeps the draws: K's sample is then the clips with u < p_K, in the same order.
 - **one pass over the features.** Each shard is read once and tokenised with every vocabulary
-  (a tokenise unit takes several vocabularies); the blocks are those of `vgray train`.
+  (a TokenizeUnit takes several vocabularies); the blocks are those of `vgray train`.
 - **one count per vocabulary.** Pairs are counted per distance up to the largest window
   (cooccur.count_by_distance); the scaled counts of any window w are derived exactly from them
   (cooccur.at_window), partitioned and ordered as train's reducers write them.
@@ -242,7 +242,7 @@ class _Sweep:
                     continue
                 vocabularies[s].append(Vocabulary(
                     run.root, self.centroids(k), run.path("tokens", f"part-{shard_name(s)}.parquet"),
-                    tokenise=s not in marked,
+                    tokenize=s not in marked,
                     count=dataclasses.replace(count, vocab_size=k) if recounts else None))
         corpus = self.corpus
         units = {s: TokenizeUnit(s, shards[s], [corpus.is_train(v.video_id) for v in shards[s]],
