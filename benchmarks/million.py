@@ -13,7 +13,7 @@ video as `video_features` writes them) unless they are there, then, in fresh sub
   RSS (its own process: Ray's GCS and raylet are other processes), the headers it read itself
   (none), and the units' count;
 - in_process: `readers.scan`, the same scan in one process (what `evaluate` and `check` do);
-- listing: `corpus.list_features`, what the no-op check of a complete RUN does with FEATURES
+- listing: `corpus.features_fingerprint`, what the no-op check of a complete RUN does with FEATURES
   (one listing, no header read).
 
 Local disk only: a million objects do not fit the S3 server this machine can run. On object
@@ -38,7 +38,7 @@ from common import machine, write_result
 PROBE = r"""
 import json, resource, sys, tempfile, time
 import vgray.corpus
-from vgray.corpus import list_features
+from vgray.corpus import features_fingerprint
 from vgray.readers import scan
 from vgray.resume import make_shards
 from vgray.config import TrainConfig
@@ -70,7 +70,7 @@ elif what == "in_process":
     shards = make_shards(corpus.videos, cfg.shard_clips)
     out = {"videos": len(corpus.videos), "skipped": len(corpus.skips), "shards": len(shards)}
 else:
-    out = {"listing": list_features(root)}
+    out = {"listing": features_fingerprint(root)}
 out["seconds"] = round(time.perf_counter() - t, 1)
 out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(out))

@@ -173,6 +173,6 @@ def test_paths_and_addresses():
     assert submit.cluster_path("/data/f", "http://10.1.2.3:8265", notes.append) == "/data/f"
     assert len(notes) == 1 and "shares" in notes[0]
     assert submit.cluster_path("s3://b/f", "http://10.1.2.3:8265", notes.append) == "s3://b/f"
-    assert _argv(["train", "F"], {"vocab_size": 7, "strict": True, "workers": None,
-                                  "device": "cpu", "x_max": 2.5}, quiet=True) == [
+    assert _argv("train", {"features": "F"}, {"vocab_size": 7, "strict": True, "workers": None,
+                                                   "device": "cpu", "x_max": 2.5}, quiet=True) == [
         "train", "F", "--vocab-size", "7", "--strict", "--device", "cpu", "--x-max", "2.5", "-q"]

@@ -21,7 +21,7 @@ from vgray import VisualGlove
 from vgray import evaluate as ev
 from vgray.cli import app
 from vgray.errors import VgrayError
-from vgray.resume import SweepSummary, best_of, parse_values
+from vgray.sweeptable import SweepSummary, best_of, parse_values
 from vgray.sweep import report_page
 
 from helpers import ROOT, brute_force, tokens_of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .config import TrainConfig
-from .errors import Terminated, VgrayError
+from .errors import Terminated, VgrayError, first_line
 
 
 def _flag(*names, **options):
@@ -121,7 +122,7 @@ def _fail(error: BaseException) -> None:
     (a bug, an error of a library) also says how to see its traceback."""
     if os.environ.get("VGRAY_DEBUG") == "1":
         raise error
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    message = first_line(error)
     hint = "" if isinstance(error, VgrayError) else " (set VGRAY_DEBUG=1 for the traceback)"
     typer.echo(f"error: {message}{hint}", err=True)
     raise typer.Exit(1)
@@ -165,9 +166,9 @@ def _mdvc_warning(out: str) -> None:
         typer.echo(line, err=True)
 
 
-def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
-    """Submit to the Jobs API (http address), or run here on the given/embedded Ray and print
-    the summary line."""
+def _dispatch(address, no_wait, quiet, line, local, verb, after=None):
+    """Submit `line` (command, arguments, options: as _argv takes them) to the Jobs API (http
+    address), or run `local` here on the given/embedded Ray and print the summary line."""
     from . import submit
 
     if submit.is_jobs_address(address):
@@ -175,8 +176,7 @@ def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
             def note(message):  # shown even with -q: it is about where the data must be
                 typer.echo(message, err=True)
 
-            args = [submit.cluster_path(a, address, note) if i in paths else a
-                    for i, a in enumerate(argv)]
+            args = _argv(*line, quiet, path=lambda p: submit.cluster_path(p, address, note))
             return submit.submit(address, args, wait=not no_wait, echo=note)
 
         _run(go)
@@ -198,14 +198,30 @@ def _dispatch(address, no_wait, quiet, argv, paths, local, verb, after=None):
         after(summary)
 
 
-def _argv(positional: list[str], options: dict, quiet: bool) -> list[str]:
-    """The command line that reproduces these options (for the job's entrypoint)."""
-    argv = list(positional)
+# The parameters, by name, whose values are files or directories: a job gets them as the
+# cluster's nodes see them (submit.cluster_path). By name, so that no option shifts another.
+PATHS = frozenset({"run", "features", "out", "train_ids", "labels"})
+
+
+def _settings(params: dict, leave: tuple = ()) -> dict:
+    """A run's settings from a command's parameters (its locals() on entry): every TrainConfig
+    field but those in `leave` is the parameter of the same name."""
+    return {f.name: params[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in leave}
+
+
+def _argv(command: str, arguments: dict, options: dict, quiet: bool, path=None) -> list[str]:
+    """The command line that reproduces these arguments (in order) and options (for a job's
+    entrypoint); `path`, where given, rewrites the value of each parameter named in PATHS."""
+
+    def text(name, value):
+        return path(value) if path is not None and name in PATHS else str(value)
+
+    argv = [command] + [text(name, value) for name, value in arguments.items()]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if value is None or value is False:
             continue
-        argv += [flag] if value is True else [flag, str(value)]
+        argv += [flag] if value is True else [flag, text(name, value)]
     return argv + (["-q"] if quiet else [])
 
 
@@ -244,19 +260,10 @@ def train(
     no_wait: NoWait = False,
 ):
     """Learn a visual vocabulary and Visual GloVe vectors, and embed every clip of FEATURES."""
-    settings = dict(vocab_size=vocab_size, window=window, dim=dim, x_max=x_max, alpha=alpha,
-                    epochs=epochs, learning_rate=learning_rate, glove_tol=glove_tol,
-                    streams=streams, seed=seed, workers=workers, device=device, gpu_wait=gpu_wait,
-                    strict=strict, follow_symlinks=follow_symlinks,
-                    kmeans_iters=kmeans_iters,
-                    kmeans_sample=kmeans_sample, shard_clips=shard_clips, batch_clips=batch_clips,
-                    reducers=reducers, embeddings=embeddings, input_format=input_format,
-                    hdf5_key=hdf5_key, hdf5_flow_key=hdf5_flow_key)
+    settings = _settings(locals())
     config = _run(TrainConfig, **settings)
-    argv = _argv(["train", features, "--out", out]
-                 + (["--train-ids", train_ids] if train_ids else []), settings, quiet)
-    argv += ["--report"] if with_report else []
-    paths = {1, 3, 5} if train_ids else {1, 3}
+    line = ("train", {"features": features},
+            {"out": out, "train_ids": train_ids, **settings, "report": with_report})
 
     def local():
         from .resume import check_train
@@ -275,7 +282,7 @@ def train(
             typer.echo(f"report: {write_report(out)}", err=True)
         return summary
 
-    _dispatch(address, no_wait, quiet, argv, paths, local, "embedded",
+    _dispatch(address, no_wait, quiet, line, local, "embedded",
               after=lambda summary: _mdvc_warning(summary.out))
 
 
@@ -289,7 +296,7 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
                **reading}
     if command == "embed":  # a choice: checked by the option itself (and by TrainConfig)
         options["embeddings"] = embeddings
-    argv = _argv([command, run, features, "--out", out], options, quiet)
+    line = (command, {"run": run, "features": features}, {"out": out, **options})
 
     def local():
         if command == "assign":
@@ -298,7 +305,7 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
         return apply.embed_corpus(run, features, out, workers, strict, _echo(quiet),
                                   follow_symlinks, embeddings, reading)
 
-    _dispatch(address, no_wait, quiet, argv, {1, 2, 4}, local, verb,
+    _dispatch(address, no_wait, quiet, line, local, verb,
               after=(lambda summary: _mdvc_warning(summary.out)) if command == "embed" else None)
 
 
@@ -379,25 +386,18 @@ def sweep(
 ):
     """Train and evaluate every combination of --vocab-size x --window x --dim, sharing the scan,
     the k-means sample, the pass over the features and the counts; print the best."""
-    from .resume import parse_values
+    # Left out: vocab_size, window and dim are lists here, and a sweep has no --embeddings.
+    settings = _settings(locals(), leave=("vocab_size", "window", "dim", "embeddings"))
+    from .sweeptable import parse_values
 
-    settings = dict(x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
-                    glove_tol=glove_tol, streams=streams, seed=seed, workers=workers, device=device,
-                    gpu_wait=gpu_wait, strict=strict, follow_symlinks=follow_symlinks,
-                    kmeans_iters=kmeans_iters,
-                    shard_clips=shard_clips, batch_clips=batch_clips, reducers=reducers,
-                    input_format=input_format, hdf5_key=hdf5_key, hdf5_flow_key=hdf5_flow_key)
     lists = [_run(parse_values, text, flag) for text, flag in
              ((vocab_size, "--vocab-size"), (window, "--window"), (dim, "--dim"))]
     # Checked here with the first of each list; the sweep checks every combination.
-    config = _run(TrainConfig, **settings, kmeans_sample=kmeans_sample, vocab_size=lists[0][0],
-                  window=lists[1][0], dim=lists[2][0])
-    argv = _argv(["sweep", features, "--out", out]
-                 + (["--train-ids", train_ids] if train_ids else [])
-                 + (["--labels", labels] if labels else []),
-                 {**settings, "kmeans_sample": kmeans_sample, "vocab_size": vocab_size,
-                  "window": window, "dim": dim}, quiet)
-    paths = {1, 3} | ({5} if train_ids else set()) | ({7 if train_ids else 5} if labels else set())
+    config = _run(TrainConfig, **settings, vocab_size=lists[0][0], window=lists[1][0],
+                  dim=lists[2][0])
+    line = ("sweep", {"features": features},
+            {"out": out, "train_ids": train_ids, "labels": labels, **settings,
+             "vocab_size": vocab_size, "window": window, "dim": dim})
 
     def local():
         from .resume import check_sweep
@@ -413,7 +413,7 @@ def sweep(
                                 checked)
         return summary
 
-    _dispatch(address, no_wait, quiet, argv, paths, local, "")
+    _dispatch(address, no_wait, quiet, line, local, "")
 
 
 @app.command()

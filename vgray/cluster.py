@@ -14,7 +14,7 @@ import time
 import ray
 
 from .autoscale import autoscaler_status, v2_node_type
-from .errors import VgrayError
+from .errors import VgrayError, first_line
 
 log = logging.getLogger("vgray")
 
@@ -100,7 +100,7 @@ def gpu_problem() -> str | None:
     try:
         torch.cuda.init()
     except Exception as e:  # noqa: BLE001 - its message is the reason
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return first_line(e)
     return "torch sees no CUDA device"
 
 

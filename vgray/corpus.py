@@ -177,7 +177,7 @@ def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = Fa
     return h.hexdigest()[:16]
 
 
-def list_features(root: str, follow_symlinks: bool = False, reading: Reading | None = None
+def features_fingerprint(root: str, follow_symlinks: bool = False, reading: Reading | None = None
                   ) -> str:
     """The listing fingerprint of FEATURES, from one listing: no file is opened (the no-op
     check of a run at a million videos reads no header)."""
@@ -427,7 +427,7 @@ def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
     return read_header(path, size), False
 
 
-def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
+def probe_npy(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
     """The Video of a listed `.npy` entry from its headers, or the Skip saying why it cannot be
     used; with `whole`, small files are read whole and checked (Video.checked). (Every other
     format is probed by readers.py.)"""

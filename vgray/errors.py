@@ -1,4 +1,4 @@
-"""The errors vgray reports to users as one line."""
+"""The errors vgray reports to users as one line, and the one line of any exception."""
 
 
 class VgrayError(Exception):
@@ -23,3 +23,9 @@ class SettingError(VgrayError, ValueError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what Slurm, Kubernetes, `timeout` and job runners send): the run ends as Ctrl-C
     ends it, workers stopped, lock released, resumable."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line: its first non-blank line, else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__

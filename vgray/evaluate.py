@@ -26,7 +26,7 @@ from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, read_tokens, wr
 
 FOLDS = 5
 NEIGHBOURS = 10
-TINY = 0.1  # a word used by fewer clips than this share of the mean is "tiny" (as in the report)
+TINY = 0.1  # a word used, by fewer clips than this share of the mean, is "tiny"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,13 +53,22 @@ def read_labels(path: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # Intrinsic measures
 
+def dead_and_tiny(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The dead words (used by no clip) and the tiny ones (used, by fewer clips than TINY of the
+    mean), from the clips per word: a dead word is not also tiny."""
+    counts = np.asarray(counts)
+    dead = np.flatnonzero(counts == 0)
+    tiny = np.flatnonzero((counts > 0) & (counts < TINY * counts.mean()))
+    return dead, tiny
+
+
 def usage_measures(tokens: dict[str, np.ndarray], vocab_size: int) -> dict:
     """Perplexity of the word distribution over every clip, dead and tiny words."""
     counts = np.bincount(np.concatenate(list(tokens.values())), minlength=vocab_size)
     p = counts[counts > 0] / counts.sum()
+    dead, tiny = dead_and_tiny(counts)
     return {"perplexity": float(np.exp(-(p * np.log(p)).sum())),
-            "dead_words": int((counts == 0).sum()),
-            "tiny_words": int(((counts > 0) & (counts < TINY * counts.mean())).sum())}
+            "dead_words": len(dead), "tiny_words": len(tiny)}
 
 
 def neighbour_share(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, x: np.ndarray,

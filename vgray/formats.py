@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from . import fs
-from .errors import BadVideo, StorageError, VgrayError
+from .errors import BadVideo, StorageError, VgrayError, first_line
 from .npyfile import finite
 
 NPY, HDF5, WEBDATASET, PARQUET, PT = "npy", "hdf5", "webdataset", "parquet", "pt"
@@ -346,7 +346,7 @@ def pt_tensor(path: str):
     except FileNotFoundError:
         raise BadVideo("unreadable file: not found (removed since it was listed?)") from None
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BadVideo(f"not a plain tensor file (loaded with weights_only=True, never "
                        f"unpickled): {first[:200]}") from None
     if not isinstance(value, torch.Tensor):

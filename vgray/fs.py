@@ -16,7 +16,7 @@ import os
 import pyarrow.fs as pafs
 
 from . import s3
-from .errors import StorageError
+from .errors import StorageError, first_line
 
 
 def is_uri(path: str) -> bool:
@@ -69,7 +69,7 @@ def _storage(path: str, error: OSError) -> Exception:
     if isinstance(error, FileNotFoundError) or "not found" in text.lower() \
             or "does not exist" in text.lower():
         return FileNotFoundError(path)
-    return StorageError(f"{path}: {text.splitlines()[0] if text else type(error).__name__}")
+    return StorageError(f"{path}: {first_line(error)}")
 
 
 def remove(path: str) -> None:

@@ -19,6 +19,8 @@ import warnings
 import numpy as np
 import torch
 
+from .config import TrainConfig
+
 DENSE_MAX_WORDS = 4096
 SYNC_SECONDS = 0.25  # on a GPU, how often the host reads the epochs' J
 _SPARSE_CHUNK = 1 << 18
@@ -70,7 +72,7 @@ def initial_state(vocab_size: int, dim: int, seed: int) -> list[torch.Tensor]:
 class GloVe:
     """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
 
-    def __init__(self, dim: int = 128, x_max: float = 100.0, alpha: float = 0.75, epochs: int = 300,
+    def __init__(self, dim: int = 128, x_max: float = TrainConfig.x_max, alpha: float = 0.75, epochs: int = 300,
                  learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
                  tol: float = 0.0, window: int = WINDOW, steps: str = "auto"):
         self.dim = dim

@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import fs
 from .errors import VgrayError
 from .progress import plural
-from .store import RunDir
+from .store import TRAIN_STAGES, RunDir
 
 # What each output of a RUN is, in the order shown (directories end in /).
 OUTPUTS = (("vocab/", "the visual vocabulary (centroids.npy)"),
@@ -19,7 +19,6 @@ OUTPUTS = (("vocab/", "the visual vocabulary (centroids.npy)"),
            ("tokens.parquet", "visual words per clip"),
            ("skipped.jsonl", "every input not used, and why"),
            ("report/", "the HTML report"))
-STAGE_ORDER = ("scan", "vocab", "assign", "cooccur", "glove", "embed")
 
 
 def size_text(n: int) -> str:
@@ -56,7 +55,7 @@ def describe(run_dir: str) -> list[str]:
                      f" layout, D: {widths or '?'}; {corpus.get('skipped_at_scan', 0):,} skipped "
                      "at the scan")
     stages = manifest.get("stages") or {}
-    named = [s for s in STAGE_ORDER if s in stages] + [s for s in stages if s not in STAGE_ORDER]
+    named = [s for s in TRAIN_STAGES if s in stages] + [s for s in stages if s not in TRAIN_STAGES]
     if named:
         lines.append("stages: " + ", ".join(
             f"{s} {stages[s].get('status', '?')} ({stages[s].get('seconds', 0):.1f} s)"

@@ -12,7 +12,7 @@ import io
 import numpy as np
 
 from . import fs
-from .errors import BadVideo, StorageError
+from .errors import BadVideo, StorageError, first_line
 
 HEADER_BYTES = 4096  # read with the header: every .npy header vgray meets fits (~128 bytes)
 
@@ -79,7 +79,7 @@ def parse_header(head: bytes, size: int, more=None) -> NpyHeader:
     except BadVideo:
         raise
     except Exception as e:  # numpy raises ValueError/SyntaxError/... on garbage headers
-        raise BadVideo(f"not a valid .npy file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise BadVideo(f"not a valid .npy file: {first_line(e)}") from None
     if dtype.hasobject:
         raise BadVideo("object array (would need unpickling); refused")
     if dtype.kind != "f" or dtype.fields is not None:

@@ -1,7 +1,7 @@
 """Every format probed where the work runs, and FEATURES scanned in one process.
 
 The driver lists FEATURES (corpus.list_videos); the workers probe what it listed, a chunk at a
-time (`probe`): an `.npy` entry by its headers (corpus.probe_one), an HDF5 group by its
+time (`probe`): an `.npy` entry by its headers (corpus.probe_npy), an HDF5 group by its
 datasets' shapes, a `.pt` file by its tensor, a WebDataset shard read front to back once, a
 Parquet file row group by row group (formats.py reads each format). Each video becomes a Video
 that says where its rows are, or a Skip that says why it cannot be used. `scan` is the same in
@@ -14,18 +14,18 @@ import concurrent.futures
 
 from . import formats, fs
 from .corpus import (IO_THREADS, Corpus, Entry, Reading, Skip, Video, assemble, id_problem,
-                     list_videos, probe_one as probe_file)
+                     list_videos, probe_npy)
 from .errors import BadVideo, StorageError, VgrayError
 from .npyfile import NpyHeader, parse_header
 
 
-def probe_one(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
+def probe_video(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
     """The Video of one listed video (not a container), whatever its format."""
     if entry.source == formats.HDF5:
         return _probe_hdf5(entry, streams)
     if entry.source == formats.PT:
         return _probe_pt(entry, streams)
-    return probe_file(entry, streams, whole)
+    return probe_npy(entry, streams, whole)
 
 
 def _paired(vid: str, rgb_path: str, flow_path: str | None, rgb: tuple, flow: tuple | None,
@@ -160,7 +160,7 @@ def _probe_parquet(entry: Entry, streams: str) -> list[Video | Skip]:
 
 
 def probe(entries: list[Entry], streams: str, on_video=None) -> list[Video | Skip]:
-    """probe_one of each entry, in order. On object storage a header read is a round trip:
+    """probe_video of each entry, in order. On object storage a header read is a round trip:
     IO_THREADS are kept in flight, and small files are read whole and checked. Local reads are
     CPU-bound (~50 us each) and go one by one. on_video() follows each."""
     if entries and entries[0].container:
@@ -173,8 +173,8 @@ def probe(entries: list[Entry], streams: str, on_video=None) -> list[Video | Ski
     remote = bool(entries) and fs.is_uri(entries[0].rgb_path)
     found = []
     with concurrent.futures.ThreadPoolExecutor(IO_THREADS if remote else 1) as threads:
-        each = threads.map(lambda e: probe_one(e, streams, True), entries) if remote else \
-            (probe_one(e, streams) for e in entries)
+        each = threads.map(lambda e: probe_video(e, streams, True), entries) if remote else \
+            (probe_video(e, streams) for e in entries)
         for result in each:
             found.append(result)
             if on_video is not None:

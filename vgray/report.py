@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from . import fs
+from .evaluate import TINY, dead_and_tiny, lines
 from .export import usage, word_name
 from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, write_bytes, write_text
 
@@ -61,17 +62,22 @@ def _loss_fact(curve, kept: int | None) -> str:
             f"{curve[-1]:.4g})")
 
 
+def usage_title(counts: np.ndarray) -> str:
+    """The usage figure's title: its dead and tiny words (a dead word is not counted as tiny)."""
+    dead, tiny = dead_and_tiny(counts)
+    return f"vocabulary usage: {len(dead)} dead, {len(tiny)} tiny words"
+
+
 def _usage_figure(counts: np.ndarray):
     import matplotlib.pyplot as plt
 
     order = np.sort(counts)[::-1]
-    tiny = counts < 0.1 * counts.mean()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(np.arange(len(order)), np.maximum(order, 0.5), width=1.0, color="#2ca02c")
     ax.set_yscale("log")
     ax.set_xlabel("visual words, most used first")
     ax.set_ylabel("clips")
-    ax.set_title(f"vocabulary usage: {int((counts == 0).sum())} dead, {int(tiny.sum())} tiny words")
+    ax.set_title(usage_title(counts))
     return _png(fig)
 
 
@@ -139,8 +145,6 @@ def _evaluation_section(run: RunDir) -> str:
     path = run.path("evaluation.json")
     if not fs.exists(path):
         return ""
-    from .evaluate import lines
-
     result = json.loads(fs.read_bytes(path).decode("utf-8"))
     return ("<h2>Evaluation</h2><p>From <code>vgray evaluate</code> (evaluation.json).</p><pre>"
             + html.escape("\n".join(lines(result))) + "</pre>")
@@ -170,8 +174,7 @@ def report(run_dir: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
 
-    tiny = np.flatnonzero((counts > 0) & (counts < 0.1 * counts.mean()))
-    dead = np.flatnonzero(counts == 0)
+    dead, tiny = dead_and_tiny(counts)
     rows = "".join(
         f"<tr><td>{word_name(w)} ({counts[w]:,} clips)</td><td>"
         + ", ".join(f"{word_name(n)} ({c:.2f}, {share:.1%})" for n, c, share in near) + "</td></tr>"
@@ -180,7 +183,7 @@ def report(run_dir: str) -> str:
              ("visual words", f"{len(vectors):,}"), ("vector size", f"{vectors.shape[1]}"),
              ("GloVe loss", _loss_fact(curve, stages.get("glove", {}).get("kept_epoch"))),
              ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
-             ("tiny words (< 10% of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
+             (f"tiny words (< {TINY:.0%} of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
     evaluation = _evaluation_section(run)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vgray report: {esc(fs.basename(run.root))}</title>

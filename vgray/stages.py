@@ -247,7 +247,7 @@ def tokenize(job: Job, shards: list[list[Video]], units: dict[int, TokenizeUnit]
         done[k] = stats
         progress.advance(total_clips(shards[k]))
 
-    fresh = any(v.tokenise for u in units.values() for v in u.vocabularies)
+    fresh = any(v.tokenize for u in units.values() for v in u.vocabularies)
     job.run_units("assign", workers, sorted(units),
                   lambda actor, k: actor.tokenize.remote(units[k]), on_done, gpu=fresh)
     progress.close()

@@ -28,6 +28,8 @@ from . import fs
 from .errors import VgrayError
 
 MANIFEST = "manifest.json"
+# The stages of a complete `vgray train` RUN, in the order they run (and are shown).
+TRAIN_STAGES = ("scan", "vocab", "assign", "cooccur", "glove", "embed")
 WORK = ".work"  # shard markers and partial counts; kept so that a re-run can resume
 
 TOKENS_SCHEMA = pa.schema([("video_id", pa.string()), ("tokens", pa.list_(pa.int32()))])
@@ -139,7 +141,8 @@ def read_table(path: str, schema: pa.Schema | None = None) -> pa.Table:
     return pq.read_table(_parquet_source(path), schema=schema)
 
 
-def parquet_rows(path: str) -> int:
+def parquet_row_count(path: str) -> int:
+    """Rows in a Parquet file, from its footer."""
     return pq.ParquetFile(_parquet_source(path)).metadata.num_rows
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from urllib.parse import urlparse
 
-from .errors import VgrayError
+from .errors import VgrayError, first_line
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_WAIT_S = 120
@@ -56,12 +56,7 @@ def _client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # connection refused, auth failure, bad URL: one line
-        raise VgrayError(f"cannot reach the Ray Jobs API at {address}: {_first_line(e)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise VgrayError(f"cannot reach the Ray Jobs API at {address}: {first_line(e)}") from None
 
 
 def submit(address: str, argv: list[str], wait: bool = True, echo=print, out=print) -> str:
@@ -83,7 +78,7 @@ def submit(address: str, argv: list[str], wait: bool = True, echo=print, out=pri
             if "No available agent" in str(e) and time.monotonic() < deadline:
                 time.sleep(2)
                 continue
-            raise VgrayError(f"the cluster at {address} refused the job: {_first_line(e)}") from None
+            raise VgrayError(f"the cluster at {address} refused the job: {first_line(e)}") from None
     echo(f"submitted job {job_id} to {address}")
     if not wait:
         out(job_id)

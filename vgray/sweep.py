@@ -8,7 +8,7 @@ What is shared, and why each combination still equals a separate `vgray train`:
   train with K words samples the clips with u < p_K. The sweep samples with the largest p and
   keeps the draws: K's sample is then the clips with u < p_K, in the same order.
 - **one pass over the features.** Each shard is read once and tokenised with every vocabulary
-  (a tokenise unit takes several vocabularies); the blocks are those of `vgray train`.
+  (a TokenizeUnit takes several vocabularies); the blocks are those of `vgray train`.
 - **one count per vocabulary.** Pairs are counted per distance up to the largest window
   (cooccur.count_by_distance); the scaled counts of any window w are derived exactly from them
   (cooccur.at_window), partitioned and ordered as train's reducers write them.
@@ -46,9 +46,9 @@ from .errors import VgrayError
 from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
 from .progress import Progress
-from .resume import (TIE_BREAK, VARIED, Check, SweepSummary, best_of, cell, check_sweep,
-                     digest_file, make_shards, name, sweep_settings, tie_note, train_settings)
+from .resume import Check, check_sweep, digest_file, make_shards, sweep_settings, train_settings
 from .store import WORK, RunDir, copy_file, read_json, save_npy, shard_name, write_text
+from .sweeptable import TIE_BREAK, VARIED, SweepSummary, best_of, cell, name, tie_note
 from .units import Count, Fit, ReduceUnit, ShardStats, TokenizeUnit, Vocabulary, totals
 
 PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "probe_accuracy",
@@ -242,7 +242,7 @@ class _Sweep:
                     continue
                 vocabularies[s].append(Vocabulary(
                     run.root, self.centroids(k), run.path("tokens", f"part-{shard_name(s)}.parquet"),
-                    tokenise=s not in marked,
+                    tokenize=s not in marked,
                     count=dataclasses.replace(count, vocab_size=k) if recounts else None))
         corpus = self.corpus
         units = {s: TokenizeUnit(s, shards[s], [corpus.is_train(v.video_id) for v in shards[s]],
@@ -422,7 +422,7 @@ class _Sweep:
         write_text(self.run_dir.path("sweep.csv"), text.getvalue())
         # Only a probe ranks combinations of different K and windows on one scale: J, inertia
         # and the neighbours' share each move with K or the window by construction.
-        # Ties of the probe are broken by retrieval mAP (resume.best_of).
+        # Ties of the probe are broken by retrieval mAP (sweeptable.best_of).
         ranked_by = "probe_accuracy" if self.labels else None
         best = best_of(rows, ranked_by)
         write_text(self.run_dir.path("report.html"), report_page(rows, ranked_by, best))

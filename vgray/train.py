@@ -15,7 +15,7 @@ from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
 from .job import Job
 from .resume import Check, Summary, check_train, make_shards, train_settings
-from .store import WORK, load_npy, parquet_rows, save_npy, shard_name
+from .store import WORK, load_npy, parquet_row_count, save_npy, shard_name
 from .units import Count, Fit, ReduceUnit, ShardStats
 
 
@@ -108,7 +108,7 @@ def _counts(job: Job, cfg: TrainConfig, shards: list[list[Video]], centroids: st
     job.work["reduce_parts"] = len(todo)
     done = stages.reduce(job, [ReduceUnit(run.root, r, len(shards), count) for r in todo],
                          cfg.workers)
-    nonzeros = sum(parquet_rows(p) for p in run.files("cooccur", suffix=".parquet"))
+    nonzeros = sum(parquet_row_count(p) for p in run.files("cooccur", suffix=".parquet"))
     fs.remove_tree(run.path(WORK, "cooccur"))  # partial counts are merged for good
     if todo or not job.stage_done("cooccur"):
         job.invalidate(run.path("glove"))

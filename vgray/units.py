@@ -16,7 +16,7 @@ from .corpus import Entry, Video
 
 @dataclass(frozen=True)
 class Count:
-    """What a tokenise unit counts of its training videos: pairs up to `window`, either scaled at
+    """What a TokenizeUnit counts of its training videos: pairs up to `window`, either scaled at
     that window (train's reducers sum them) or kept per distance (a sweep derives each of its
     windows from them), partitioned by i mod `reducers`."""
 
@@ -34,7 +34,7 @@ class Vocabulary:
     root: str
     centroids: str
     tokens_part: str
-    tokenise: bool = True      # False: its tokens are already in tokens_part (read back to count)
+    tokenize: bool = True      # False: its tokens are already in tokens_part (read back to count)
     count: Count | None = None
 
 

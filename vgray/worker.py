@@ -340,12 +340,12 @@ class ShardWorker:
         return sample, stats
 
     def tokenize(self, unit: TokenizeUnit) -> list[ShardStats]:
-        """A shard read once and tokenised with each of its vocabularies that has `tokenise`
+        """A shard read once and tokenised with each of its vocabularies that has `tokenize`
         (the others' tokens are read back); each vocabulary's tokens part, partial counts (where
         it has a `count`) and marker go under its root, the marker last. One record per
         vocabulary, in order."""
         t0, began, retried = time.perf_counter(), self._began(), s3.retries()
-        fresh = [v for v in unit.vocabularies if v.tokenise]
+        fresh = [v for v in unit.vocabularies if v.tokenize]
         books = [self.codebook(v.centroids) for v in fresh]
         device = str(books[0].centers.device) if books else "cpu"
         is_train = {v.video_id: flag for v, flag in zip(unit.videos, unit.train)}
@@ -364,7 +364,7 @@ class ShardWorker:
         for vocab in unit.vocabularies:
             run = RunDir(vocab.root)
             old = None
-            if vocab.tokenise:
+            if vocab.tokenize:
                 v_ids, v_seqs, v_skips = ids, next(fresh_seqs), skips
                 write_table(vocab.tokens_part, tokens_table(v_ids, v_seqs))
             else:
