@@ -72,8 +72,8 @@ def initial_state(vocab_size: int, dim: int, seed: int) -> list[torch.Tensor]:
 class GloVe:
     """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
 
-    def __init__(self, dim: int = 128, x_max: float = TrainConfig.x_max, alpha: float = 0.75, epochs: int = 300,
-                 learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
+    def __init__(self, dim: int = 128, x_max: float = TrainConfig.x_max, alpha: float = 0.75,
+                 epochs: int = 300, learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
                  tol: float = 0.0, window: int = WINDOW, steps: str = "auto"):
         self.dim = dim
         self.x_max = x_max
