@@ -202,7 +202,8 @@ def test_an_overfit_run_is_said_to_be_one(ray_session, corpus, tmp_path, caplog)
     assert fit["kept_epoch"] == int(np.argmin(curve)) < 600 and fit["final_loss"] == curve.min()
     # The lowest J still gains more than --glove-tol over 50 epochs: every epoch runs.
     assert fit["stopped"] == "epochs" and fit["epochs"] == fit["max_epochs"] == len(curve) - 1
-    line = next(x for x in result.output.splitlines() if x.startswith("glove:"))
+    # The stage's summary line (progress lines "glove: N/600 epochs (…%)" may come before it).
+    line = next(x for x in result.output.splitlines() if x.startswith("glove: 600 epochs"))
     assert line.startswith("glove: 600 epochs (reached --epochs) on ")
     assert (f"loss {curve[0]:.4g} -> {curve.min():.4g} (last epoch {curve[-1]:.4g}), kept epoch "
             f"{fit['kept_epoch']} of 600 (lowest J)") in line
