@@ -12,7 +12,7 @@ from .config import TrainConfig
 from .errors import VgrayError
 from .job import Job
 from .resume import Summary, make_shards
-from .store import TOKENS_SCHEMA, WORK, RunDir, atomic_path, load_run, read_table, shard_name
+from .store import TOKENS_SCHEMA, RunDir, atomic_path, load_run, read_table
 
 
 def assign(run_dir: str, features: str, out: str, workers: int | None = None,
@@ -75,15 +75,13 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
     shards = make_shards(corpus.videos, cfg.shard_clips)
     vocabulary = RunDir(run_dir).path("vocab", "centroids.npy")
     if command == "assign":
-        tokens_part = lambda k: job.run.path(WORK, "tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
-        assigned = stages.assign(job, shards, cfg, vocabulary, tokens_part, None,
-                                 tokens_dir=job.run.root)
-        merge_tokens([tokens_part(k) for k in range(len(shards))], job.run.path("tokens.parquet"))
+        assigned = stages.assign(job, shards, cfg, vocabulary, None, per_video=True)
+        merge_tokens([job.run.tokens_part(k, staged=True) for k in range(len(shards))],
+                     job.run.path("tokens.parquet"))
         return stages.finish(job, assigned, None)
-    tokens_part = lambda k: job.run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
-    assigned = stages.assign(job, shards, cfg, vocabulary, tokens_part, None)
-    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers,
-                            cfg.embeddings)
+    assigned = stages.assign(job, shards, cfg, vocabulary, None)
+    embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
+                            workers=cfg.workers, layout=cfg.embeddings)
     return stages.finish(job, assigned, embedded)
 
 

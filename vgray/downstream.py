@@ -178,11 +178,11 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     no_flow = corpus.flow_dim is None  # likewise: no video has a flow file
     for v in ([] if single or (model == "bmt" and source != formats.NPY) else corpus.videos):
         frames = {}
-        audio = header("audio", run.path("embeddings", f"{v.video_id}.npy"),
+        audio = header("audio", run.embedding(v.video_id),
                        "BMT fills its audio stream with zeros for it, silently" if model == "bmt"
                        else "MDVC fails on it")
         if audio is not None:
-            frames[run.path("embeddings", f"{v.video_id}.npy")] = audio[0]
+            frames[run.embedding(v.video_id)] = audio[0]
         if model == "bmt":
             streams = [("rgb", v.rgb_path), ("flow", v.flow_path or fs.join(
                 features, f"{v.video_id}_flow.npy"))]
@@ -192,7 +192,7 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
                     frames[path] = got[0]
         else:
             for stream in ("rgb",) if no_flow else ("rgb", "flow"):
-                path = run.path("concat", f"{v.video_id}_{stream}.npy")
+                path = run.concat(v.video_id, stream)
                 got = header(f"concat {stream}", path, "MDVC needs it"
                              + ("; the video has no flow features" if stream == "flow"
                                 and v.flow_path is None else ""))
@@ -205,7 +205,7 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
                     add(f"concat {stream} width", path, f"width {got[1]}, MDVC asserts "
                         f"{MDVC_VIDEO} ({I3D} + {MDVC_AUDIO})")
             if audio is not None and audio[1] not in (MDVC_AUDIO, dim):
-                add("audio width", run.path("embeddings", f"{v.video_id}.npy"),
+                add("audio width", run.embedding(v.video_id),
                     f"width {audio[1]}, MDVC asserts {MDVC_AUDIO}")
         if len(set(frames.values())) > 1:
             first = min(frames, key=frames.get)
@@ -221,9 +221,9 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     d_vid = next(iter(widths["video rgb"]), I3D)
     d_aud = next(iter(widths["audio"]), MDVC_AUDIO)
     flags = (f"--video_features_path {features} --audio_features_path "
-             f"{run.path('embeddings')} --d_vid {d_vid} --d_aud {d_aud}" if model == "bmt" else
-             f"--video_features_path {run.path('concat')} --audio_features_path "
-             f"{run.path('embeddings')}")
+             f"{run.embeddings_dir} --d_vid {d_vid} --d_aud {d_aud}" if model == "bmt" else
+             f"--video_features_path {run.concat_dir} --audio_features_path "
+             f"{run.embeddings_dir}")
     return Report(model, len(corpus.videos), problems, flags)
 
 

@@ -201,7 +201,7 @@ def evaluate(run_dir: str, features: str | None = None, labels_path: str | None 
     manifest, _, vectors = load_run(run_dir, need_vectors=True)
     run = RunDir(run_dir)
     cfg = manifest["config"]
-    tokens = read_tokens(run.files("tokens", suffix=".parquet"))
+    tokens = read_tokens(run.tokens_parts())
     if not tokens:
         raise VgrayError(f"{run_dir} has no tokens")
     table = read_table_all(run)

@@ -34,14 +34,10 @@ def _lines(vectors: np.ndarray) -> str:
                    for k, row in enumerate(vectors))
 
 
-def token_parts(run: RunDir) -> list[str]:
-    return run.files("tokens", suffix=".parquet")
-
-
 def usage(run: RunDir, vocab_size: int) -> np.ndarray:
     """Clips per visual word over the run's corpus."""
     counts = np.zeros(vocab_size, np.int64)
-    for part in token_parts(run):
+    for part in run.tokens_parts():
         tokens = read_table(part, schema=TOKENS_SCHEMA).column("tokens").combine_chunks()
         counts += np.bincount(tokens.flatten().to_numpy(), minlength=vocab_size)
     return counts
@@ -76,7 +72,7 @@ def export(run_dir: str, fmt: str, out: str, echo=None) -> list[str]:
 
 def _clips_parquet(run: RunDir, vectors: np.ndarray, target: str, echo=None) -> str:
     schema = clips_schema(vectors.shape[1])
-    parts = token_parts(run)
+    parts = run.tokens_parts()
     if not parts:
         raise VgrayError(f"{run.root} has no tokens/part-*.parquet")
     progress = Progress(echo, "export", len(parts), "shards")

@@ -65,7 +65,7 @@ def describe(run_dir: str) -> list[str]:
         lines.append(f"combinations: {len(combos)} ({', '.join(combos)}), each a RUN")
     if manifest.get("command") == "assign":
         tokens = {n: v for n, v in fs.files(run.root).items() if n.endswith(".npy")}
-        lines.append(f"{run.path('{id}.npy')}: {plural(len(tokens), 'file')}, "
+        lines.append(f"{run.video_tokens('{id}')}: {plural(len(tokens), 'file')}, "
                      f"{size_text(sum(v or 0 for v in tokens.values()))}: visual words per video")
     for name, what in OUTPUTS:
         path = run.path(name.rstrip("/"))

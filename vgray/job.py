@@ -270,7 +270,7 @@ class Job:
             n = max(1, min(n, asked))
         return n
 
-    def run_units(self, stage: str, requested: int | None, units: list[int], submit, on_done,
+    def run_units(self, stage: str, requested: int | None, units: list[int], submit, on_done, *,
                   gpu: bool = False) -> None:
         """Every unit of a stage on the pool (grown to what the stage needs); with `gpu`, the
         GPU worker takes units too where its GPU computes."""

@@ -131,7 +131,7 @@ class Pool:
             ray.kill(actor)
         self._start()
 
-    def run(self, n: int, units: list[int], submit, on_done, extra: list | tuple = (),
+    def run(self, n: int, units: list[int], submit, on_done, *, extra: list | tuple = (),
             own: bool = True, stage: str = "", deadline: bool = True) -> list:
         """Every unit of a stage (submit(actor, k) for each k of `units`) on up to n actors of
         the pool, plus `extra` actors lent for this stage (the GPU worker, served first); without
@@ -139,92 +139,206 @@ class Pool:
         lost). on_done(k, result, finished) as each ends. Returns the extra actors not lost.
         With `deadline` (units of like size: shards, partitions), a stalled unit runs again."""
         self.grow(n)
-        spare = list(extra)
-        lent = {id(a) for a in spare}
-        queue, attempts, inflight, finished = list(units), {}, {}, 0
-        started, slowest = {}, None  # ref -> when it was submitted; the slowest finished unit
-
-        def lost(actor, k, why: str) -> None:
-            """The unit's worker is lost (or stalled): replaced, and the unit queued again."""
-            attempts[k] = attempts.get(k, 1) + 1
-            if attempts[k] > MAX_ATTEMPTS:
-                raise VgrayError(f"{stage or 'a'} unit {k} failed {MAX_ATTEMPTS} times; "
-                                 f"last: {why}")
-            log.warning("%s unit %d lost (%s); running it again", stage, k, why)
-            self.reruns[stage] = self.reruns.get(stage, 0) + 1
-            if id(actor) in lent:
-                lent.discard(id(actor))
-                with contextlib.suppress(Exception):
-                    ray.kill(actor)
-            else:
-                self.discard(actor)
-            queue.append(k)
-
-        try:
-            while queue or inflight:
-                if queue and not own and not spare and not inflight:
-                    spare.append(self.take())
-                    lent.add(id(spare[-1]))
-                while queue and (spare or (own and self.ready)):
-                    actor = spare.pop() if spare else self.ready.pop()
-                    k = queue.pop(0)
-                    ref = submit(actor, k)
-                    inflight[ref], started[ref] = (actor, k), time.monotonic()
-                limit = (None if slowest is None or not inflight or not deadline else
-                         max(UNIT_DEADLINE_MIN_S, UNIT_DEADLINE_FACTOR * slowest))
-                timeout = None if limit is None else max(
-                    0.1, min(started[r] for r in inflight) + limit - time.monotonic())
-                ready, _ = ray.wait(list(inflight) + list(self.starting), num_returns=1,
-                                    timeout=timeout)
-                if not ready:  # a unit past its deadline
-                    now = time.monotonic()
-                    for ref in [r for r in inflight if now - started[r] >= limit]:
-                        actor, k = inflight.pop(ref)
-                        started.pop(ref)
-                        lost(actor, k, f"no answer within {limit:.0f} s")
-                    continue
-                [ref] = ready
-                if ref in self.starting:
-                    self._started(ref)
-                    continue
-                actor, k = inflight.pop(ref)
-                took = time.monotonic() - started.pop(ref)
-                try:
-                    stats = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    fault = storage_fault(e)
-                    if fault is None:
-                        raise
-                    # The storage failed past its own retries: the worker is fine, the unit
-                    # is run again (its outputs are idempotent) after a pause.
-                    attempts[k] = attempts.get(k, 1) + 1
-                    if attempts[k] > MAX_ATTEMPTS:
-                        raise StorageError(f"the storage kept failing ({MAX_ATTEMPTS} attempts "
-                                           f"of {stage or 'a'} unit {k}): {fault}") from None
-                    log.warning("%s unit %d met a storage fault (%s); running it again", stage,
-                                k, fault)
-                    self.reruns[stage] = self.reruns.get(stage, 0) + 1
-                    (spare if id(actor) in lent else self.ready).append(actor)
-                    time.sleep(min(30.0, 2.0 ** attempts[k]))
-                    queue.append(k)
-                    continue
-                except RETRIABLE as e:
-                    lost(actor, k, type(e).__name__)
-                    continue
-                (spare if id(actor) in lent else self.ready).append(actor)
-                slowest = took if slowest is None else max(slowest, took)
-                finished += 1
-                on_done(k, stats, finished)
-        finally:  # after a failure, actors still busy finish their call before the next one
-            for actor, _ in inflight.values():
-                (spare if id(actor) in lent else self.ready).append(actor)
-        return spare
+        crew = Crew(self, extra, own=own)
+        return StageRun(crew, units, submit, on_done, retries=Retries(stage, self.reruns),
+                        deadline=Deadline(deadline)).run()
 
     def close(self) -> None:
         for actor in self.ready + list(self.starting.values()):
             with contextlib.suppress(Exception):
                 ray.kill(actor)
         self.ready, self.starting = [], {}
+
+
+class Crew:
+    """The actors a stage's units run on: those lent for the stage (served first; a lost one is
+    killed, not replaced) and, if the stage has its `own`, the pool's free ones."""
+
+    def __init__(self, pool: Pool, extra: list | tuple, *, own: bool):
+        self.pool, self.own = pool, own
+        self.spare = list(extra)
+        self.lent = {id(a) for a in self.spare}
+
+    def has_free(self) -> bool:
+        """Whether an actor can take a unit now."""
+        return bool(self.spare or (self.own and self.pool.ready))
+
+    def pop_free(self):
+        return self.spare.pop() if self.spare else self.pool.ready.pop()
+
+    def borrow(self) -> None:
+        """Without actors of its own and with every lent one lost: one taken from the pool."""
+        if not self.own and not self.spare:
+            self.spare.append(self.pool.take())
+            self.lent.add(id(self.spare[-1]))
+
+    def back(self, actor) -> None:
+        """An actor that is free again."""
+        (self.spare if id(actor) in self.lent else self.pool.ready).append(actor)
+
+    def replace(self, actor) -> None:
+        """A lost (or stalled) actor: killed; the pool's own is replaced, a lent one is not."""
+        if id(actor) in self.lent:
+            self.lent.discard(id(actor))
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        else:
+            self.pool.discard(actor)
+
+
+class Retries:
+    """How many times each unit of a stage has run, and when it may run again: after a lost
+    worker or a storage fault, up to MAX_ATTEMPTS times in all."""
+
+    def __init__(self, stage: str, reruns: dict[str, int]):
+        self.stage, self.reruns = stage, reruns
+        self.attempts: dict[int, int] = {}
+
+    def again(self, k: int) -> int:
+        """Unit k's next attempt, counted."""
+        self.attempts[k] = self.attempts.get(k, 1) + 1
+        return self.attempts[k]
+
+    def after_lost(self, k: int, why: str) -> None:
+        """Unit k's worker is lost (or stalled): it runs again, unless it has run too often."""
+        if self.again(k) > MAX_ATTEMPTS:
+            raise VgrayError(f"{self.stage or 'a'} unit {k} failed {MAX_ATTEMPTS} times; "
+                             f"last: {why}")
+        log.warning("%s unit %d lost (%s); running it again", self.stage, k, why)
+        self.reruns[self.stage] = self.reruns.get(self.stage, 0) + 1
+
+    def after_storage_fault(self, k: int, fault: StorageError) -> float:
+        """Unit k met a storage fault past the storage's own retries: the seconds to wait before
+        it runs again (growing with each attempt), unless it has run too often."""
+        attempt = self.again(k)
+        if attempt > MAX_ATTEMPTS:
+            raise StorageError(f"the storage kept failing ({MAX_ATTEMPTS} attempts "
+                               f"of {self.stage or 'a'} unit {k}): {fault}") from None
+        log.warning("%s unit %d met a storage fault (%s); running it again", self.stage, k, fault)
+        self.reruns[self.stage] = self.reruns.get(self.stage, 0) + 1
+        return min(30.0, 2.0 ** attempt)
+
+
+class Deadline:
+    """When a stage's units are taken for stalled: past max(UNIT_DEADLINE_MIN_S,
+    UNIT_DEADLINE_FACTOR x the slowest unit that finished); none before a first one finishes,
+    none at all if not `enabled` (units of unlike size)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.started: dict = {}  # ref -> when it was submitted
+        self.slowest: float | None = None
+
+    def submitted(self, ref) -> None:
+        self.started[ref] = time.monotonic()
+
+    def ended(self, ref) -> float:
+        """The seconds the unit of `ref` took."""
+        return time.monotonic() - self.started.pop(ref)
+
+    def finished(self, took: float) -> None:
+        self.slowest = took if self.slowest is None else max(self.slowest, took)
+
+    def limit(self) -> float | None:
+        if self.slowest is None or not self.started or not self.enabled:
+            return None
+        return max(UNIT_DEADLINE_MIN_S, UNIT_DEADLINE_FACTOR * self.slowest)
+
+    def timeout(self) -> float | None:
+        """How long to wait for the next answer before the earliest unit is past its limit."""
+        limit = self.limit()
+        if limit is None:
+            return None
+        return max(0.1, min(self.started.values()) + limit - time.monotonic())
+
+    def overdue(self) -> list:
+        """The refs past the limit, forgotten here."""
+        limit, now = self.limit(), time.monotonic()
+        late = [r for r in self.started if now - self.started[r] >= limit]
+        for ref in late:
+            self.started.pop(ref)
+        return late
+
+
+class StageRun:
+    """Every unit of one stage on a crew (see Pool.run): submits units to free actors, waits for
+    the first answer, and hands each fault to its policy (a lost worker, a storage fault, a
+    stall)."""
+
+    def __init__(self, crew: Crew, units: list[int], submit, on_done, *, retries: Retries,
+                 deadline: Deadline):
+        self.crew, self.pool, self.submit, self.on_done = crew, crew.pool, submit, on_done
+        self.retries, self.deadline = retries, deadline
+        self.queue, self.inflight, self.finished = list(units), {}, 0  # inflight: ref -> (actor, k)
+
+    def run(self) -> list:
+        """Returns the lent actors not lost."""
+        try:
+            while self.queue or self.inflight:
+                self.fill()
+                ready, _ = ray.wait(list(self.inflight) + list(self.pool.starting),
+                                    num_returns=1, timeout=self.deadline.timeout())
+                if not ready:
+                    self.stalled()
+                elif ready[0] in self.pool.starting:
+                    self.pool._started(ready[0])
+                else:
+                    self.ended(ready[0])
+        finally:  # after a failure, actors still busy finish their call before the next one
+            for actor, _ in self.inflight.values():
+                self.crew.back(actor)
+        return self.crew.spare
+
+    def fill(self) -> None:
+        """A unit of the queue to each free actor."""
+        if self.queue and not self.inflight:
+            self.crew.borrow()
+        while self.queue and self.crew.has_free():
+            actor = self.crew.pop_free()
+            k = self.queue.pop(0)
+            ref = self.submit(actor, k)
+            self.inflight[ref] = (actor, k)
+            self.deadline.submitted(ref)
+
+    def ended(self, ref) -> None:
+        actor, k = self.inflight.pop(ref)
+        took = self.deadline.ended(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            fault = storage_fault(e)
+            if fault is None:
+                raise
+            self.storage_fault(actor, k, fault)
+            return
+        except RETRIABLE as e:
+            self.lost(actor, k, type(e).__name__)
+            return
+        self.crew.back(actor)
+        self.deadline.finished(took)
+        self.finished += 1
+        self.on_done(k, result, self.finished)
+
+    def lost(self, actor, k: int, why: str) -> None:
+        """The unit's worker is lost (or stalled): replaced, and the unit queued again."""
+        self.retries.after_lost(k, why)
+        self.crew.replace(actor)
+        self.queue.append(k)
+
+    def storage_fault(self, actor, k: int, fault: StorageError) -> None:
+        """The storage failed past its own retries: the worker is fine, the unit is run again
+        (its outputs are idempotent) after a pause."""
+        pause = self.retries.after_storage_fault(k, fault)
+        self.crew.back(actor)
+        time.sleep(pause)
+        self.queue.append(k)
+
+    def stalled(self) -> None:
+        """No answer in time: each unit past its deadline runs again on another worker."""
+        limit = self.deadline.limit()
+        for ref in self.deadline.overdue():
+            actor, k = self.inflight.pop(ref)
+            self.lost(actor, k, f"no answer within {limit:.0f} s")
 
 
 def last_line(error: BaseException) -> str:

@@ -104,14 +104,14 @@ class Summary:
                 f"{fs.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
 
 
-def outputs_of(root: str, manifest: dict) -> tuple:
+def outputs_of(run: RunDir, manifest: dict) -> tuple:
     """Where a finished command's per-video outputs are, as its summary line names them."""
     if manifest.get("command") == "assign":
-        return (fs.join(root, "{id}.npy"), fs.join(root, "tokens.parquet"))
+        return (run.video_tokens("{id}"), run.path("tokens.parquet"))
     if (manifest.get("config") or {}).get("embeddings") == "parquet" or (
             manifest.get("settings") or {}).get("embeddings") == "parquet":
-        return (fs.join(root, "embeddings", "part-*.parquet"),)
-    return (fs.join(root, "embeddings") + "/", fs.join(root, "concat") + "/")
+        return (run.embeddings_part(),)
+    return (run.embeddings_dir + "/", run.concat_dir + "/")
 
 
 def check_train(features: str, out: str, config: TrainConfig, train_ids: str | None,
@@ -174,7 +174,7 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
                                                     "reduce_parts": 0, "glove": 0,
                                                     "embed_shards": 0},
                          {k: stages[k] for k in ("vocab", "cooccur", "glove")},
-                         outputs_of(run.root, manifest)), corpus, seconds)
+                         outputs_of(run, manifest)), corpus, seconds)
 
 
 def scan_corpus(features: str, config: TrainConfig, ids: list[str] | None, echo=None

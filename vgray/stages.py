@@ -254,12 +254,13 @@ def tokenize(job: Job, shards: list[list[Video]], units: dict[int, TokenizeUnit]
     return done
 
 
-def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str, tokens_part,
-           count: Count | None, tokens_dir: str | None = None) -> list[ShardStats]:
+def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str,
+           count: Count | None, *, per_video: bool = False) -> list[ShardStats]:
     """The assign stage of one RUN: every shard not yet done is tokenised with one vocabulary
     (and, with `count`, its training pairs counted); the stage's figures from every shard's
     record, which are returned. A shard whose partial counts are gone is redone while the merge
-    still needs them."""
+    still needs them. With `per_video` (vgray assign), each video's tokens also go to RUN/{id}.npy
+    and the shards' tokens parts are staged under the work folder."""
     run = job.run
     t = time.perf_counter()
     marked = run.done_shards("assign")
@@ -270,8 +271,9 @@ def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str
             marked = {k for k in marked if all((k, r) in partials for r in range(count.reducers))}
     corpus = job.corpus
     units = {k: TokenizeUnit(k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
-                             [Vocabulary(run.root, centroids, tokens_part(k), count=count)],
-                             tokens_dir)
+                             [Vocabulary(run.root, centroids,
+                                         run.tokens_part(k, staged=per_video), count=count)],
+                             run.root if per_video else None)
              for k in range(len(shards)) if k not in marked}
     job.work["assign_shards"] = len(units)
     done = tokenize(job, shards, units, cfg.workers, cfg.strict)
@@ -304,7 +306,7 @@ def reduce(job: Job, units: list[ReduceUnit], workers: int | None) -> list[Reduc
 # ---------------------------------------------------------------------------------------------
 # embed
 
-def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, tokens_part, batch_clips: int,
+def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, *, batch_clips: int,
           workers: int | None = None, layout: str = "files") -> list[ShardStats]:
     """Embeddings and concatenations of every shard not yet embedded (per video, or with layout
     parquet a table per shard); the stage's figures from every shard's record, returned."""
@@ -323,7 +325,7 @@ def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, tokens_part,
             progress.advance(len(shards[k]))
 
         job.run_units("embed", workers, todo, lambda actor, k: actor.embed.remote(
-            EmbedUnit(run.root, k, shards[k], tokens_part(k), batch_clips, layout), ref), on_done)
+            EmbedUnit(run.root, k, shards[k], batch_clips, layout), ref), on_done)
         progress.close()
     stats = records(run, "embed", len(shards), done)
     figures = totals(stats)
@@ -350,7 +352,7 @@ def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | No
     if job.manifest["nodes"]:
         job.echo(usage_line(job.manifest["nodes"]))
     return Summary(run.root, stage["videos"], job.manifest["counts"]["clips"], len(skips),
-                   seconds, dict(job.work), outputs=outputs_of(run.root, job.manifest))
+                   seconds, dict(job.work), outputs=outputs_of(run, job.manifest))
 
 
 def records(run: RunDir, stage: str, shards: int, fresh: dict[int, ShardStats]

@@ -210,6 +210,45 @@ class RunDir:
         """Partition r of a reduced table: cooccur/part-r, bydistance/part-r."""
         return self.path(folder, f"part-{partition:05d}.parquet")
 
+    def tokens_part(self, shard: int, *, staged: bool = False) -> str:
+        """A shard's tokens: tokens/part-{shard}.parquet; `staged`, under the work folder (vgray
+        assign merges them into one tokens.parquet)."""
+        name = f"part-{shard_name(shard)}.parquet"
+        return self.path(WORK, "tokens", name) if staged else self.path("tokens", name)
+
+    def tokens_parts(self) -> list[str]:
+        """Every shard's tokens part there is, sorted."""
+        return self.files("tokens", suffix=".parquet")
+
+    def video_tokens(self, video_id: str) -> str:
+        """One video's tokens as vgray assign writes them: {id}.npy."""
+        return self.path(f"{video_id}.npy")
+
+    @property
+    def embeddings_dir(self) -> str:
+        return self.path("embeddings")
+
+    @property
+    def concat_dir(self) -> str:
+        return self.path("concat")
+
+    def embedding(self, video_id: str) -> str:
+        """One video's embeddings (--embeddings files): embeddings/{id}.npy."""
+        return self.path("embeddings", f"{video_id}.npy")
+
+    def embeddings_part(self, shard: int | None = None) -> str:
+        """A shard's embeddings table (--embeddings parquet): embeddings/part-{shard}.parquet;
+        without a shard, the pattern of every part."""
+        return self.path("embeddings", f"part-{'*' if shard is None else shard_name(shard)}"
+                                       ".parquet")
+
+    def concat(self, video_id: str, stream: str | None) -> str:
+        """One stream's features and embeddings side by side: concat/{id}_{stream}.npy, or
+        concat/{id}.npy for a video named without a stream (stream None: the single-stream
+        layout, or a container's video without flow)."""
+        return self.path("concat", f"{video_id}.npy" if stream is None
+                         else f"{video_id}_{stream}.npy")
+
     def partial(self, shard: int, partition: int) -> str:
         """One shard's partial counts for one reducer (deleted once merged)."""
         return self.path(WORK, "cooccur", f"{shard_name(shard)}-{partition:03d}.parquet")

@@ -47,7 +47,7 @@ from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
 from .progress import Progress
 from .resume import Check, check_sweep, digest_file, make_shards, sweep_settings, train_settings
-from .store import WORK, RunDir, copy_file, read_json, save_npy, shard_name, write_text
+from .store import WORK, RunDir, copy_file, read_json, save_npy, write_text
 from .sweeptable import TIE_BREAK, VARIED, SweepSummary, best_of, cell, name, tie_note
 from .units import Count, Fit, ReduceUnit, ShardStats, TokenizeUnit, Vocabulary, totals
 
@@ -241,7 +241,7 @@ class _Sweep:
                 if s in marked and not recounts:
                     continue
                 vocabularies[s].append(Vocabulary(
-                    run.root, self.centroids(k), run.path("tokens", f"part-{shard_name(s)}.parquet"),
+                    run.root, self.centroids(k), run.tokens_part(s),
                     tokenize=s not in marked,
                     count=dataclasses.replace(count, vocab_size=k) if recounts else None))
         corpus = self.corpus
@@ -363,8 +363,7 @@ class _Sweep:
         run, shared = self.combo(c), self.shared(c[0])
         copy_file(self.centroids(c[0]), run.path("vocab", "centroids.npy"))
         for s in range(len(self.shards)):
-            part = f"part-{shard_name(s)}.parquet"
-            copy_file(shared.path("tokens", part), run.path("tokens", part))
+            copy_file(shared.tokens_part(s), run.tokens_part(s))
             copy_file(shared.marker("assign", s), run.marker("assign", s))
 
     def skips(self, vocab_size: int) -> list[dict]:

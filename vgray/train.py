@@ -15,7 +15,7 @@ from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
 from .job import Job
 from .resume import Check, Summary, check_train, make_shards, train_settings
-from .store import WORK, load_npy, parquet_row_count, save_npy, shard_name
+from .store import WORK, load_npy, parquet_row_count, save_npy
 from .units import Count, Fit, ReduceUnit, ShardStats
 
 
@@ -64,14 +64,13 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     shards = make_shards(corpus.videos, cfg.shard_clips)
 
     _vocabulary(job, cfg, corpus, shards, centroids)
-    tokens_part = lambda k: run.path("tokens", f"part-{shard_name(k)}.parquet")  # noqa: E731
-    assigned = _counts(job, cfg, shards, centroids, tokens_part)
+    assigned = _counts(job, cfg, shards, centroids)
     _glove(job, cfg)
     job.hold_gpu = False
     job.release_gpu_worker()
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-    embedded = stages.embed(job, shards, vectors, tokens_part, cfg.batch_clips, cfg.workers,
-                            cfg.embeddings)
+    embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
+                            workers=cfg.workers, layout=cfg.embeddings)
     summary = stages.finish(job, assigned, embedded)
     summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
     return summary
@@ -96,13 +95,13 @@ def _vocabulary(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Vi
     stages.fit_vocabularies(job, [cfg], corpus, shards, save)
 
 
-def _counts(job: Job, cfg: TrainConfig, shards: list[list[Video]], centroids: str,
-            tokens_part) -> list[ShardStats]:
+def _counts(job: Job, cfg: TrainConfig, shards: list[list[Video]],
+            centroids: str) -> list[ShardStats]:
     """Tokens and partial counts per shard, then R reducers merge the partials; returns the
     shards' assign records."""
     run = job.run
     count = Count(cfg.vocab_size, cfg.window, cfg.reducers)
-    assigned = stages.assign(job, shards, cfg, centroids, tokens_part, count)
+    assigned = stages.assign(job, shards, cfg, centroids, count)
     t = time.perf_counter()
     todo = [r for r in range(cfg.reducers) if not fs.exists(run.part("cooccur", r))]
     job.work["reduce_parts"] = len(todo)

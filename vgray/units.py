@@ -75,7 +75,6 @@ class EmbedUnit:
     root: str
     shard: int
     videos: list[Video]
-    tokens_part: str
     batch_clips: int
     layout: str = "files"      # or "parquet": one table of the shard's clips, no concatenation
 

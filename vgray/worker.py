@@ -25,14 +25,14 @@ import ray
 from . import cooccur, fs, s3
 from .cluster import actor_start, here, pick_device
 from .config import TrainConfig
-from .corpus import IO_THREADS, Skip, Video, load_clips, load_rows, stream_rows
+from .corpus import IO_THREADS, RGB_SUFFIX, Skip, Video, load_clips, load_rows, stream_rows
 from .readers import probe
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .live import Reporter
 from .store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, RunDir, atomic_path, clips_table,
                     distance_table, load_npy, read_distance_table, read_table, read_tokens,
-                    save_npy, shard_name, tokens_table, write_table, write_text)
+                    save_npy, tokens_table, write_table, write_text)
 from .units import (Count, EmbedUnit, Fit, Reduced, ReduceUnit, SampleUnit, Scanned, ScanUnit,
                     ShardStats, TokenizeUnit)
 
@@ -350,6 +350,7 @@ class ShardWorker:
         device = str(books[0].centers.device) if books else "cpu"
         is_train = {v.video_id: flag for v, flag in zip(unit.videos, unit.train)}
         ids, seqs, skips = [], [[] for _ in fresh], []
+        per_video = None if unit.tokens_dir is None else RunDir(unit.tokens_dir)
         if fresh:
             for v, tokens in tokenize(unit.videos, books, self.streams, self.batch_clips, device):
                 if isinstance(tokens, BadVideo):
@@ -358,8 +359,8 @@ class ShardWorker:
                 ids.append(v.video_id)
                 for seq, words in zip(seqs, tokens):
                     seq.append(words)
-                if unit.tokens_dir is not None:
-                    save_npy(fs.join(unit.tokens_dir, f"{v.video_id}.npy"), tokens[0])
+                if per_video is not None:
+                    save_npy(per_video.video_tokens(v.video_id), tokens[0])
         records, fresh_seqs = [], iter(seqs)
         for vocab in unit.vocabularies:
             run = RunDir(vocab.root)
@@ -396,11 +397,11 @@ class ShardWorker:
         the shard's marker."""
         t0, began, retried = time.perf_counter(), self._began(), s3.retries()
         run = RunDir(unit.root)
-        tokens = read_tokens([unit.tokens_part])
+        tokens = read_tokens([run.tokens_part(unit.shard)])
         written, clips, skips = 0, 0, []
         if unit.layout == "parquet":  # the tokens are all it needs: no feature is read
             todo = [v.video_id for v in unit.videos if v.video_id in tokens]
-            write_table(run.path("embeddings", f"part-{shard_name(unit.shard)}.parquet"),
+            write_table(run.embeddings_part(unit.shard),
                         clips_table(todo, [tokens[v] for v in todo], vectors))
             stats = ShardStats(unit.shard, len(todo), sum(len(tokens[v]) for v in todo),
                                seconds=round(time.perf_counter() - t0, 3), where=here(began),
@@ -412,19 +413,22 @@ class ShardWorker:
             """The video's concatenations, then its embeddings (written last: a video whose
             embeddings exist is done)."""
             emb = embed(tokens[v.video_id], vectors)
+            # The output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy); a
+            # container's video is named as the .npy layout would name it.
+            named_by_stream = (v.rgb_path.endswith(RGB_SUFFIX) if v.source == "npy"
+                               else v.flow_path is not None)
             for stream, source, header in (("rgb", v.rgb_path, v.rgb_header),
                                            ("flow", v.flow_path, v.flow_header)):
                 if source is None:
                     continue
+                target = run.concat(v.video_id, stream if named_by_stream else None)
                 if v.source == "npy":
-                    write_concat(run.path("concat", fs.basename(source)), source, emb,
-                                 v.flow_path is not None, unit.batch_clips, header)
-                else:  # a container: named as the .npy layout names it
-                    name = f"{v.video_id}_{stream}.npy" if v.flow_path else f"{v.video_id}.npy"
-                    write_concat(run.path("concat", name),
-                                 lambda a, b, s=stream: stream_rows(v, s, a, b), emb,
+                    write_concat(target, source, emb, v.flow_path is not None, unit.batch_clips,
+                                 header)
+                else:
+                    write_concat(target, lambda a, b, s=stream: stream_rows(v, s, a, b), emb,
                                  v.flow_path is not None, unit.batch_clips)
-            save_npy(run.path("embeddings", f"{v.video_id}.npy"), emb)
+            save_npy(run.embedding(v.video_id), emb)
             return len(emb)
 
         # Videos skipped at assignment are recorded there; on object storage the reads and
