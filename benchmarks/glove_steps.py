@@ -2,7 +2,7 @@
 process: OLD's trainer against this one's, alternately, 300 epochs, K 1500, dim 128, x_max 20,
 --glove-tol's default on both.
 
-    python benchmarks/glove_steps.py OLD [--cooccur RUN/cooccur] [--repeats 3]
+    python benchmarks/glove_steps.py OLD [--cooccur RUN/cooccur] [--repeats 3] [--threads N]
 
 OLD is a copy of the code before (`git archive deafa6e | tar -x -C OLD`); its glove module is
 loaded from there under another name. Two co-occurrence matrices: the --cooccur of a RUN (e.g. the
@@ -38,7 +38,11 @@ def main():
     ap.add_argument("old")
     ap.add_argument("--cooccur", help="a RUN's cooccur/ directory")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch's threads (on a loaded machine, 1 keeps the times comparable)")
+    ap.add_argument("--name", help="suffix of the results file")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     old = load_old(args.old)
     matrices = {}
     if args.cooccur:
@@ -67,7 +71,7 @@ def main():
         row["steps"] = ("csr" if len(x) < new.CSR_MAX_SHARE * 1500 ** 2 else "dense")
         result[name] = row
         print(name, row, flush=True)
-    write_result("glove_steps", result)
+    write_result("glove_steps" + (f"-{args.name}" if args.name else ""), result)
 
 
 if __name__ == "__main__":
