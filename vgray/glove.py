@@ -69,6 +69,30 @@ def initial_state(vocab_size: int, dim: int, seed: int) -> list[torch.Tensor]:
     return [init(vocab_size, dim), init(vocab_size, dim), init(vocab_size), init(vocab_size)]
 
 
+class Adam:
+    """torch.optim.Adam's update (betas 0.9 / 0.999, eps 1e-8, no weight decay), the same
+    operations in the same order as its single-tensor step, on plain tensors updated in place.
+    torch.optim's first optimizer in a process imports torch._dynamo and sympy: 1.4 s on every
+    fresh worker that fits GloVe, for four tensors' update."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        beta1, beta2 = self.betas
+        self.steps += 1
+        step_size = self.lr / (1 - beta1 ** self.steps)
+        bias_correction2_sqrt = (1 - beta2 ** self.steps) ** 0.5
+        for p, g, avg, avg_sq in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            avg.lerp_(g, 1 - beta1)
+            avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(avg, denom, value=-step_size)
+
+
 class GloVe:
     """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
 
@@ -114,12 +138,11 @@ class GloVe:
         k = vocab_size
         params = [p.to(dev) for p in initial_state(k, self.dim, self.seed)]
         grads = [torch.zeros_like(p) for p in params]
-        optimizer = torch.optim.Adam([torch.nn.Parameter(p) for p in params], lr=self.learning_rate)
-        params = optimizer.param_groups[0]["params"]
+        optimizer = Adam(params, self.learning_rate)
         step = self._step(i, j, x, k, dev)
         # The best state so far is kept on the device, chosen there by J (no host sync), so a
         # GPU fit keeps running ahead of the host; a strict < keeps the first of equal minima.
-        best = [p.detach().clone() for p in params]
+        best = [p.clone() for p in params]
         best_loss = torch.tensor(math.inf, dtype=torch.float64, device=dev)
         best_epoch = torch.zeros((), dtype=torch.int64, device=dev)
         self.loss_ = []
@@ -144,10 +167,10 @@ class GloVe:
         stop_epoch = torch.full((), self.epochs, dtype=torch.int64, device=dev)
         for epoch in range(self.epochs + 1):
             with torch.no_grad():
-                value = step([p.data for p in params], grads)
+                value = step(params, grads)
                 better = (value < best_loss) & ~stopped
                 for kept, p in zip(best, params):
-                    torch.where(better, p.data, kept, out=kept)
+                    torch.where(better, p, kept, out=kept)
                 best_epoch.masked_fill_(better, epoch)
                 torch.where(better, value, best_loss, out=best_loss)
                 pending.append(value)
@@ -164,9 +187,7 @@ class GloVe:
                 last = last or (self.tol > 0 and bool(stopped))
             if last:
                 break
-            for p, g in zip(params, grads):
-                p.grad = g
-            optimizer.step()
+            optimizer.step(grads)
         self.n_epochs_ = int(stop_epoch)
         self.stop_reason_ = "converged" if bool(stopped) else "epochs"
         del self.loss_[self.n_epochs_ + 1:]  # epochs a GPU ran past the stop
