@@ -227,7 +227,7 @@ def test_killed_sweep_resumes_to_the_same_table(swept, data, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert os.path.exists(first) and not os.path.exists(os.path.join(killed, "sweep.csv"))
-    subprocess.run(args + ["--out", killed], env=env, check=True, timeout=300, capture_output=True)
+    invoke(*args[2:], "--out", killed)  # the same command again, in this process: it resumes
     work = json.load(open(os.path.join(killed, "manifest.json")))["last_invocation"]["work"]
     assert work["vocab"] == 0 and 1 <= len(GRID) - work["glove"]
     assert table(os.path.join(killed, "sweep.csv")) == table(os.path.join(out, "sweep.csv"))
