@@ -528,11 +528,15 @@ def test_installed_console_script():
         assert command in done.stdout
 
 
-def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
+def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path, monkeypatch):
+    import vgray.pool
     from vgray.errors import VgrayError
     from vgray.pool import Pool
     from vgray.worker import ShardWorker
 
+    # One failed start is retried, the next one ends it (not MAX_ATTEMPTS + 1 worker processes
+    # started, each importing torch, to show the same).
+    monkeypatch.setattr(vgray.pool, "MAX_ATTEMPTS", 1)
     pool = Pool(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")))
     try:
         with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):
