@@ -65,6 +65,13 @@ def stop_shared_ray():
         sys.modules["ray"].shutdown()
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules marked `cluster` run after all the others (each keeps its own order): they
+    stop the shared Ray (see ray_session), so in the middle of the run each one would make the
+    next in-process module start Ray again."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+
+
 @pytest.fixture(scope="module")
 def ray_session(request):
     """A small local Ray for the in-process tests. Modules in a row share one, so that Ray

@@ -326,15 +326,19 @@ class TestCpuTypeOnly:
 
 
 def wait_for_process(title, owner, timeout):
-    """The pid of a process whose command line starts with `title` (a Ray worker names itself
-    after the call it runs)."""
+    """The pid of a process of a fake node whose command line starts with `title` (a Ray
+    worker names itself after the call it runs). A process of another Ray on this machine (of
+    a test run beside this one) has the same title but no fake node id: it is never taken."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert owner.poll() is None, "the run ended first"
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read().startswith(title.encode()):
+                    if not f.read().startswith(title.encode()):
+                        continue
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if b"\0RAY_OVERRIDE_NODE_ID_FOR_TESTING=" in b"\0" + f.read():
                         return int(pid)
             except OSError:
                 continue

@@ -24,6 +24,8 @@ from vgray import store, worker
 from vgray.store import read_tokens
 from vgray.synth import make_corpus
 
+from helpers import cli
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "200", "--workers", "1"]
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -66,12 +68,17 @@ def assert_nothing_corrupt(out):
         assert json.load(open(manifest))["status"] != "complete"
 
 
+def train_here(features, out):
+    """The same command in this process, on the tests' Ray (where no failure is looked for)."""
+    cli("train", features, "--out", out, *ARGS)
+
+
 @pytest.fixture(scope="module")
-def features(tmp_path_factory):
+def features(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("disk")
     info = make_corpus(str(root / "c"), videos=30, dim=64, words=6, topics=2, min_clips=20, max_clips=40)
     clean = str(root / "clean")
-    assert train(info["features"], clean).returncode == 0
+    train_here(info["features"], clean)
     return info["features"], clean
 
 
@@ -90,8 +97,7 @@ def test_disk_full_fails_cleanly_and_the_rerun_finishes(features, tmp_path):
         assert_nothing_corrupt(out)
         assert not os.path.exists(os.path.join(out, ".lock"))
         subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
-        done = train(feats, out)
-        assert done.returncode == 0, done.stderr
+        train_here(feats, out)
         a, b = (read_tokens(sorted(glob.glob(os.path.join(d, "tokens", "part-*.parquet")))) for d in (out, clean))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         np.testing.assert_array_equal(np.load(os.path.join(out, "glove", "vectors.npy")),

@@ -258,28 +258,54 @@ def test_duplicate_ids_across_shards_are_reported(ray_session, forms, tmp_path):
     assert "duplicate id: also in" in reasons[0]["reason"] and m["counts"]["videos"] == 24
 
 
-@pytest.mark.s3
-@pytest.mark.parametrize("fmt", ["hdf5", "webdataset", "parquet", "pt"])
-def test_every_container_reads_from_s3(ray_session, s3, forms, npy_run, tmp_path, fmt):
+# The trains of test_every_container_reads_from_s3, all in one process (one start of Python,
+# torch and Ray instead of one per format): each is `vgray train` as the CLI runs it.
+FROM_S3 = """
+import json, sys
+from typer.testing import CliRunner
+from vgray.cli import app
+for argv in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(app, argv)
+    print(json.dumps([result.exit_code, result.stdout, result.output]), flush=True)
+"""
+CONTAINERS = ["hdf5", "webdataset", "parquet", "pt"]
+
+
+@pytest.fixture(scope="module")
+def from_s3(s3, forms, npy_run, tmp_path_factory):
+    """Every container uploaded to S3 and trained from there into a local RUN: format ->
+    (RUN, exit code, stdout, stdout and stderr)."""
     import subprocess
     import sys
 
+    root = tmp_path_factory.mktemp("from-s3")
+    jobs = {}
+    for fmt in CONTAINERS:
+        local = forms[fmt]
+        if fmt == "hdf5":
+            with open(local, "rb") as src, s3["fs"].open_output_stream(
+                    f"vgray-test/{fmt}/corpus.h5") as dst:
+                dst.write(src.read())
+            uri, extra = f"s3://vgray-test/{fmt}/corpus.h5", ["--hdf5-key", "i3d_features"]
+        else:
+            upload_tree(s3["fs"], local, f"vgray-test/{fmt}")
+            uri, extra = f"s3://vgray-test/{fmt}", []
+        jobs[fmt] = (str(root / fmt), ["train", uri, "--out", str(root / fmt), *ARGS, *extra,
+                                       "--train-ids", TRAIN_IDS[0]])
+    done = subprocess.run([sys.executable, "-c", FROM_S3, json.dumps([a for _, a in jobs.values()])],
+                          env=s3["env"], capture_output=True, text=True, timeout=800)
+    said = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    assert done.returncode == 0 and len(said) == len(jobs), done.stderr[-3000:]
+    return {fmt: (out, *answer) for (fmt, (out, _)), answer in zip(jobs.items(), said)}
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("fmt", CONTAINERS)
+def test_every_container_reads_from_s3(from_s3, npy_run, fmt):
     base, _ = npy_run
-    local = forms[fmt]
-    if fmt == "hdf5":
-        with open(local, "rb") as src, s3["fs"].open_output_stream(
-                f"vgray-test/{fmt}/corpus.h5") as dst:
-            dst.write(src.read())
-        uri, extra = f"s3://vgray-test/{fmt}/corpus.h5", ["--hdf5-key", "i3d_features"]
-    else:
-        upload_tree(s3["fs"], local, f"vgray-test/{fmt}")
-        uri, extra = f"s3://vgray-test/{fmt}", []
-    out = str(tmp_path / "run")
-    done = subprocess.run([sys.executable, "-m", "vgray.cli", "train", uri, "--out", out, *ARGS,
-                           *extra, "--train-ids", TRAIN_IDS[0]], env=s3["env"],
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("embedded 24 videos")
+    out, code, stdout, output = from_s3[fmt]
+    assert code == 0, output[-3000:]
+    assert stdout.startswith("embedded 24 videos")
     assert_same_results(base, out)
 
 

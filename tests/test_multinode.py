@@ -1,5 +1,6 @@
 """Multi-node behaviour on a simulated cluster (ray.cluster_utils.Cluster, in a subprocess so
-that it does not disturb the tests' own local Ray)."""
+that it does not disturb the tests' own local Ray; one cluster, started once, runs the jobs of
+every test in turn)."""
 
 import glob
 import json
@@ -35,31 +36,38 @@ def reference(ray_session, tmp_path_factory):
     return info["features"], single
 
 
-def run_on_cluster(features, out, *flags):
+@pytest.fixture(scope="module")
+def on_cluster(reference, tmp_path_factory):
+    """The four jobs of this module's tests, in turn on one simulated cluster (started once):
+    a train, a train that loses a node, a sweep, and a sweep once a node with a GPU has joined.
+    Job -> (OUT, what cluster_job.py said of it)."""
+    root = tmp_path_factory.mktemp("on-cluster")
+    outs = {job: str(root / job) for job in ("train", "kill", "sweep", "gpu-sweep")}
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, os.path.join(HERE, "cluster_job.py"), features, out,
-                           *flags], capture_output=True, text=True, timeout=400, env=env)
+    done = subprocess.run([sys.executable, os.path.join(HERE, "cluster_job.py"), reference[0],
+                           *(f"{job}={out}" for job, out in outs.items())],
+                          capture_output=True, text=True, timeout=800, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    said = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+    assert [r["job"] for r in said] == list(outs)
+    return {r["job"]: (outs[r["job"]], r) for r in said}
 
 
 def nodes_used(out):
     return {json.load(open(m))["node"] for m in glob.glob(os.path.join(out, ".work", "assign", "*.json"))}
 
 
-def test_three_nodes_share_the_work_with_identical_results(reference, tmp_path):
-    features, single = reference
-    out = str(tmp_path / "three")
-    result = run_on_cluster(features, out)
+def test_three_nodes_share_the_work_with_identical_results(reference, on_cluster):
+    _, single = reference
+    out, result = on_cluster["train"]
     assert result["videos"] == 120
     assert len(nodes_used(out)) >= 2
     assert_same_results(single, out)
 
 
-def test_worker_node_killed_mid_assignment(reference, tmp_path):
-    features, single = reference
-    out = str(tmp_path / "killed")
-    result = run_on_cluster(features, out, "--kill")
+def test_worker_node_killed_mid_assignment(reference, on_cluster):
+    _, single = reference
+    out, result = on_cluster["kill"]
     assert result["killed_after"] and result["killed_after"][0] < 40  # mid-assignment
     assert result["videos"] == 120
     assert_same_results(single, out)  # nothing lost, nothing counted twice
@@ -88,22 +96,22 @@ def fits_of(out, single):
     return fits
 
 
-def test_a_sweep_fits_on_every_node_with_the_single_node_results(reference, single_sweep, tmp_path):
+def test_a_sweep_fits_on_every_node_with_the_single_node_results(on_cluster, single_sweep):
     """The GloVe fits of a sweep run in parallel, one per node (each with every core of its
     node), and give what the same sweep gives on one node."""
-    out = str(tmp_path / "three")
-    assert run_on_cluster(reference[0], out, "--sweep")["videos"] == 8  # combinations
+    out, result = on_cluster["sweep"]
+    assert result["videos"] == 8  # combinations
     fit_nodes = set()
     for fit in fits_of(out, single_sweep).values():
         fit_nodes |= set(fit["nodes"])
     assert len(fit_nodes) >= 2
 
 
-def test_a_sweep_with_a_gpu_fits_on_the_gpu_worker(reference, single_sweep, tmp_path):
+def test_a_sweep_with_a_gpu_fits_on_the_gpu_worker(on_cluster, single_sweep):
     """With a GPU in the cluster, every fit goes to the GPU worker (here a fake GPU that torch
     cannot use: said, and computed on CPU), with the single-node results."""
-    out = str(tmp_path / "gpu")
-    run_on_cluster(reference[0], out, "--sweep", "--gpu")
+    out, result = on_cluster["gpu-sweep"]
+    assert result["videos"] == 8
     fits = fits_of(out, single_sweep).values()
     assert len({node for fit in fits for node in fit["nodes"]}) == 1
     assert all(fit["device"] == "cpu" and fit["device_note"] for fit in fits)

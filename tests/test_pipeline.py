@@ -234,9 +234,8 @@ def test_driver_killed_mid_run_resumes(tmp_path, interrupted_corpus):
     import time
 
     args, env, clean = interrupted_corpus
-    args = args + ["-q"]
     crashed = str(tmp_path / "crashed")
-    proc = subprocess.Popen(args + ["--out", crashed], env=env, start_new_session=True,
+    proc = subprocess.Popen(args + ["--out", crashed, "-q"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = os.path.join(crashed, ".work", "assign")
     deadline = time.time() + 240
@@ -265,7 +264,7 @@ def test_driver_killed_mid_run_resumes(tmp_path, interrupted_corpus):
     for path in glob.glob(os.path.join(crashed, "**", "*"), recursive=True):
         if ".tmp-" not in path and path.endswith(".npy"):
             np.load(path)  # everything under a final name is complete
-    subprocess.run(args + ["--out", crashed], env=env, check=True, timeout=300, capture_output=True)
+    resume(args, crashed)
     total = len(os.listdir(markers))
     manifest = json.load(open(os.path.join(crashed, "manifest.json")))
     work = manifest["last_invocation"]["work"]
@@ -278,8 +277,10 @@ def test_driver_killed_mid_run_resumes(tmp_path, interrupted_corpus):
 
 
 @pytest.fixture(scope="module")
-def interrupted_corpus(tmp_path_factory):
-    """A corpus, the command that trains on it, and its uninterrupted run (made with -q)."""
+def interrupted_corpus(ray_session, tmp_path_factory):
+    """A corpus, the command that trains on it, and its uninterrupted run (made with -q). Only
+    the run that is interrupted needs a process of its own: the uninterrupted run and the
+    re-runs that resume are the same command in this process (`resume`), on the tests' Ray."""
     from vgray.synth import make_corpus
 
     root = tmp_path_factory.mktemp("ctrlc")
@@ -290,8 +291,13 @@ def interrupted_corpus(tmp_path_factory):
             "--workers", "1"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     clean = str(root / "clean")
-    subprocess.run(args + ["--out", clean, "-q"], env=env, check=True, timeout=300, capture_output=True)
+    resume(args, clean)
     return args, env, clean
+
+
+def resume(args, out):
+    """The command of `args` (`python cli.py ...`) with `--out OUT -q`, run in this process."""
+    cli(*args[2:], "--out", out, "-q")
 
 
 @pytest.mark.parametrize("stage,sent", [("vocab", "SIGINT"), ("assign", "SIGTERM"),
@@ -356,7 +362,7 @@ def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, sent, interr
     assert not os.path.exists(os.path.join(out, ".lock"))
     for path in glob.glob(os.path.join(out, "**", "*.npy"), recursive=True):
         np.load(path)  # nothing partial under a final name
-    subprocess.run(args + ["--out", out, "-q"], env=env, check=True, timeout=300, capture_output=True)
+    resume(args, out)
     assert_same_results(clean, out)
 
 
@@ -522,11 +528,15 @@ def test_installed_console_script():
         assert command in done.stdout
 
 
-def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path):
+def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path, monkeypatch):
+    import vgray.pool
     from vgray.errors import VgrayError
     from vgray.pool import Pool
     from vgray.worker import ShardWorker
 
+    # One failed start is retried, the next one ends it (not MAX_ATTEMPTS + 1 worker processes
+    # started, each importing torch, to show the same).
+    monkeypatch.setattr(vgray.pool, "MAX_ATTEMPTS", 1)
     pool = Pool(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")))
     try:
         with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):

@@ -227,7 +227,7 @@ def test_killed_sweep_resumes_to_the_same_table(swept, data, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert os.path.exists(first) and not os.path.exists(os.path.join(killed, "sweep.csv"))
-    subprocess.run(args + ["--out", killed], env=env, check=True, timeout=300, capture_output=True)
+    invoke(*args[2:], "--out", killed)  # the same command again, in this process: it resumes
     work = json.load(open(os.path.join(killed, "manifest.json")))["last_invocation"]["work"]
     assert work["vocab"] == 0 and 1 <= len(GRID) - work["glove"]
     assert table(os.path.join(killed, "sweep.csv")) == table(os.path.join(out, "sweep.csv"))
@@ -258,11 +258,17 @@ def test_bad_labels_and_lists_are_one_line_before_any_training(ray_session, data
     fails("--vocab-size", "3,6", "--kmeans-sample", "4", says="--kmeans-sample must be at least")
 
 
-def test_a_train_run_is_not_swept_into(ray_session, data, tmp_path):
-    run = str(tmp_path / "run")
-    invoke("train", data["features"], "--out", run, "--vocab-size", 3, "--dim", 4, "-q", *COMMON)
+def test_a_train_run_is_not_swept_into(swept, data, tmp_path):
+    import shutil
+
+    run = str(tmp_path / "run")  # a combination is a train RUN (test_a_combination_is_a_run)
+    shutil.copytree(combo(swept[0], 3, 2, 4), run)
+    assert json.load(open(os.path.join(run, "manifest.json")))["command"] == "train"
+    files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "**"), recursive=True)}
     result = CliRunner().invoke(app, ["sweep", data["features"], "--out", run, *SWEEP])
     assert result.exit_code == 1 and "is a vgray train RUN, not a sweep" in result.output
+    assert {p: os.stat(p).st_mtime_ns
+            for p in glob.glob(os.path.join(run, "**"), recursive=True)} == files
 
 
 def test_a_sweep_dir_is_not_taken_for_a_run(swept):
