@@ -56,8 +56,8 @@ def reference_training(i, j, x, vocab, dim, epochs, x_max, alpha, batch=2048, se
             batch_loss.backward()
             opt.step()
         spent += time.perf_counter() - t
-        curve.append((spent, loss(wi.weight.data.numpy(), wj.weight.data.numpy(), bi.weight.data.numpy()[:, 0],
-                                  bj.weight.data.numpy()[:, 0], i, j, x, x_max, alpha)))
+        curve.append((spent, loss((wi.weight.data.numpy(), wj.weight.data.numpy(), bi.weight.data.numpy()[:, 0],
+                                   bj.weight.data.numpy()[:, 0]), (i, j, x), x_max=x_max, alpha=alpha)))
     return curve
 
 
@@ -101,7 +101,8 @@ def main():
     def on_epoch(epoch, value):
         times.append((time.perf_counter() - start, value))
 
-    model = GloVe(args.dim, args.x_max, args.alpha, args.epochs, args.learning_rate, seed=0)
+    model = GloVe(args.dim, x_max=args.x_max, alpha=args.alpha, epochs=args.epochs,
+                  learning_rate=args.learning_rate, seed=0)
     model.fit(i, j, x, args.vocab, on_epoch=on_epoch)
     reached = next(((e, t) for e, (t, v) in enumerate(times) if v <= target), None)
     at_measured = next(((e, t) for e, (t, v) in enumerate(times) if v <= measured_j), None)

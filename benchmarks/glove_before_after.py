@@ -23,7 +23,7 @@ res = {"old": [], "new": []}
 for rep in range(3):
     for name in ("old", "new"):
         kw = {} if name == "old" else {"tol": 1e-4}
-        m = (old if name == "old" else new).GloVe(128, 20.0, 0.75, 300, 0.05, **kw)
+        m = (old if name == "old" else new).GloVe(128, x_max=20.0, alpha=0.75, epochs=300, learning_rate=0.05, **kw)
         t0 = time.perf_counter(); m.fit(i, j, x, 1500); res[name].append(time.perf_counter() - t0)
         print(name, round(res[name][-1], 2), "s, J", min(m.loss_), getattr(m, "stop_reason_", ""), flush=True)
 print({k: round(min(v), 2) for k, v in res.items()})

@@ -23,7 +23,7 @@ from vgray.glove import GloVe, initial_state
 
 
 def curve(i, j, x, k, dim, epochs, lr, plateau, x_max, alpha):
-    model = GloVe(dim, x_max, alpha, epochs, lr)
+    model = GloVe(dim, x_max=x_max, alpha=alpha, epochs=epochs, learning_rate=lr)
     params = initial_state(k, dim, 0)
     grads = [torch.zeros_like(p) for p in params]
     optimizer = torch.optim.Adam([torch.nn.Parameter(p) for p in params], lr=lr)
@@ -66,7 +66,8 @@ def main():
             result[name] = {f"J@{e}": round(float(lowest[e]), 6) for e in (100, 200, 300)}
             print(name, result[name], flush=True)
     t = time.perf_counter()
-    model = GloVe(args.dim, 20.0, 0.75, args.long, 0.05, tol=1e-4).fit(i, j, x, args.vocab)
+    model = GloVe(args.dim, x_max=20.0, alpha=0.75, epochs=args.long, learning_rate=0.05,
+                  tol=1e-4).fit(i, j, x, args.vocab)
     result["long_run"] = {"max_epochs": args.long, "epochs": model.n_epochs_,
                           "stopped": model.stop_reason_, "J": round(min(model.loss_), 6),
                           "seconds": round(time.perf_counter() - t, 1)}

@@ -56,7 +56,7 @@ def main():
         times = {"old": [], "new": []}
         for _ in range(args.repeats):
             for which, module in (("old", old), ("new", new)):
-                model = module.GloVe(128, 20.0, 0.75, 300, 0.05, tol=1e-4)
+                model = module.GloVe(128, x_max=20.0, alpha=0.75, epochs=300, learning_rate=0.05, tol=1e-4)
                 wall, cpu = time.perf_counter(), time.process_time()
                 model.fit(i, j, x, 1500)
                 times[which].append((time.perf_counter() - wall, time.process_time() - cpu))

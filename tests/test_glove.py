@@ -39,7 +39,7 @@ def test_direct_loss_by_hand():
     e0 = 1.0 - np.log(50.0)
     e1 = 1.0 + 0.2 - np.log(200.0)
     want = ((0.5 ** 0.75) * e0 ** 2 + 1.0 * e1 ** 2) / 2
-    assert glove.loss(w, wc, b, bc, i, j, x, 100.0, 0.75) == pytest.approx(want)
+    assert glove.loss((w, wc, b, bc), (i, j, x), x_max=100.0, alpha=0.75) == pytest.approx(want)
 
 
 @pytest.mark.parametrize("steps", ["csr", "chunked"])

@@ -75,8 +75,8 @@ def test_contract_files(trained, corpus):
     fit = manifest["stages"]["glove"]  # the state saved is the epoch of lowest J
     assert loss[fit["kept_epoch"], 1] == loss[:, 1].min() == fit["final_loss"]
     assert fit["last_loss"] == loss[-1, 1] and fit["initial_loss"] == loss[0, 1]
-    direct = glove.loss(state["w"], state["w_context"], state["b"], state["b_context"],
-                        co["i"], co["j"], co["x"], TrainConfig().x_max, 0.75)
+    direct = glove.loss([state[k] for k in ("w", "w_context", "b", "b_context")],
+                        (co["i"], co["j"], co["x"]), x_max=TrainConfig().x_max, alpha=0.75)
     assert direct == pytest.approx(loss[fit["kept_epoch"], 1], rel=1e-4)
 
     for vid in ids:

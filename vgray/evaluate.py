@@ -117,9 +117,9 @@ def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) ->
     with np.load(io.BytesIO(fs.read_bytes(run.path("glove", "state.npz"))), allow_pickle=False) as state:
         w, wc, b, bc = (state[k] for k in ("w", "w_context", "b", "b_context"))
     x = cooccur.weights(s, cfg["window"])
-    value = loss(w, wc, b, bc, i, j, x, cfg["x_max"], cfg["alpha"])
+    value = loss((w, wc, b, bc), (i, j, x), x_max=cfg["x_max"], alpha=cfg["alpha"])
     start = [p.numpy() for p in initial_state(cfg["vocab_size"], cfg["dim"], int(cfg.get("seed", 0)))]
-    initial = loss(*start, i, j, x, cfg["x_max"], cfg["alpha"])
+    initial = loss(start, (i, j, x), x_max=cfg["x_max"], alpha=cfg["alpha"])
     return {"videos": len(held), "nonzeros": int(len(i)), "loss": value, "initial_loss": initial}
 
 

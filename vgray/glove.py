@@ -50,10 +50,12 @@ def weighting(x: np.ndarray, x_max: float, alpha: float) -> np.ndarray:
     return np.minimum(1.0, (np.asarray(x, dtype=np.float64) / x_max) ** alpha)
 
 
-def loss(w, w_context, b, b_context, i, j, x, x_max: float, alpha: float) -> float:
-    """J evaluated directly in float64 numpy: the reference the trainer is checked against."""
-    w, w_context = np.asarray(w, np.float64), np.asarray(w_context, np.float64)
-    pred = (w[i] * w_context[j]).sum(axis=1) + np.asarray(b, np.float64)[i] + np.asarray(b_context, np.float64)[j]
+def loss(state, nonzeros, *, x_max: float, alpha: float) -> float:
+    """J evaluated directly in float64 numpy: the reference the trainer is checked against.
+    `state`: (w, w~, b, b~), as initial_state gives them; `nonzeros`: (i, j, x), X[i, j] = x."""
+    w, w_context, b, b_context = (np.asarray(p, np.float64) for p in state)
+    i, j, x = nonzeros
+    pred = (w[i] * w_context[j]).sum(axis=1) + b[i] + b_context[j]
     err = pred - np.log(x)
     return float(np.mean(weighting(x, x_max, alpha) * err * err))
 
@@ -75,7 +77,8 @@ class Adam:
     torch.optim's first optimizer in a process imports torch._dynamo and sympy: 1.4 s on every
     fresh worker that fits GloVe, for four tensors' update."""
 
-    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, params: list[torch.Tensor], lr: float, *, betas=(0.9, 0.999),
+                 eps: float = 1e-8):
         self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
@@ -93,10 +96,54 @@ class Adam:
             p.addcdiv_(avg, denom, value=-step_size)
 
 
+def _nonzeros(i, j, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zeros as int64 rows and columns and float64 values, checked."""
+    i = np.asarray(i, np.int64)
+    j = np.asarray(j, np.int64)
+    x = np.asarray(x, np.float64)
+    if len(x) == 0:
+        raise ValueError("the co-occurrence matrix is empty: no training video has 2 clips")
+    if (x <= 0).any():
+        raise ValueError("co-occurrence values must be positive")
+    return i, j, x
+
+
+class _Kept:
+    """The state of lowest J so far and the stopping rule, both kept on the device: chosen there
+    by J (no host sync), so a GPU fit keeps running ahead of the host, and stopped there, so a GPU
+    fit stops at the same epoch as a CPU one whenever its host looks (the epochs it ran ahead
+    change nothing it keeps). A strict < keeps the first of equal minima."""
+
+    def __init__(self, params: list[torch.Tensor], *, epochs: int, tol: float, window: int):
+        dev = params[0].device
+        self.params, self.tol, self.window = params, tol, max(1, window)
+        self.best = [p.clone() for p in params]
+        self.best_loss = torch.tensor(math.inf, dtype=torch.float64, device=dev)
+        self.best_epoch = torch.zeros((), dtype=torch.int64, device=dev)
+        self.lowest = torch.full((self.window,), math.inf, dtype=torch.float64, device=dev)  # ring of J
+        self.stopped = torch.zeros((), dtype=torch.bool, device=dev)
+        self.stop_epoch = torch.full((), epochs, dtype=torch.int64, device=dev)
+
+    def update(self, epoch: int, value: torch.Tensor) -> None:
+        """After `epoch`, of J `value`: keep its state if the lowest yet, stop if converged."""
+        better = (value < self.best_loss) & ~self.stopped
+        for kept, p in zip(self.best, self.params):
+            torch.where(better, p, kept, out=kept)
+        self.best_epoch.masked_fill_(better, epoch)
+        torch.where(better, value, self.best_loss, out=self.best_loss)
+        if self.tol > 0:
+            # lowest[epoch % window] held the lowest J as of `window` epochs ago
+            slot = epoch % self.window
+            converged = (self.lowest[slot] - self.best_loss <= self.tol * self.best_loss) & ~self.stopped
+            self.lowest[slot] = self.best_loss
+            self.stop_epoch.masked_fill_(converged, epoch)
+            self.stopped |= converged
+
+
 class GloVe:
     """GloVe trainer, scikit-learn style: hyperparameters in __init__, learned state ends in _."""
 
-    def __init__(self, dim: int = 128, x_max: float = TrainConfig.x_max, alpha: float = 0.75,
+    def __init__(self, dim: int = 128, *, x_max: float = TrainConfig.x_max, alpha: float = 0.75,
                  epochs: int = 300, learning_rate: float = 0.05, seed: int = 0, device: str = "cpu",
                  tol: float = 0.0, window: int = WINDOW, steps: str = "auto"):
         self.dim = dim
@@ -119,7 +166,7 @@ class GloVe:
             raise ValueError(f"steps must be one of {', '.join(STEPS)}")
         self.steps = steps
 
-    def fit(self, i: np.ndarray, j: np.ndarray, x: np.ndarray, vocab_size: int,
+    def fit(self, i: np.ndarray, j: np.ndarray, x: np.ndarray, vocab_size: int, *,
             on_epoch=None) -> "GloVe":
         """Train on the non-zeros X[i, j] = x > 0; loss_[e] is J after e epochs (loss_[0]: init).
 
@@ -127,25 +174,26 @@ class GloVe:
         which: "converged" or "epochs"). The fitted state (w_, w_context_, b_, b_context_,
         vectors_) is that of epoch best_epoch_, the first epoch of lowest J; loss_[-1] is the
         last epoch's J."""
-        i = np.asarray(i, np.int64)
-        j = np.asarray(j, np.int64)
-        x = np.asarray(x, np.float64)
-        if len(x) == 0:
-            raise ValueError("the co-occurrence matrix is empty: no training video has 2 clips")
-        if (x <= 0).any():
-            raise ValueError("co-occurrence values must be positive")
+        i, j, x = _nonzeros(i, j, x)
         dev = torch.device(self.device)
-        k = vocab_size
-        params = [p.to(dev) for p in initial_state(k, self.dim, self.seed)]
+        params = [p.to(dev) for p in initial_state(vocab_size, self.dim, self.seed)]
+        kept = _Kept(params, epochs=self.epochs, tol=self.tol, window=self.window)
+        self.loss_ = []
+        self._run_epochs(self._step(i, j, x, vocab_size, dev), params, kept, on_epoch)
+        self.n_epochs_ = int(kept.stop_epoch)
+        self.stop_reason_ = "converged" if bool(kept.stopped) else "epochs"
+        del self.loss_[self.n_epochs_ + 1:]  # epochs a GPU ran past the stop
+        self.best_epoch_ = int(kept.best_epoch)
+        w, wc, b, bc = (p.cpu().numpy() for p in kept.best)
+        self.w_, self.w_context_, self.b_, self.b_context_ = w, wc, b, bc
+        self.vectors_ = (w + wc).astype(np.float32)
+        return self
+
+    def _run_epochs(self, step, params: list[torch.Tensor], kept: "_Kept", on_epoch) -> None:
+        """Epochs 0..epochs (or to the stop) of step and Adam, each epoch's J into loss_."""
+        dev = params[0].device
         grads = [torch.zeros_like(p) for p in params]
         optimizer = Adam(params, self.learning_rate)
-        step = self._step(i, j, x, k, dev)
-        # The best state so far is kept on the device, chosen there by J (no host sync), so a
-        # GPU fit keeps running ahead of the host; a strict < keeps the first of equal minima.
-        best = [p.clone() for p in params]
-        best_loss = torch.tensor(math.inf, dtype=torch.float64, device=dev)
-        best_epoch = torch.zeros((), dtype=torch.int64, device=dev)
-        self.loss_ = []
         # J stays on the device; the host reads it every epoch on CPU, where that is free, and
         # every SYNC_SECONDS on a GPU, which then runs epoch after epoch without waiting for
         # the host. loss_ and on_epoch see every epoch's exact J either way.
@@ -159,43 +207,19 @@ class GloVe:
                 self.loss_.append(value)
             pending.clear()
 
-        # The stopping rule is applied on the device too, so a GPU fit stops at the same epoch as
-        # a CPU one whenever its host looks: the epochs it ran ahead change nothing it keeps.
-        window = max(1, self.window)
-        lowest = torch.full((window,), math.inf, dtype=torch.float64, device=dev)  # ring of J
-        stopped = torch.zeros((), dtype=torch.bool, device=dev)
-        stop_epoch = torch.full((), self.epochs, dtype=torch.int64, device=dev)
         for epoch in range(self.epochs + 1):
             with torch.no_grad():
                 value = step(params, grads)
-                better = (value < best_loss) & ~stopped
-                for kept, p in zip(best, params):
-                    torch.where(better, p, kept, out=kept)
-                best_epoch.masked_fill_(better, epoch)
-                torch.where(better, value, best_loss, out=best_loss)
+                kept.update(epoch, value)
                 pending.append(value)
-                if self.tol > 0:
-                    # lowest[epoch % window] held the lowest J as of `window` epochs ago
-                    converged = (lowest[epoch % window] - best_loss <= self.tol * best_loss) & ~stopped
-                    lowest[epoch % window] = best_loss
-                    stop_epoch.masked_fill_(converged, epoch)
-                    stopped |= converged
             last = epoch == self.epochs
             if dev.type == "cpu" or last or time.monotonic() - synced >= SYNC_SECONDS:
                 sync()
                 synced = time.monotonic()
-                last = last or (self.tol > 0 and bool(stopped))
+                last = last or (self.tol > 0 and bool(kept.stopped))
             if last:
                 break
             optimizer.step(grads)
-        self.n_epochs_ = int(stop_epoch)
-        self.stop_reason_ = "converged" if bool(stopped) else "epochs"
-        del self.loss_[self.n_epochs_ + 1:]  # epochs a GPU ran past the stop
-        self.best_epoch_ = int(best_epoch)
-        w, wc, b, bc = (p.cpu().numpy() for p in best)
-        self.w_, self.w_context_, self.b_, self.b_context_ = w, wc, b, bc
-        self.vectors_ = (w + wc).astype(np.float32)
-        return self
 
     def _step(self, i, j, x, k, dev):
         """The epoch's step(params, grads) -> J, as `steps` says."""
@@ -291,4 +315,5 @@ class GloVe:
 
     def loss(self, i, j, x) -> float:
         """J of the fitted state on the given non-zeros (float64 reference evaluation)."""
-        return loss(self.w_, self.w_context_, self.b_, self.b_context_, i, j, x, self.x_max, self.alpha)
+        return loss((self.w_, self.w_context_, self.b_, self.b_context_), (i, j, x),
+                    x_max=self.x_max, alpha=self.alpha)

@@ -493,8 +493,9 @@ class ShardWorker:
         i, j, x = (table.column(c).to_numpy() for c in ("i", "j", "x"))
         report = Reporter(board)
         with all_cores():
-            model = GloVe(cfg.dim, cfg.x_max, cfg.alpha, cfg.epochs, cfg.learning_rate, cfg.seed,
-                          device, tol=cfg.glove_tol).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
+            model = GloVe(cfg.dim, x_max=cfg.x_max, alpha=cfg.alpha, epochs=cfg.epochs,
+                          learning_rate=cfg.learning_rate, seed=cfg.seed, device=device,
+                          tol=cfg.glove_tol).fit(i, j, x, cfg.vocab_size, on_epoch=lambda e, value: report(
                               "glove", e, cfg.epochs, "epochs", f"loss {value:.5g}"))
         report.flush()
         state = {"w": model.w_, "w_context": model.w_context_, "b": model.b_,
