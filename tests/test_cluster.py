@@ -160,21 +160,21 @@ def make_probe(gpus, avoid):
 def test_a_gpu_that_never_comes_is_waited_for_within_the_bound(ray_session, caplog):
     start = time.time()
     result = on_one_actor(make_probe, GpuPlan(True, False, 2.0, "node types: x"),
-                          lambda a: ray.get(a.run.remote(None)), "glove", print, [])
+                          lambda a: ray.get(a.run.remote(None)), what="glove", echo=print, lost=[])
     assert result["gpus"] == [] and tuple(result["device"]) == ("cpu", None)
     assert time.time() - start < 60
     assert "glove: no GPU node joined within 2 s (node types: x); running on CPU" in caplog.text
     with pytest.raises(VgrayError, match=r"^--device cuda, but no GPU node joined within 2 s "
                        r"\(node types: x\)$"):
         on_one_actor(make_probe, GpuPlan(True, True, 2.0, "node types: x"),
-                     lambda a: ray.get(a.run.remote(None)), "glove", print, [])
+                     lambda a: ray.get(a.run.remote(None)), what="glove", echo=print, lost=[])
 
 
 def test_a_lost_worker_is_run_again(ray_session, tmp_path):
     said, lost = [], []
     flag = str(tmp_path / "died-once")
     result = on_one_actor(make_probe, GpuPlan(False, False, 0.0), lambda a: ray.get(
-        a.run.remote(flag)), "glove", said.append, lost)
+        a.run.remote(flag)), what="glove", echo=said.append, lost=lost)
     assert result["gpus"] == [] and os.path.exists(flag)
     assert len(said) == 1 and said[0].startswith("glove: its worker or node was lost")
     # Only the process died: its time is recorded as lost work, and the node, still alive, is

@@ -315,7 +315,7 @@ class Job:
 
         lost = []
         try:
-            fit = on_one_actor(make, self.gpu, call, what, self.echo, lost, keep)
+            fit = on_one_actor(make, self.gpu, call, what=what, echo=self.echo, lost=lost, keep=keep)
         finally:
             where += [(f"{what} (lost)", w) for w in lost]
         where.append((what, fit.where))

@@ -346,7 +346,7 @@ def last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def on_one_actor(make_actor, plan: GpuPlan, call, what: str, echo, lost: list,
+def on_one_actor(make_actor, plan: GpuPlan, call, *, what: str, echo, lost: list,
                  keep=None) -> dict:
     """call(actor) on the actor that make_actor(gpu, avoid) gives for each attempt: by default
     a fresh one, killed when done so that nothing stays on its node; keep(actor, ok), if given,

@@ -28,7 +28,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, echo, stage: str, total: int, unit: str, tty: bool | None = None,
+    def __init__(self, echo, stage: str, total: int, unit: str, *, tty: bool | None = None,
                  every: float | None = None, clock=time.monotonic, stream=None):
         self.echo, self.stage, self.total, self.unit = echo, stage, max(0, int(total)), unit
         self.stream = stream if stream is not None else sys.stderr

@@ -40,7 +40,7 @@ def is_synth_output(out: str) -> bool:
         for n in os.listdir(features))
 
 
-def clear(out: str, force: bool = False) -> None:
+def clear(out: str, *, force: bool = False) -> None:
     """Make OUT ready for a new corpus. A non-empty OUT is refused unless `force`; with it,
     what an earlier make_corpus wrote there is removed (nothing else, and never OUT itself),
     so that no video or label of the old corpus remains. What make_corpus would overwrite
@@ -67,7 +67,7 @@ def clear(out: str, force: bool = False) -> None:
             os.remove(path)
 
 
-def make_corpus(out: str, videos: int = 200, dim: int = 64, words: int = 24, topics: int = 4,
+def make_corpus(out: str, *, videos: int = 200, dim: int = 64, words: int = 24, topics: int = 4,
                 flow: bool = False, flow_dim: int = 32, min_clips: int = 16, max_clips: int = 64,
                 noise: float = 0.1, train_fraction: float = 0.8, seed: int = 0,
                 force: bool = False) -> dict:
@@ -76,7 +76,7 @@ def make_corpus(out: str, videos: int = 200, dim: int = 64, words: int = 24, top
     OUT is refused unless `force` replaces the corpus in it (see `clear`)."""
     if not (words >= topics >= 1 and videos >= 1 and 1 <= min_clips <= max_clips and dim >= 1):
         raise ValueError("synth needs words >= topics >= 1, videos >= 1, 1 <= min_clips <= max_clips")
-    clear(out, force)
+    clear(out, force=force)
     rng = np.random.default_rng(seed)
     rgb_points = rng.normal(size=(words, dim)).astype(np.float32)
     flow_points = rng.normal(size=(words, flow_dim)).astype(np.float32)
