@@ -358,7 +358,7 @@ def evaluate(run: Run,
 
     if features is not None and labels is None:
         _fail(ValueError("FEATURES is used by the probe: give --labels too"))
-    result = _run(run_evaluate, run, features, labels, out)
+    result = _run(run_evaluate, run, features, labels, out=out)
     if not quiet:
         typer.echo("\n".join(lines(result)))
     typer.echo(f"wrote {out or fs.join(fs.normalize(run), 'evaluation.json')}", err=True)

@@ -71,12 +71,13 @@ def usage_measures(tokens: dict[str, np.ndarray], vocab_size: int) -> dict:
             "dead_words": len(dead), "tiny_words": len(tiny)}
 
 
-def neighbour_share(vectors: np.ndarray, i: np.ndarray, j: np.ndarray, x: np.ndarray,
-                    k: int = NEIGHBOURS) -> float:
+def neighbour_share(vectors: np.ndarray, nonzeros, *, k: int = NEIGHBOURS) -> float:
     """Mean over words with co-occurrence mass of the share of that mass (sum of X[w, :]) which
-    falls on the word's k nearest other words by cosine of the GloVe vectors."""
+    falls on the word's k nearest other words by cosine of the GloVe vectors; `nonzeros`: the
+    co-occurrence counts as (i, j, x)."""
     from scipy.sparse import csr_matrix
 
+    i, j, x = nonzeros
     words = len(vectors)
     matrix = csr_matrix((x, (i, j)), shape=(words, words))
     total = np.asarray(matrix.sum(axis=1)).ravel()
@@ -126,7 +127,7 @@ def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) ->
 # ---------------------------------------------------------------------------------------------
 # Probe and retrieval
 
-def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> float:
     """Mean accuracy of a logistic-regression probe over stratified folds (at most FOLDS, at most
     the smallest class's size), standardised features, fixed seed."""
     from sklearn.linear_model import LogisticRegression
@@ -156,8 +157,8 @@ def retrieval_map(features: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def representations(ids: list[str], tokens: dict[str, np.ndarray], vectors: np.ndarray,
-                    raw: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def representations(ids: list[str], tokens: dict[str, np.ndarray], *, vectors: np.ndarray,
+                    raw: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Each video mean-pooled: GloVe embeddings, bag of words, and with FEATURES raw, raw+GloVe."""
     words = len(vectors)
     reps = {"visual_glove": np.stack([vectors[tokens[v]].mean(axis=0) for v in ids]),
@@ -175,7 +176,7 @@ def _reading_of(manifest: dict, features: str):
     return reading_of(manifest, features)
 
 
-def mean_features(features: str, streams: str, ids: set[str], batch_clips: int = 8192,
+def mean_features(features: str, streams: str, *, ids: set[str], batch_clips: int = 8192,
                   reading=None) -> dict[str, np.ndarray]:
     """The mean clip feature (in RUN's streams) of each of `ids` in FEATURES, read in blocks."""
     from .corpus import load_clips
@@ -194,7 +195,7 @@ def mean_features(features: str, streams: str, ids: set[str], batch_clips: int =
 # ---------------------------------------------------------------------------------------------
 # The command
 
-def evaluate(run_dir: str, features: str | None = None, labels_path: str | None = None,
+def evaluate(run_dir: str, features: str | None = None, labels_path: str | None = None, *,
              out: str | None = None) -> dict:
     """Every measure of RUN (and, with labels, the probe and retrieval table); written to
     RUN/evaluation.json or `out`."""
@@ -211,11 +212,11 @@ def evaluate(run_dir: str, features: str | None = None, labels_path: str | None 
               "intrinsic": {"final_loss": stages.get("glove", {}).get("final_loss"),
                             "inertia_per_clip": stages.get("vocab", {}).get("inertia_per_clip"),
                             **usage_measures(tokens, cfg["vocab_size"]),
-                            "neighbour_share": neighbour_share(vectors, *table),
+                            "neighbour_share": neighbour_share(vectors, table),
                             "held_out": held_out_loss(run, manifest, tokens)}}
     if labels_path is not None:
-        result["labels"] = _labelled(run, manifest, tokens, vectors, read_labels(labels_path),
-                                     features, cfg)
+        result["labels"] = _labelled(run, manifest, tokens=tokens, vectors=vectors, cfg=cfg,
+                                     labels=read_labels(labels_path), features=features)
     write_json(out or run.path("evaluation.json"), result)
     return result
 
@@ -229,8 +230,9 @@ def read_table_all(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return i, j, x
 
 
-def _labelled(run: RunDir, manifest: dict, tokens: dict, vectors: np.ndarray,
-              labels: dict[str, str], features: str | None, cfg: dict) -> dict:
+def _labelled(run: RunDir, manifest: dict, *, tokens: dict, vectors: np.ndarray, cfg: dict,
+              labels: dict[str, str], features: str | None) -> dict:
+    """The probe and retrieval table of the labelled videos of RUN, per representation."""
     skipped = {s["video_id"] for s in run.skips()}
     unknown = sorted(v for v in labels if v not in tokens and v not in skipped)
     if unknown:
@@ -245,15 +247,15 @@ def _labelled(run: RunDir, manifest: dict, tokens: dict, vectors: np.ndarray,
     if sizes.min() < 2:
         raise VgrayError(f"class {classes[sizes.argmin()]!r} has 1 labelled video; every class "
                          "needs at least 2 for a cross-validated probe")
-    raw = mean_features(features, cfg["streams"], set(ids),
+    raw = mean_features(features, cfg["streams"], ids=set(ids),
                         reading=_reading_of(manifest, features)) if features else None
     if raw is not None and set(raw) != set(ids):
         missing = sorted(set(ids) - set(raw))
         raise VgrayError(f"{len(missing)} labelled videos are not in FEATURES {features} "
                          f"(first: {missing[0]})")
     seed = int(cfg.get("seed", 0))
-    rows = {name: {"probe_accuracy": probe_accuracy(x, y, seed), "retrieval_map": retrieval_map(x, y)}
-            for name, x in representations(ids, tokens, vectors, raw).items()}
+    rows = {name: {"probe_accuracy": probe_accuracy(x, y, seed=seed), "retrieval_map": retrieval_map(x, y)}
+            for name, x in representations(ids, tokens, vectors=vectors, raw=raw).items()}
     return {"videos": len(ids), "classes": len(classes), "chance": float(sizes.max() / len(ids)),
             "folds": min(FOLDS, int(sizes.min())),
             "unlabelled_videos": len(tokens) - len(ids),
