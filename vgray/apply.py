@@ -15,40 +15,41 @@ from .resume import Summary, make_shards
 from .store import TOKENS_SCHEMA, RunDir, atomic_path, load_run, read_table
 
 
-def assign(run_dir: str, features: str, out: str, workers: int | None = None,
+def assign(run_dir: str, features: str, out: str, *, workers: int | None = None,
            strict: bool = False, echo=None, follow_symlinks: bool = False,
            reading: dict | None = None) -> Summary:
     """Tokens of any corpus with a trained vocabulary: OUT/{id}.npy and OUT/tokens.parquet.
     `reading`: how FEATURES is read (input_format, hdf5_key, hdf5_flow_key; default detected)."""
-    return _apply(run_dir, features, out, "assign", workers, strict, echo, follow_symlinks,
-                  reading=reading)
+    return _apply("assign", run_dir, features=features, out=out, echo=echo, options={
+        "workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
+        "embeddings": "files", **(reading or {})})
 
 
-def embed_corpus(run_dir: str, features: str, out: str, workers: int | None = None,
+def embed_corpus(run_dir: str, features: str, out: str, *, workers: int | None = None,
                  strict: bool = False, echo=None, follow_symlinks: bool = False,
                  embeddings: str = "files", reading: dict | None = None) -> Summary:
     """Embeddings and concatenations of any corpus with a trained model, laid out as in RUN
     (embeddings "files"), or one per-clip table per shard and no concatenations ("parquet")."""
-    return _apply(run_dir, features, out, "embed", workers, strict, echo, follow_symlinks,
-                  embeddings, reading)
+    return _apply("embed", run_dir, features=features, out=out, echo=echo, options={
+        "workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
+        "embeddings": embeddings, **(reading or {})})
 
 
-def _apply(run_dir: str, features: str, out: str, command: str, workers: int | None,
-           strict: bool, echo, follow_symlinks: bool, embeddings: str = "files",
-           reading: dict | None = None) -> Summary:
+def _apply(command: str, run_dir: str, *, features: str, out: str, echo, options: dict) -> Summary:
+    """`command` with RUN's model on FEATURES into OUT; `options`: the settings of this run that
+    are not RUN's (workers, strict, follow_symlinks, embeddings, how FEATURES is read)."""
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
     features = fs.normalize(features)
-    cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
-                         "follow_symlinks": follow_symlinks, "embeddings": embeddings,
-                         "input_format": None, "hdf5_key": None, "hdf5_flow_key": None,
-                         **(reading or {})})
+    cfg = TrainConfig(**{**manifest["config"], "input_format": None, "hdf5_key": None,
+                         "hdf5_flow_key": None, **options})
     if RunDir(out).root == RunDir(run_dir).root:
         raise VgrayError("--out must be another directory than RUN")
     with Job(out, echo, features) as job:
-        return _apply_job(job, run_dir, features, command, cfg, manifest, centroids, vectors)
+        return _apply_job(job, command, run_dir=run_dir, features=features, cfg=cfg,
+                          manifest=manifest, centroids=centroids, vectors=vectors)
 
 
-def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainConfig,
+def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: TrainConfig,
                manifest: dict, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
     settings = {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
                 "shard_clips": cfg.shard_clips}

@@ -166,7 +166,7 @@ def _mdvc_warning(out: str) -> None:
         typer.echo(line, err=True)
 
 
-def _dispatch(address, no_wait, quiet, line, local, verb, after=None):
+def _dispatch(line, local, *, verb, address, no_wait, quiet, after=None):
     """Submit `line` (command, arguments, options: as _argv takes them) to the Jobs API (http
     address), or run `local` here on the given/embedded Ray and print the summary line."""
     from . import submit
@@ -176,7 +176,7 @@ def _dispatch(address, no_wait, quiet, line, local, verb, after=None):
             def note(message):  # shown even with -q: it is about where the data must be
                 typer.echo(message, err=True)
 
-            args = _argv(*line, quiet, path=lambda p: submit.cluster_path(p, address, note))
+            args = _argv(*line, quiet=quiet, path=lambda p: submit.cluster_path(p, address, note))
             return submit.submit(address, args, wait=not no_wait, echo=note)
 
         _run(go)
@@ -209,7 +209,7 @@ def _settings(params: dict, leave: tuple = ()) -> dict:
     return {f.name: params[f.name] for f in dataclasses.fields(TrainConfig) if f.name not in leave}
 
 
-def _argv(command: str, arguments: dict, options: dict, quiet: bool, path=None) -> list[str]:
+def _argv(command: str, arguments: dict, options: dict, *, quiet: bool, path=None) -> list[str]:
     """The command line that reproduces these arguments (in order) and options (for a job's
     entrypoint); `path`, where given, rewrites the value of each parameter named in PATHS."""
 
@@ -282,16 +282,15 @@ def train(
             typer.echo(f"report: {write_report(out)}", err=True)
         return summary
 
-    _dispatch(address, no_wait, quiet, line, local, "embedded",
+    _dispatch(line, local, verb="embedded", address=address, no_wait=no_wait, quiet=quiet,
               after=lambda summary: _mdvc_warning(summary.out))
 
 
-def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks=False, embeddings: str | None = None, reading: dict | None = None):
+def _apply(command: str, run, features, *, out, workers, strict, follow_symlinks, reading: dict,
+           quiet, address, no_wait, embeddings: str | None = None):
     """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
     from . import apply
 
-    reading = reading or {}
     options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
                **reading}
     if command == "embed":  # a choice: checked by the option itself (and by TrainConfig)
@@ -299,13 +298,14 @@ def _apply(command: str, verb: str, run, features, out, workers, strict, quiet, 
     line = (command, {"run": run, "features": features}, {"out": out, **options})
 
     def local():
+        common = {"workers": workers, "strict": strict, "echo": _echo(quiet),
+                  "follow_symlinks": follow_symlinks, "reading": reading}
         if command == "assign":
-            return apply.assign(run, features, out, workers, strict, _echo(quiet), follow_symlinks,
-                                reading)
-        return apply.embed_corpus(run, features, out, workers, strict, _echo(quiet),
-                                  follow_symlinks, embeddings, reading)
+            return apply.assign(run, features, out, **common)
+        return apply.embed_corpus(run, features, out, embeddings=embeddings, **common)
 
-    _dispatch(address, no_wait, quiet, line, local, verb,
+    _dispatch(line, local, verb="tokenised" if command == "assign" else "embedded",
+              address=address, no_wait=no_wait, quiet=quiet,
               after=(lambda summary: _mdvc_warning(summary.out)) if command == "embed" else None)
 
 
@@ -317,9 +317,10 @@ def assign(run: Run, features: Features,
            input_format: InputFormat = None, hdf5_key: Hdf5Key = None,
            hdf5_flow_key: Hdf5FlowKey = None):
     """Visual words of every clip of FEATURES with RUN's vocabulary."""
-    _apply("assign", "tokenised", run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks, reading={"input_format": input_format, "hdf5_key": hdf5_key,
-                                     "hdf5_flow_key": hdf5_flow_key})
+    _apply("assign", run, features, out=out, workers=workers, strict=strict, quiet=quiet,
+           address=address, no_wait=no_wait, follow_symlinks=follow_symlinks,
+           reading={"input_format": input_format, "hdf5_key": hdf5_key,
+                    "hdf5_flow_key": hdf5_flow_key})
 
 
 @app.command()
@@ -330,9 +331,10 @@ def embed(run: Run, features: Features,
           embeddings: Embeddings = "files", input_format: InputFormat = None,
           hdf5_key: Hdf5Key = None, hdf5_flow_key: Hdf5FlowKey = None):
     """Visual GloVe embeddings (and concatenations) of every clip of FEATURES with RUN's model."""
-    _apply("embed", "embedded", run, features, out, workers, strict, quiet, address, no_wait,
-           follow_symlinks, embeddings, {"input_format": input_format, "hdf5_key": hdf5_key,
-                                         "hdf5_flow_key": hdf5_flow_key})
+    _apply("embed", run, features, out=out, workers=workers, strict=strict, quiet=quiet,
+           address=address, no_wait=no_wait, follow_symlinks=follow_symlinks,
+           embeddings=embeddings, reading={"input_format": input_format, "hdf5_key": hdf5_key,
+                                           "hdf5_flow_key": hdf5_flow_key})
 
 
 @app.command()
@@ -413,7 +415,7 @@ def sweep(
                                 checked)
         return summary
 
-    _dispatch(address, no_wait, quiet, line, local, "")
+    _dispatch(line, local, verb="", address=address, no_wait=no_wait, quiet=quiet)
 
 
 @app.command()
