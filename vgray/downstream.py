@@ -124,6 +124,45 @@ def cannot_read(settings: Settings) -> dict[str, list[str]]:
 def check(run_dir: str, model: str, features: str | None = None) -> Report:
     """Check RUN (a `vgray train` or `vgray embed` output) against `model`'s loader, for every
     video of FEATURES (default: the corpus RUN was made from)."""
+    run, manifest = _embedded_run(run_dir, model)
+    features = fs.normalize(features or manifest["features"])
+    reading = reading_of(manifest, features)
+    source = formats.detect(features, reading.format)
+    corpus = scan(features, reading=reading)
+    found = _Found(skipped={s["video_id"]: s["reason"] for s in run.skips()})
+    # First what the settings decide, as train's warning says it (for RUN's own corpus the scan
+    # finds the layout and widths its manifest records); BMT's reasons are about the videos of
+    # FEATURES, MDVC's about RUN's concatenations and embeddings.
+    dim = run_dim(manifest)
+    for n, reason in enumerate(cannot_read(Settings(corpus.layout, corpus.rgb_dim,
+                                                    corpus.flow_dim, dim))[model]):
+        found.add(f"settings {n}", features if model == "bmt" else run.root, reason)
+    if model == "bmt" and source != formats.NPY:
+        found.add("settings format", features, f"FEATURES is {source}; BMT reads its video stream "
+                  "from {id}_rgb.npy and {id}_flow.npy files (MDVC reads RUN's concat/, which is .npy)")
+    for s in corpus.skips:
+        found.add("features unusable", s.path or features,
+                  f"{s.reason}; neither model can use {s.video_id}")
+    single = corpus.layout != TWO_STREAM  # said by the settings: no file to look for
+    for v in ([] if single or (model == "bmt" and source != formats.NPY) else corpus.videos):
+        _check_video(found, v, model, run=run, corpus=corpus, features=features, dim=dim)
+    if model == "bmt":
+        for kind in ("audio", "video rgb", "video flow"):
+            if len(found.widths[kind]) > 1:
+                found.add(f"{kind} widths", run.root if kind == "audio" else features,
+                          f"{kind} files of several widths {sorted(found.widths[kind])}; BMT takes "
+                          f"one --d_{'aud' if kind == 'audio' else 'vid'}")
+    d_vid = next(iter(found.widths["video rgb"]), I3D)
+    d_aud = next(iter(found.widths["audio"]), MDVC_AUDIO)
+    flags = (f"--video_features_path {features} --audio_features_path "
+             f"{run.embeddings_dir} --d_vid {d_vid} --d_aud {d_aud}" if model == "bmt" else
+             f"--video_features_path {run.concat_dir} --audio_features_path "
+             f"{run.embeddings_dir}")
+    return Report(model, len(corpus.videos), found.problems, flags)
+
+
+def _embedded_run(run_dir: str, model: str) -> tuple[RunDir, dict]:
+    """RUN and its manifest, refused unless `model` is known and RUN has per-video embeddings."""
     if model not in MODELS:
         raise VgrayError(f"--for must be one of {', '.join(MODELS)}, got {model!r}")
     run = RunDir(run_dir)
@@ -135,96 +174,83 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
                          "vgray train (same settings and --out) or vgray embed")
     if parquet_layout(manifest):
         raise VgrayError(PARQUET_LINE)
-    features = fs.normalize(features or manifest["features"])
-    reading = reading_of(manifest, features)
-    source = formats.detect(features, reading.format)
-    corpus = scan(features, reading=reading)
-    skipped = {s["video_id"]: s["reason"] for s in run.skips()}
-    problems: list[tuple[str, str, str]] = []
+    return run, manifest
 
-    def add(kind: str, path: str, message: str) -> None:
-        problems.append((kind, path, message))
 
-    # First what the settings decide, as train's warning says it (for RUN's own corpus the scan
-    # finds the layout and widths its manifest records); BMT's reasons are about the videos of
-    # FEATURES, MDVC's about RUN's concatenations and embeddings.
-    dim = run_dim(manifest)
-    for n, reason in enumerate(cannot_read(Settings(corpus.layout, corpus.rgb_dim,
-                                                    corpus.flow_dim, dim))[model]):
-        add(f"settings {n}", features if model == "bmt" else run.root, reason)
-    if model == "bmt" and source != formats.NPY:
-        add("settings format", features, f"FEATURES is {source}; BMT reads its video stream from "
-            "{id}_rgb.npy and {id}_flow.npy files (MDVC reads RUN's concat/, which is .npy)")
-    for s in corpus.skips:
-        add("features unusable", s.path or features, f"{s.reason}; neither model can use {s.video_id}")
-    widths: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+class _Found:
+    """The problems found so far, (kind, file, message) each, and the widths of the .npy files
+    read, by kind; `skipped`: video id -> why vgray skipped it."""
 
-    def header(kind: str, path: str, why: str) -> tuple | None:
+    def __init__(self, *, skipped: dict[str, str]):
+        self.skipped = skipped
+        self.problems: list[tuple[str, str, str]] = []
+        self.widths: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+    def add(self, kind: str, path: str, message: str) -> None:
+        self.problems.append((kind, path, message))
+
+    def header(self, kind: str, path: str, why: str) -> tuple | None:
         """(T, width) of an .npy, or None with the problem recorded."""
         if not fs.exists(path):
             vid = fs.basename(path).rsplit(".", 1)[0].removesuffix("_rgb").removesuffix("_flow")
-            reason = f" (skipped by vgray: {skipped[vid]})" if vid in skipped else ""
-            add(f"{kind} missing", path, f"missing; {why}{reason}")
+            reason = f" (skipped by vgray: {self.skipped[vid]})" if vid in self.skipped else ""
+            self.add(f"{kind} missing", path, f"missing; {why}{reason}")
             return None
         try:
             shape = read_header(path).shape
         except BadVideo as e:
-            add(f"{kind} unreadable", path, str(e))
+            self.add(f"{kind} unreadable", path, str(e))
             return None
-        widths[kind][shape[1]] += 1
+        self.widths[kind][shape[1]] += 1
         return shape
 
-    single = corpus.layout != TWO_STREAM  # said by the settings: no file to look for
-    no_flow = corpus.flow_dim is None  # likewise: no video has a flow file
-    for v in ([] if single or (model == "bmt" and source != formats.NPY) else corpus.videos):
-        frames = {}
-        audio = header("audio", run.embedding(v.video_id),
-                       "BMT fills its audio stream with zeros for it, silently" if model == "bmt"
-                       else "MDVC fails on it")
-        if audio is not None:
-            frames[run.embedding(v.video_id)] = audio[0]
-        if model == "bmt":
-            streams = [("rgb", v.rgb_path), ("flow", v.flow_path or fs.join(
-                features, f"{v.video_id}_flow.npy"))]
-            for stream, path in streams[:1] if no_flow else streams:
-                got = header(f"video {stream}", path, "BMT's video stream needs it")
-                if got is not None:
-                    frames[path] = got[0]
-        else:
-            for stream in ("rgb",) if no_flow else ("rgb", "flow"):
-                path = run.concat(v.video_id, stream)
-                got = header(f"concat {stream}", path, "MDVC needs it"
-                             + ("; the video has no flow features" if stream == "flow"
-                                and v.flow_path is None else ""))
-                if got is None:
-                    continue
-                frames[path] = got[0]
-                # A width the settings give is said once, by them; a file of another is named.
-                width = corpus.rgb_dim if stream == "rgb" else corpus.flow_dim
-                if got[1] != MDVC_VIDEO and (dim is None or got[1] != width + dim):
-                    add(f"concat {stream} width", path, f"width {got[1]}, MDVC asserts "
-                        f"{MDVC_VIDEO} ({I3D} + {MDVC_AUDIO})")
-            if audio is not None and audio[1] not in (MDVC_AUDIO, dim):
-                add("audio width", run.embedding(v.video_id),
-                    f"width {audio[1]}, MDVC asserts {MDVC_AUDIO}")
-        if len(set(frames.values())) > 1:
-            first = min(frames, key=frames.get)
-            add("unequal T", first, "T " + ", ".join(
-                f"{fs.basename(p)} {t}" for p, t in frames.items()) + ": the streams of a video "
-                "must have one T")
+
+def _check_video(found: _Found, v, model: str, *, run: RunDir, corpus, features: str,
+                 dim: int | None) -> None:
+    """The files `model` reads for video v: there, readable, of the widths it takes, of one T."""
+    frames = {}
+    audio = found.header("audio", run.embedding(v.video_id),
+                         "BMT fills its audio stream with zeros for it, silently" if model == "bmt"
+                         else "MDVC fails on it")
+    if audio is not None:
+        frames[run.embedding(v.video_id)] = audio[0]
+    no_flow = corpus.flow_dim is None  # said by the settings: no video has a flow file
     if model == "bmt":
-        for kind in ("audio", "video rgb", "video flow"):
-            if len(widths[kind]) > 1:
-                add(f"{kind} widths", run.root if kind == "audio" else features,
-                    f"{kind} files of several widths {sorted(widths[kind])}; BMT takes one "
-                    f"--d_{'aud' if kind == 'audio' else 'vid'}")
-    d_vid = next(iter(widths["video rgb"]), I3D)
-    d_aud = next(iter(widths["audio"]), MDVC_AUDIO)
-    flags = (f"--video_features_path {features} --audio_features_path "
-             f"{run.embeddings_dir} --d_vid {d_vid} --d_aud {d_aud}" if model == "bmt" else
-             f"--video_features_path {run.concat_dir} --audio_features_path "
-             f"{run.embeddings_dir}")
-    return Report(model, len(corpus.videos), problems, flags)
+        streams = [("rgb", v.rgb_path), ("flow", v.flow_path or fs.join(
+            features, f"{v.video_id}_flow.npy"))]
+        for stream, path in streams[:1] if no_flow else streams:
+            got = found.header(f"video {stream}", path, "BMT's video stream needs it")
+            if got is not None:
+                frames[path] = got[0]
+    else:
+        frames.update(_check_concat(found, v, corpus=corpus, run=run, dim=dim))
+        if audio is not None and audio[1] not in (MDVC_AUDIO, dim):
+            found.add("audio width", run.embedding(v.video_id),
+                      f"width {audio[1]}, MDVC asserts {MDVC_AUDIO}")
+    if len(set(frames.values())) > 1:
+        first = min(frames, key=frames.get)
+        found.add("unequal T", first, "T " + ", ".join(
+            f"{fs.basename(p)} {t}" for p, t in frames.items()) + ": the streams of a video "
+            "must have one T")
+
+
+def _check_concat(found: _Found, v, *, corpus, run: RunDir, dim: int | None) -> dict[str, int]:
+    """MDVC's video stream of video v, RUN's concatenations: path -> T of those read."""
+    frames = {}
+    for stream in ("rgb",) if corpus.flow_dim is None else ("rgb", "flow"):
+        path = run.concat(v.video_id, stream)
+        got = found.header(f"concat {stream}", path, "MDVC needs it"
+                           + ("; the video has no flow features" if stream == "flow"
+                              and v.flow_path is None else ""))
+        if got is None:
+            continue
+        frames[path] = got[0]
+        # A width the settings give is said once, by them; a file of another is named.
+        width = corpus.rgb_dim if stream == "rgb" else corpus.flow_dim
+        if got[1] != MDVC_VIDEO and (dim is None or got[1] != width + dim):
+            found.add(f"concat {stream} width", path, f"width {got[1]}, MDVC asserts "
+                      f"{MDVC_VIDEO} ({I3D} + {MDVC_AUDIO})")
+    return frames
 
 
 PARQUET_LINE = ("the embeddings of this RUN are Parquet tables (--embeddings parquet), with no "

@@ -28,6 +28,9 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
+    """One stage's progress: `done` of `total` `unit`, with its rate and ETA, shown through `echo`
+    (None: shown nowhere) on `stream` in place on a terminal, else as a line every `every` s."""
+
     def __init__(self, echo, stage: str, total: int, unit: str, *, tty: bool | None = None,
                  every: float | None = None, clock=time.monotonic, stream=None):
         self.echo, self.stage, self.total, self.unit = echo, stage, max(0, int(total)), unit

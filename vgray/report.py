@@ -81,7 +81,7 @@ def _usage_figure(counts: np.ndarray):
     return _png(fig)
 
 
-def _map_figure(vectors: np.ndarray, counts: np.ndarray, seed: int = 0):
+def _map_figure(vectors: np.ndarray, counts: np.ndarray, *, seed: int = 0):
     import matplotlib.pyplot as plt
 
     k = len(vectors)
@@ -160,51 +160,73 @@ def report(run_dir: str) -> str:
     counts = usage(run, len(vectors))
     loss_png, curve = _loss_figure(run)
     usage_png = _usage_figure(counts)
-    map_png, how = _map_figure(vectors, counts, manifest["config"].get("seed", 0))
+    map_png, how = _map_figure(vectors, counts, seed=manifest["config"].get("seed", 0))
     images = {"loss.png": loss_png, "usage.png": usage_png, "vocabulary-map.png": map_png}
     for name, data in images.items():
         write_bytes(run.path("report", name), data)
+    kept = manifest.get("stages", {}).get("glove", {}).get("kept_epoch")
+    facts = _facts(manifest.get("corpus", {}), vectors, counts, loss=_loss_fact(curve, kept))
+    index = run.path("report", "index.html")
+    write_text(index, _page(run, manifest, facts=facts, images=images, how=how,
+                            neighbours=_neighbour_rows(vectors, counts, run)))
+    return index
 
+
+def _facts(corpus: dict, vectors: np.ndarray, counts: np.ndarray, *, loss: str) -> list[tuple]:
+    """The rows of the report's Corpus table: (what, value)."""
+    dead, tiny = dead_and_tiny(counts)
+    return [("videos", f"{corpus.get('videos', 0):,}"), ("clips", f"{corpus.get('clips', 0):,}"),
+            ("visual words", f"{len(vectors):,}"), ("vector size", f"{vectors.shape[1]}"),
+            ("GloVe loss", loss),
+            ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
+            (f"tiny words (< {TINY:.0%} of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
+
+
+def _neighbour_rows(vectors: np.ndarray, counts: np.ndarray, run: RunDir) -> str:
+    """The rows of the nearest-neighbours table."""
+    return "".join(
+        f"<tr><td>{word_name(w)} ({counts[w]:,} clips)</td><td>"
+        + ", ".join(f"{word_name(n)} ({c:.2f}, {share:.1%})" for n, c, share in near) + "</td></tr>"
+        for w, near in _neighbours(vectors, counts, run))
+
+
+def _run_tables(run: RunDir, manifest: dict, facts: list[tuple]) -> str:
+    """The Corpus section: its facts, the inputs skipped by reason, the stages and the nodes."""
+    esc = html.escape
     skipped = collections.Counter(s["reason"] for s in run.skips())
-    corpus = manifest.get("corpus", {})
     stages = manifest.get("stages", {})
+    return f"""<h2>Corpus</h2><table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)}</table>
+<h3>Skipped, by reason</h3><table><tr><th>reason</th><th>inputs</th></tr>
+{"".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in skipped.most_common()) or "<tr><td>none</td><td>0</td></tr>"}</table>
+<h3>Stages</h3><table><tr><th>stage</th><th>seconds</th><th>where</th></tr>
+{"".join(f"<tr><td>{esc(s)}</td><td>{v.get('seconds', '')}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
+<h3>Node-seconds by node type</h3><table><tr><th>node type</th><th>nodes</th><th>node-seconds</th></tr>
+{"".join(f"<tr><td>{esc(t)}</td><td>{u['nodes']}</td><td>{u['node_seconds']:.1f}</td></tr>" for t, u in manifest.get("nodes", {}).items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>"""
+
+
+def _page(run: RunDir, manifest: dict, *, facts: list[tuple], images: dict[str, bytes], how: str,
+          neighbours: str) -> str:
+    """index.html: the run's tables, the figures inline, the neighbours and the evaluation."""
     esc = html.escape
 
     def img(name, alt):
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
 
-    dead, tiny = dead_and_tiny(counts)
-    rows = "".join(
-        f"<tr><td>{word_name(w)} ({counts[w]:,} clips)</td><td>"
-        + ", ".join(f"{word_name(n)} ({c:.2f}, {share:.1%})" for n, c, share in near) + "</td></tr>"
-        for w, near in _neighbours(vectors, counts, run))
-    facts = [("videos", f"{corpus.get('videos', 0):,}"), ("clips", f"{corpus.get('clips', 0):,}"),
-             ("visual words", f"{len(vectors):,}"), ("vector size", f"{vectors.shape[1]}"),
-             ("GloVe loss", _loss_fact(curve, stages.get("glove", {}).get("kept_epoch"))),
-             ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
-             (f"tiny words (< {TINY:.0%} of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
-    evaluation = _evaluation_section(run)
-    page = f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vgray report: {esc(fs.basename(run.root))}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}
 img{{max-width:100%}}</style></head><body>
 <h1>vgray report</h1><p>{esc(run.root)}</p>
-<h2>Corpus</h2><table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)}</table>
-<h3>Skipped, by reason</h3><table><tr><th>reason</th><th>inputs</th></tr>
-{"".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in skipped.most_common()) or "<tr><td>none</td><td>0</td></tr>"}</table>
-<h3>Stages</h3><table><tr><th>stage</th><th>seconds</th><th>where</th></tr>
-{"".join(f"<tr><td>{esc(s)}</td><td>{v.get('seconds', '')}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
-<h3>Node-seconds by node type</h3><table><tr><th>node type</th><th>nodes</th><th>node-seconds</th></tr>
-{"".join(f"<tr><td>{esc(t)}</td><td>{u['nodes']}</td><td>{u['node_seconds']:.1f}</td></tr>" for t, u in manifest.get("nodes", {}).items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>
+{_run_tables(run, manifest, facts)}
 <h2>GloVe loss</h2>{img("loss.png", "GloVe loss by epoch")}
 <h2>Vocabulary usage</h2>{img("usage.png", "clips per visual word")}
 <h2>Vocabulary map</h2>{img("vocabulary-map.png", f"{how} map of the visual vocabulary")}
 <h2>Nearest neighbours</h2><p>Cosine on the vectors; in brackets, the cosine and the share of the
 word's co-occurrence mass that the neighbour has.</p>
-<table><tr><th>word</th><th>nearest words</th></tr>{rows}</table>
-{evaluation}
+<table><tr><th>word</th><th>nearest words</th></tr>{neighbours}</table>
+{_evaluation_section(run)}
 <p id="images-ok"></p>
 <script>
 window.addEventListener("load", function () {{
@@ -215,6 +237,3 @@ window.addEventListener("load", function () {{
 </script>
 </body></html>
 """
-    index = run.path("report", "index.html")
-    write_text(index, page)
-    return index
