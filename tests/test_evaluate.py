@@ -70,8 +70,8 @@ def test_intrinsic_measures_against_brute_force(run, corpus):
     dense = brute_force(held, 12, 5)
     i, j = np.nonzero(dense)
     state = np.load(os.path.join(run, "glove", "state.npz"))
-    want = loss(state["w"], state["w_context"], state["b"], state["b_context"], i, j, dense[i, j],
-                TrainConfig().x_max, 0.75)
+    want = loss([state[k] for k in ("w", "w_context", "b", "b_context")], (i, j, dense[i, j]),
+                x_max=TrainConfig().x_max, alpha=0.75)
     assert m["held_out"]["loss"] == pytest.approx(want, rel=1e-9)
     assert m["held_out"]["nonzeros"] == len(i)
     # J at initialization: of the state the fit started from (a fit of 0 epochs keeps it).
