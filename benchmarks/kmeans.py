@@ -38,7 +38,7 @@ def main():
     result = {"machine": machine(), "clips": args.clips, "dim": args.dim, "vocab": args.vocab}
 
     t = time.perf_counter()
-    model = KMeans(args.vocab, args.iters, seed=0).fit(x)
+    model = KMeans(args.vocab, max_iter=args.iters, seed=0).fit(x)
     result.update(vgray_seconds=round(time.perf_counter() - t, 2), vgray_iterations=model.n_iter_,
                   vgray_precision=model.precision_,
                   vgray_inertia_per_clip=round(inertia_per_clip(x, model.cluster_centers_), 3))

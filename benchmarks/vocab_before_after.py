@@ -29,6 +29,6 @@ for rep in range(int(sys.argv[3]) if len(sys.argv) > 3 else 1):
         marks = {}
         def prog(phase, done, total, unit, note=""):
             if phase == "vocab: k-means" and "seeded" not in marks: marks["seeded"] = time.perf_counter()
-        t0 = time.perf_counter(); m = mod.KMeans(1500, 25, 0, "cpu").fit(x, progress=prog); t1 = time.perf_counter()
+        t0 = time.perf_counter(); m = mod.KMeans(1500, max_iter=25, seed=0, device="cpu").fit(x, progress=prog); t1 = time.perf_counter()
         res.setdefault(name, []).append((t1 - t0, marks["seeded"] - t0, m.inertia_ / len(x), m.n_iter_, m.precision_))
         print(name, [round(v, 4) if isinstance(v, float) else v for v in res[name][-1]], flush=True)

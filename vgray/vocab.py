@@ -97,7 +97,7 @@ def assign(features: np.ndarray, centroids: np.ndarray, device: str = "cpu") -> 
     return labels.to(torch.int32).cpu().numpy()
 
 
-def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, *,
                     n_local_trials: int | None = None, bfloat16: bool = False,
                     on_center=None) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
@@ -138,7 +138,7 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator,
     return centers
 
 
-def kmeans_parallel(x: torch.Tensor, k: int, generator: torch.Generator, rounds: int = 5,
+def kmeans_parallel(x: torch.Tensor, k: int, generator: torch.Generator, *, rounds: int = 5,
                     oversample: float = 0.5, bfloat16: bool = False,
                     on_center=None) -> torch.Tensor:
     """k-means|| seeding (Bahmani et al. 2012): `rounds` passes over x, each drawing about
@@ -189,12 +189,12 @@ def kmeans_parallel(x: torch.Tensor, k: int, generator: torch.Generator, rounds:
         owner[rest] = torch.arange(len(chosen), len(chosen) + len(rest), device=dev)
         chosen = torch.cat([chosen, rest])
     weights = torch.bincount(owner, minlength=len(chosen)).double()
-    picked = _weighted_kmeans_plusplus(x[chosen], weights, k, generator, on_center)
+    picked = _weighted_kmeans_plusplus(x[chosen], weights, k, generator, on_center=on_center)
     return x[chosen[picked]]
 
 
 def _weighted_kmeans_plusplus(c: torch.Tensor, weights: torch.Tensor, k: int,
-                              generator: torch.Generator, on_center=None) -> torch.Tensor:
+                              generator: torch.Generator, *, on_center=None) -> torch.Tensor:
     """Greedy k-means++ over m weighted points (m of a few k): indices of the k chosen.
 
     Their m x m squared distances are taken once, so each of the k steps reads only 2 + log k
@@ -260,9 +260,9 @@ class KMeans:
     distances are taken (k-means does not change under translation; bfloat16 does better).
     """
 
-    def __init__(self, n_clusters: int, max_iter: int = 25, seed: int = 0, device: str = "cpu",
-                 precision: str = "auto", seed_sample: int | None = None, tol: float = 1e-4,
-                 init: str = "k-means||"):
+    def __init__(self, n_clusters: int, *, max_iter: int = 25, seed: int = 0,
+                 device: str = "cpu", precision: str = "auto", seed_sample: int | None = None,
+                 tol: float = 1e-4, init: str = "k-means||"):
         if precision not in ("auto", "float32", "bfloat16"):
             raise ValueError("precision must be auto, float32 or bfloat16")
         if init not in INITS:

@@ -469,8 +469,8 @@ class ShardWorker:
         t0 = time.perf_counter()
         report = Reporter(board)
         with all_cores():
-            model = KMeans(cfg.vocab_size, cfg.kmeans_iters, cfg.seed, device).fit(
-                list(samples), progress=report)
+            model = KMeans(cfg.vocab_size, max_iter=cfg.kmeans_iters, seed=cfg.seed,
+                           device=device).fit(list(samples), progress=report)
         report.flush()
         return Fit({"inertia": model.inertia_, "inertia_per_clip": model.inertia_ / clips,
                     "sample_clips": int(clips), "iterations": model.n_iter_, "device": device,
