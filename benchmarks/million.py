@@ -38,8 +38,7 @@ from common import machine, write_result
 PROBE = r"""
 import json, resource, sys, tempfile, time
 import vgray.corpus
-from vgray.corpus import features_fingerprint
-from vgray.readers import scan
+from vgray.readers import features_fingerprint, scan
 from vgray.resume import make_shards
 from vgray.config import TrainConfig
 root, what = sys.argv[1], sys.argv[2]

@@ -340,7 +340,7 @@ def test_the_block_cache_reads_each_block_once(monkeypatch):
     import threading
     import time
 
-    from vgray import formats
+    from vgray import format_base as formats
 
     data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
     requests, sizes = [], []

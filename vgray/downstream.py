@@ -137,7 +137,7 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
         raise VgrayError(PARQUET_LINE)
     features = fs.normalize(features or manifest["features"])
     reading = reading_of(manifest, features)
-    source = formats.detect(features, reading.format)
+    reader = formats.reader_of(features, reading.format)
     corpus = scan(features, reading=reading)
     skipped = {s["video_id"]: s["reason"] for s in run.skips()}
     problems: list[tuple[str, str, str]] = []
@@ -152,8 +152,8 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     for n, reason in enumerate(cannot_read(Settings(corpus.layout, corpus.rgb_dim,
                                                     corpus.flow_dim, dim))[model]):
         add(f"settings {n}", features if model == "bmt" else run.root, reason)
-    if model == "bmt" and source != formats.NPY:
-        add("settings format", features, f"FEATURES is {source}; BMT reads its video stream from "
+    if model == "bmt" and not reader.npy_files:
+        add("settings format", features, f"FEATURES is {reader.name}; BMT reads its video stream from "
             "{id}_rgb.npy and {id}_flow.npy files (MDVC reads RUN's concat/, which is .npy)")
     for s in corpus.skips:
         add("features unusable", s.path or features, f"{s.reason}; neither model can use {s.video_id}")
@@ -176,7 +176,7 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
 
     single = corpus.layout != TWO_STREAM  # said by the settings: no file to look for
     no_flow = corpus.flow_dim is None  # likewise: no video has a flow file
-    for v in ([] if single or (model == "bmt" and source != formats.NPY) else corpus.videos):
+    for v in ([] if single or (model == "bmt" and not reader.npy_files) else corpus.videos):
         frames = {}
         audio = header("audio", run.embedding(v.video_id),
                        "BMT fills its audio stream with zeros for it, silently" if model == "bmt"
