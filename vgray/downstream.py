@@ -24,7 +24,8 @@ import dataclasses
 
 from . import fs
 from . import formats
-from .corpus import TWO_STREAM, read_header, reading_of
+from .corpus import TWO_STREAM, reading_of
+from .npyfile import read_header
 from .readers import scan
 from .errors import BadVideo, VgrayError
 from .progress import plural
