@@ -37,9 +37,8 @@ from common import machine, write_result
 
 PROBE = r"""
 import json, resource, sys, tempfile, time
-import vgray.corpus
-from vgray.corpus import features_fingerprint
-from vgray.readers import scan
+import vgray.format_npy
+from vgray.readers import features_fingerprint, scan
 from vgray.resume import make_shards
 from vgray.config import TrainConfig
 root, what = sys.argv[1], sys.argv[2]
@@ -51,11 +50,11 @@ if what == "workers":
     from vgray.job import Job
 
     headers = [0]
-    read_header = vgray.corpus.read_header
+    read_header = vgray.format_npy.read_header
     def counted(*a, **k):
         headers[0] += 1
         return read_header(*a, **k)
-    vgray.corpus.read_header = counted  # in this process only: the workers are others
+    vgray.format_npy.read_header = counted  # in this process only: the workers are others
     connect()
     started = time.perf_counter()
     with Job(tempfile.mkdtemp(), None) as job:

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from vgray.corpus import (SINGLE_STREAM, TWO_STREAM, load_clips, load_rows, read_header,
-                          read_train_ids)
-from vgray.readers import scan
+from vgray.corpus import SINGLE_STREAM, TWO_STREAM, read_train_ids
+from vgray.npyfile import load_rows, read_header
+from vgray.readers import load_clips, scan
 from vgray.errors import BadVideo, VgrayError
 
 RGB_D, FLOW_D = 8, 4

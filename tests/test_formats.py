@@ -340,7 +340,7 @@ def test_the_block_cache_reads_each_block_once(monkeypatch):
     import threading
     import time
 
-    from vgray import formats
+    from vgray import format_base as formats
 
     data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
     requests, sizes = [], []
@@ -406,3 +406,59 @@ def test_the_block_cache_reads_each_block_once(monkeypatch):
     assert h.read(10) == data[:10]
     settled(failing)
     assert h.read(2000) == data[10:2010] and calls.count(1000) == calls.count(2000) == 2
+
+
+def test_the_registry_is_the_one_list_of_formats(tmp_path):
+    """The formats are READERS' names and nothing else: TrainConfig's check, --format's choices
+    and help, and detect() all give that list; each registered reader implements the protocol
+    with its signatures."""
+    import inspect
+
+    import typer
+
+    from vgray import config, formats
+    from vgray.errors import SettingError, VgrayError
+    from vgray.format_base import FeatureReader
+
+    names = formats.FORMATS
+    assert names == tuple(formats.READERS) and len(set(names)) == len(names) == 5
+    assert config.INPUT_FORMATS == names
+    for name in names:
+        assert config.TrainConfig(input_format=name).input_format == name
+    with pytest.raises(SettingError, match=f"--format must be one of {', '.join(names)}$"):
+        config.TrainConfig(input_format="tfrecord")
+    refused = CliRunner().invoke(app, ["train", str(tmp_path / "none"), "--out",
+                                       str(tmp_path / "out"), "--format", "tfrecord"])
+    assert refused.exit_code == 2 and not (tmp_path / "out").exists()
+    assert "is not one of " + ", ".join(f"'{n}'" for n in names) + "." in refused.output
+    train_cmd = typer.main.get_command(app).commands["train"]
+    (option,) = [p for p in train_cmd.params if "--format" in p.opts]
+    assert option.help.endswith(formats.described() + ".")
+    assert all(f"{name}: {formats.READERS[name].shipped}" in option.help for name in names)
+    # detect(): every registered format is found from what FEATURES is, and can be forced
+    found = {}
+    for name, reader in formats.READERS.items():
+        if name == "hdf5":
+            found[name] = formats.detect(str(tmp_path / "corpus.h5"))  # one file, by suffix
+            continue
+        root = tmp_path / name
+        root.mkdir()
+        (root / f"v1{reader.suffix}").write_bytes(b"")
+        found[name] = formats.detect(str(root))
+        assert formats.detect(str(root), "hdf5") == "hdf5"
+    assert found == {name: name for name in names}
+    with pytest.raises(VgrayError, match=f"must be one of {', '.join(names)}, got 'tfrecord'"):
+        formats.detect(str(tmp_path), "tfrecord")
+    # each reader is the protocol, method by method
+    steps = ["detects", "fingerprint", "listing", "probe", "rows"]
+    for reader in formats.READERS.values():
+        assert isinstance(reader, FeatureReader), reader
+        for step in steps:
+            want = inspect.signature(getattr(FeatureReader, step))
+            got = inspect.signature(getattr(type(reader), step))
+            assert [(p.name, p.kind) for p in got.parameters.values()] == [
+                (p.name, p.kind) for p in want.parameters.values()], (reader.name, step)
+    # a Video or an Entry names its reader, and nothing else reads it
+    assert formats.reader("parquet") is formats.READERS["parquet"]
+    with pytest.raises(VgrayError, match="got 'csv'"):
+        formats.reader("csv")

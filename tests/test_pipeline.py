@@ -105,7 +105,7 @@ def test_quality_on_planted_corpus(trained, corpus):
 def test_rerun_does_no_work(trained, corpus, monkeypatch):
     """A complete RUN is recognised from its manifest, markers and outputs: no Ray work, and not
     one file of RUN written again (sync tools copy whatever was rewritten)."""
-    import vgray.corpus
+    import vgray.format_npy
     import vgray.job
     import vgray.train
 
@@ -114,7 +114,7 @@ def test_rerun_does_no_work(trained, corpus, monkeypatch):
     assert os.path.join(run, "manifest.json") in files and os.path.join(run, "skipped.jsonl") in files
     monkeypatch.setattr(vgray.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
     # one listing of FEATURES tells it: not one header is read
-    monkeypatch.setattr(vgray.corpus, "read_header", lambda *a: pytest.fail("a header was read"))
+    monkeypatch.setattr(vgray.format_npy, "read_header", lambda *a: pytest.fail("a header was read"))
     result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",
                                       corpus["train_ids"], *ARGS[:-1]])
     assert result.exit_code == 0, result.output
@@ -550,10 +550,10 @@ def test_embeddings_as_parquet_equal_the_per_video_files(trained, corpus, tmp_pa
     files hold; no concat/, and the check for BMT/MDVC says why it cannot be read there. The
     driver lists FEATURES and reads no header: the workers do (a header read in the driver's
     process fails the test)."""
-    import vgray.corpus
+    import vgray.format_npy
 
     run, _ = trained
-    monkeypatch.setattr(vgray.corpus, "read_header", lambda *a: pytest.fail("the driver read a header"))
+    monkeypatch.setattr(vgray.format_npy, "read_header", lambda *a: pytest.fail("the driver read a header"))
     out = str(tmp_path / "parquet")
     line = cli("train", corpus["features"], "--out", out, "--train-ids", corpus["train_ids"],
                "--embeddings", "parquet", *ARGS).stdout.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgray.corpus import load_rows, read_header
+from vgray.npyfile import load_rows, read_header
 from vgray.readers import scan
 from vgray.errors import BadVideo
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__
+from . import __version__, formats
 from .config import TrainConfig
 from .errors import Terminated, VgrayError, first_line
 
@@ -107,7 +107,7 @@ KmeansSample = Annotated[Optional[int], typer.Option("--kmeans-sample", rich_hel
 ShardClips = Annotated[int, typer.Option("--shard-clips", rich_help_panel=CLUSTER, help="Clips per unit of work.")]
 BatchClips = Annotated[int, typer.Option("--batch-clips", rich_help_panel=CLUSTER, help="Clips a worker holds in memory at once.")]
 Embeddings = Annotated[Literal["files", "parquet"], typer.Option("--embeddings", rich_help_panel=OUTPUT, help="files: embeddings/{id}.npy and concat/ (what BMT and MDVC read); parquet: one embeddings/part-*.parquet per shard, a row per clip, no concat/ (for corpora of millions of videos).")]
-InputFormat = Annotated[Optional[Literal["npy", "hdf5", "webdataset", "parquet", "pt"]], typer.Option("--format", "--input-format", rich_help_panel=DATA, help="How FEATURES ships (default: detected from what it is): npy files, one HDF5 file, WebDataset .tar shards, Parquet files of a row per video, or .pt tensors.")]
+InputFormat = Annotated[Optional[Literal[formats.FORMATS]], typer.Option("--format", "--input-format", rich_help_panel=DATA, help=f"How FEATURES ships (default: detected from what it is). {formats.described()}.")]
 Hdf5Key = Annotated[Optional[str], typer.Option("--hdf5-key", rich_help_panel=DATA, help="HDF5: the dataset in each video's group (e.g. c3d_features), or a group holding rgb and flow (MDVC's i3d_features). Default: the group's one 2-D float dataset.")]
 Hdf5FlowKey = Annotated[Optional[str], typer.Option("--hdf5-flow-key", rich_help_panel=DATA, help="HDF5: the flow dataset in each video's group.")]
 Reducers = Annotated[int, typer.Option(rich_help_panel=CLUSTER, help="Co-occurrence reduce partitions.")]

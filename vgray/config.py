@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import SettingError
+from .formats import FORMATS as INPUT_FORMATS  # the registry's: the one list of input formats
 
 STREAMS = ("rgb", "flow", "rgb+flow")
 # How embed writes: files, embeddings/{id}.npy and concat/{id}_rgb.npy (what BMT and MDVC read);
@@ -13,7 +14,6 @@ STREAMS = ("rgb", "flow", "rgb+flow")
 # embedding) and no concatenation: no second copy of the features at HowTo100M's scale.
 EMBEDDINGS = ("files", "parquet")
 DEVICES = ("auto", "cpu", "cuda")
-INPUT_FORMATS = ("npy", "hdf5", "webdataset", "parquet", "pt")  # formats.FORMATS
 
 
 @dataclass(frozen=True)

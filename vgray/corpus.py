@@ -1,15 +1,11 @@
-"""Find the videos of a FEATURES directory and load their clip features safely.
+"""The videos of FEATURES as the readers find them, and the Corpus they make.
 
-Two-stream layout: `{id}_rgb.npy` with an optional `{id}_flow.npy`. Single-stream layout (no
-`*_rgb.npy` at all): every `{id}.npy` is one video. Arrays are `[T, D]` of a float dtype.
-The driver lists FEATURES (`list_videos`: names and sizes, one request per 1,000 files on object
-storage, no file opened); the headers are read where the work runs (`probe`, a chunk of the
-listing at a time on the shard workers), and `assemble` makes the Corpus of what they found.
-On object storage a header costs one request, and a file of up to WHOLE_FILE_BYTES is read
-whole in that request and checked (`Video.checked`): the later passes then read only the
-streams they use. Arrays are memory-mapped (locally) or read in row blocks (one ranged read at
-the offset the scan found), so a worker's memory is bounded by the block size, never by a
-video's length; a fault of the storage is a StorageError, never a skip.
+A listing of FEATURES (readers.list_videos, by the reader of its format) gives an Entry per
+video or container to probe; a probe (where the work runs) gives a Video that says where its
+rows are, or a Skip that says why it cannot be used; `assemble` makes the Corpus of what the
+probes found. Two-stream layout: `{id}_rgb` with an optional `{id}_flow`; single-stream layout
+(no `*_rgb` at all): every `{id}` is one video. Arrays are `[T, D]` of a float dtype. Nothing
+here reads a feature: this module is what every format's reader shares.
 """
 
 from __future__ import annotations
@@ -20,12 +16,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from . import formats, fs
-from .errors import BadVideo, VgrayError
-from .npyfile import (HEADER_BYTES, NpyHeader, all_finite, file_size, finite, load_rows,
-                      parse_header, read_at, read_header, read_rows_at)
+from . import fs
+from .errors import VgrayError
+from .npyfile import NpyHeader
 
 RGB_SUFFIX = "_rgb.npy"
 FLOW_SUFFIX = "_flow.npy"
@@ -57,11 +50,11 @@ class Video:
     frames: int
     rgb_dim: int
     flow_dim: int | None
+    source: str = field(compare=False, repr=False)  # its format (formats.py), which reads it
     rgb_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     flow_header: NpyHeader | None = field(default=None, compare=False, repr=False)
     checked: bool = field(default=False, compare=False, repr=False)
-    # where the streams are inside a container (formats.py): its format and each stream's key
-    source: str = field(default="npy", compare=False, repr=False)
+    # where the streams are inside a container: each stream's key
     rgb_key: str | None = field(default=None, compare=False, repr=False)
     flow_key: str | None = field(default=None, compare=False, repr=False)
 
@@ -109,43 +102,6 @@ class Corpus:
         return [v for v in self.videos if self.is_train(v.video_id)]
 
 
-def stream_rows(video: Video, stream: str, start: int = 0, stop: int | None = None
-                ) -> np.ndarray:
-    """Rows [start, stop) of one stream of a video, whatever its format."""
-    path = video.rgb_path if stream == "rgb" else video.flow_path
-    header = video.rgb_header if stream == "rgb" else video.flow_header
-    key = video.rgb_key if stream == "rgb" else video.flow_key
-    if video.source == formats.NPY:
-        return load_rows(path, start, stop, header)
-    if video.source == formats.WEBDATASET:  # an .npy member at its offset in the tar
-        return finite(read_rows_at(path, start, stop, header), start)
-    if video.source == formats.HDF5:
-        return formats.h5_rows(path, key, start, stop)
-    if video.source == formats.PT:
-        return formats.pt_rows(path, start, stop)
-    return formats.parquet_rows(path, key, stream, start, stop)
-
-
-def load_clips(video: Video, streams: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Clips [start, stop) of the features that are clustered: rgb, flow, or both side by side.
-
-    Every stream of the video is read and checked, clustered or not: a video is used whole or
-    skipped whole. A stream the scan already read whole and checked (`Video.checked`) is not
-    read again where it is not clustered.
-    """
-    if streams == "rgb":
-        rgb = stream_rows(video, "rgb", start, stop)
-        if video.flow_path is not None and not video.checked:
-            stream_rows(video, "flow", start, stop)
-        return rgb
-    if video.flow_path is None:
-        raise BadVideo(f"no flow file, but --streams {streams} needs one")
-    flow = stream_rows(video, "flow", start, stop)
-    if streams == "flow":
-        return flow
-    return np.concatenate([stream_rows(video, "rgb", start, stop), flow], axis=1)
-
-
 @dataclass(frozen=True)
 class Reading:
     """How FEATURES is read: its format (None: detected, formats.detect) and, for HDF5, the
@@ -175,26 +131,6 @@ def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = Fa
     for name in sorted(n for n in sizes if n.endswith(suffix)):
         h.update(f"\0{name}\0{sizes[name]}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
-
-
-def features_fingerprint(root: str, follow_symlinks: bool = False, reading: Reading | None = None
-                  ) -> str:
-    """The listing fingerprint of FEATURES, from one listing: no file is opened (the no-op
-    check of a run at a million videos reads no header)."""
-    fmt = formats.detect(root, reading.format if reading else None)
-    if fmt == formats.HDF5:
-        return _hdf5_fingerprint(root, reading)
-    if not fs.isdir(root):
-        raise VgrayError(f"FEATURES {root} is not a directory")
-    return listing_fingerprint(fs.files(root), follow_symlinks, formats.CONTAINER_SUFFIX[fmt],
-                               reading)
-
-
-def _hdf5_fingerprint(path: str, reading: Reading | None) -> str:
-    info = fs.stat(path)
-    if info is None:
-        raise VgrayError(f"FEATURES {path} does not exist")
-    return listing_fingerprint({fs.basename(path): info["size"]}, False, "", reading)
 
 
 def read_train_ids(path: str) -> list[str]:
@@ -229,7 +165,7 @@ def id_problem(video_id: str) -> str | None:
     return None
 
 
-def _outside(path: str, root: str) -> bool:
+def outside_root(path: str, root: str) -> bool:
     """Whether a local path is a symlink whose target lies outside root."""
     if fs.is_uri(path) or not os.path.islink(path):
         return False
@@ -254,9 +190,9 @@ class Entry:
     video_id: str
     rgb_path: str
     rgb_size: int | None
+    source: str  # its format (formats.py), which probes it
     flow_path: str | None = None
     flow_size: int | None = None
-    source: str = "npy"
     key: str | None = None
     reading: Reading | None = None
     container: bool = False
@@ -274,14 +210,16 @@ class Listing:
     wanted: set[str] | None
     found: set[str]  # every id with a file, usable or not (for the missing training ids)
     fingerprint: str
-    source: str = "npy"  # the format (formats.py); a container's ids are known once probed
+    layout_probed: bool = False  # the layout is known once probed (from the videos found)
 
     @property
     def containers(self) -> bool:
         return any(e.container for e in self.entries)
 
 
-def _wanted(train_ids: list[str] | None, skips: list[Skip]) -> set[str] | None:
+def wanted_ids(train_ids: list[str] | None, skips: list[Skip]) -> set[str] | None:
+    """The training ids asked for (None: every video trains); one that cannot name output files
+    is a skip."""
     if train_ids is None:
         return None
     wanted = set()
@@ -292,164 +230,6 @@ def _wanted(train_ids: list[str] | None, skips: list[Skip]) -> set[str] | None:
         else:
             skips.append(Skip(tid, None, f"training id rejected: {problem}"))
     return wanted
-
-
-def list_videos(root: str, streams: str = "rgb", train_ids: list[str] | None = None,
-                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
-    """FEATURES from one listing (on object storage one request per 1,000 files; no file is
-    opened): the videos to probe, and the files skipped by their names alone. Ids that could
-    not safely name output files, ids equal but for case, and (unless follow_symlinks) symlinks
-    to files outside FEATURES are skipped with their reason. An HDF5 FEATURES is one file whose
-    groups are listed; WebDataset and Parquet FEATURES list their container files."""
-    fmt = formats.detect(root, reading.format if reading else None)
-    if fmt == formats.HDF5:
-        return _list_hdf5(root, streams, train_ids, reading)
-    if fmt in (formats.WEBDATASET, formats.PARQUET):
-        return _list_containers(root, fmt, streams, train_ids, follow_symlinks, reading)
-    ext = formats.CONTAINER_SUFFIX[fmt]
-    rgb_suffix, flow_suffix = "_rgb" + ext, "_flow" + ext
-    if not fs.isdir(root):
-        raise VgrayError(f"FEATURES {root} is not a directory")
-    sizes = fs.files(root)  # one listing: names and sizes (no request per file for its size)
-    names = sorted(n for n in sizes if n.endswith(ext))
-    layout = TWO_STREAM if any(n.endswith(rgb_suffix) for n in names) else SINGLE_STREAM
-    if layout == SINGLE_STREAM and streams != "rgb":
-        raise VgrayError(f"--streams {streams} needs {{id}}_flow{ext} files, but FEATURES has "
-                         f"the single-stream layout ({{id}}{ext})")
-    skips: list[Skip] = []
-    rgb: dict[str, str] = {}
-    flow: dict[str, str] = {}
-    for name in names:
-        path = fs.join(root, name)
-        if not follow_symlinks and _outside(path, root):
-            stem = name[: -len(ext)]
-            for suffix in (rgb_suffix, flow_suffix) if layout == TWO_STREAM else ():
-                stem = name[: -len(suffix)] if name.endswith(suffix) else stem
-            skips.append(Skip(stem, path, "symlink to a file outside FEATURES (--follow-symlinks "
-                                          "uses it)"))
-            continue
-        if layout == SINGLE_STREAM:
-            rgb[name[: -len(ext)]] = name
-        elif name.endswith(rgb_suffix):
-            rgb[name[: -len(rgb_suffix)]] = name
-        elif name.endswith(flow_suffix):
-            flow[name[: -len(flow_suffix)]] = name
-        else:
-            skips.append(Skip(name[: -len(ext)], path,
-                              f"not named {{id}}{rgb_suffix} or {{id}}{flow_suffix} in a "
-                              "two-stream FEATURES"))
-    for vid in sorted(set(flow) - set(rgb)):
-        skips.append(Skip(vid, fs.join(root, flow[vid]), "flow file without an rgb file"))
-    seen: dict[str, str] = {}
-    entries = []
-    for vid in sorted(rgb):  # ids that cannot name output files, or that collide but for case
-        problem = id_problem(vid)
-        if problem is None and vid.casefold() in seen:
-            problem = (f"id differs from {seen[vid.casefold()]!r} only in case (their outputs "
-                       "would collide on a case-insensitive filesystem)")
-        fname = flow.get(vid)
-        if problem is not None:
-            skips.append(Skip(vid, fs.join(root, rgb[vid]), problem))
-            if fname is not None:
-                skips.append(Skip(vid, fs.join(root, fname), problem))
-            continue
-        seen[vid.casefold()] = vid
-        entries.append(Entry(vid, fs.join(root, rgb[vid]), sizes.get(rgb[vid]),
-                             None if fname is None else fs.join(root, fname),
-                             None if fname is None else sizes.get(fname), fmt))
-    found = {e.video_id for e in entries} | (set(flow) - set(rgb))
-    wanted = _wanted(train_ids, skips)
-    return Listing(root, layout, entries, skips, wanted, found,
-                   listing_fingerprint(sizes, follow_symlinks, ext, reading), fmt)
-
-
-def _list_hdf5(path: str, streams: str, train_ids: list[str] | None,
-               reading: Reading | None) -> Listing:
-    """An HDF5 file's groups, one per video (its metadata is read here, no dataset)."""
-    fingerprint = _hdf5_fingerprint(path, reading)
-    reading = reading or Reading(formats.HDF5)
-    h5py = formats.need_h5py()
-    try:
-        names = sorted(formats.h5_file(path).keys())
-    except VgrayError:
-        raise
-    except Exception as e:  # noqa: BLE001 - h5py raises many kinds on a broken file
-        raise VgrayError(f"cannot read the HDF5 file {path}: {e}") from None
-    skips: list[Skip] = []
-    entries = []
-    for name in names:
-        item = formats.h5_file(path).get(name)
-        if not isinstance(item, h5py.Group):
-            skips.append(Skip(name, f"{path}#{name}", "not a group (one group per video)"))
-            continue
-        problem = id_problem(name)
-        if problem is not None:
-            skips.append(Skip(name, f"{path}#{name}", problem))
-            continue
-        entries.append(Entry(name, path, None, None, None, formats.HDF5, name, reading))
-    two = reading.hdf5_flow_key is not None or streams != "rgb"
-    found = {e.video_id for e in entries}
-    return Listing(path, TWO_STREAM if two else SINGLE_STREAM, entries, skips,
-                   _wanted(train_ids, skips), found, fingerprint, formats.HDF5)
-
-
-def _list_containers(root: str, fmt: str, streams: str, train_ids: list[str] | None,
-                     follow_symlinks: bool, reading: Reading | None) -> Listing:
-    """A directory of WebDataset tar shards or Parquet files: one entry per container; its
-    videos are found by the probe (a tar has no index)."""
-    ext = formats.CONTAINER_SUFFIX[fmt]
-    sizes = fs.files(root)
-    skips: list[Skip] = []
-    entries = []
-    for name in sorted(n for n in sizes if n.endswith(ext)):
-        path = fs.join(root, name)
-        if not follow_symlinks and _outside(path, root):
-            skips.append(Skip(name, path, "symlink to a file outside FEATURES (--follow-symlinks "
-                                          "uses it)"))
-            continue
-        entries.append(Entry(name, path, sizes[name], None, None, fmt, None, reading, True))
-    return Listing(root, TWO_STREAM, entries, skips, _wanted(train_ids, skips), set(),
-                   listing_fingerprint(sizes, follow_symlinks, ext, reading), fmt)
-
-
-
-
-
-def _stream(path: str, size: int | None, whole: bool) -> tuple[NpyHeader, bool]:
-    """A stream file's header, and whether the file was read whole and found finite: on object
-    storage one request either way (the whole file where it is small)."""
-    if size is None:
-        size = file_size(path)
-    if whole and size <= WHOLE_FILE_BYTES:
-        data = read_at(path, 0, size)  # shorter than listed: the file changed, told as truncated
-        head = parse_header(data[:HEADER_BYTES], len(data), lambda need: data[:need])
-        return head, all_finite(data, head)
-    return read_header(path, size), False
-
-
-def probe_npy(entry: Entry, streams: str, whole: bool = False) -> Video | Skip:
-    """The Video of a listed `.npy` entry from its headers, or the Skip saying why it cannot be
-    used; with `whole`, small files are read whole and checked (Video.checked). (Every other
-    format is probed by readers.py.)"""
-    vid = entry.video_id
-    try:
-        head, rgb_ok = _stream(entry.rgb_path, entry.rgb_size, whole)
-    except BadVideo as e:
-        return Skip(vid, entry.rgb_path, str(e))
-    fdim, fhead, flow_ok = None, None, True
-    if entry.flow_path is not None:
-        try:
-            fhead, flow_ok = _stream(entry.flow_path, entry.flow_size, whole)
-        except BadVideo as e:
-            return Skip(vid, entry.flow_path, f"flow: {e}")
-        if fhead.shape[0] != head.shape[0]:
-            return Skip(vid, entry.flow_path, f"rgb has T = {head.shape[0]} clips but flow has "
-                                              f"T = {fhead.shape[0]}")
-        fdim = fhead.shape[1]
-    elif streams != "rgb":
-        return Skip(vid, entry.rgb_path, f"no flow file, but --streams {streams} needs one")
-    return Video(vid, entry.rgb_path, entry.flow_path, head.shape[0], head.shape[1], fdim, head,
-                 fhead, rgb_ok and flow_ok)
 
 
 def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = None,
@@ -489,7 +269,7 @@ def assemble(listing: Listing, found: list[Video | Skip], rgb_dim: int | None = 
     missing = sorted(wanted - listing.found) if wanted is not None else []
     skips.sort(key=lambda s: (s.video_id, s.path or ""))
     layout = listing.layout
-    if listing.source != formats.NPY and listing.source != formats.PT:  # known once probed
+    if listing.layout_probed:
         layout = TWO_STREAM if any(v.flow_path for v in videos) else SINGLE_STREAM
     return Corpus(listing.root, layout, videos, skips, rgb_dim, flow_dim, wanted, missing,
                   listing.fingerprint)

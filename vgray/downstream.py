@@ -24,7 +24,8 @@ import dataclasses
 
 from . import fs
 from . import formats
-from .corpus import TWO_STREAM, read_header, reading_of
+from .corpus import TWO_STREAM, reading_of
+from .npyfile import read_header
 from .readers import scan
 from .errors import BadVideo, VgrayError
 from .progress import plural
@@ -127,7 +128,7 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     run, manifest = _embedded_run(run_dir, model)
     features = fs.normalize(features or manifest["features"])
     reading = reading_of(manifest, features)
-    source = formats.detect(features, reading.format)
+    reader = formats.reader_of(features, reading.format)
     corpus = scan(features, reading=reading)
     found = _Found(skipped={s["video_id"]: s["reason"] for s in run.skips()})
     # First what the settings decide, as train's warning says it (for RUN's own corpus the scan
@@ -137,14 +138,14 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     for n, reason in enumerate(cannot_read(Settings(corpus.layout, corpus.rgb_dim,
                                                     corpus.flow_dim, dim))[model]):
         found.add(f"settings {n}", features if model == "bmt" else run.root, reason)
-    if model == "bmt" and source != formats.NPY:
-        found.add("settings format", features, f"FEATURES is {source}; BMT reads its video stream "
+    if model == "bmt" and not reader.npy_files:
+        found.add("settings format", features, f"FEATURES is {reader.name}; BMT reads its video stream "
                   "from {id}_rgb.npy and {id}_flow.npy files (MDVC reads RUN's concat/, which is .npy)")
     for s in corpus.skips:
         found.add("features unusable", s.path or features,
                   f"{s.reason}; neither model can use {s.video_id}")
     single = corpus.layout != TWO_STREAM  # said by the settings: no file to look for
-    for v in ([] if single or (model == "bmt" and source != formats.NPY) else corpus.videos):
+    for v in ([] if single or (model == "bmt" and not reader.npy_files) else corpus.videos):
         _check_video(found, v, model, run=run, corpus=corpus, features=features, dim=dim)
     if model == "bmt":
         for kind in ("audio", "video rgb", "video flow"):

@@ -179,8 +179,7 @@ def _reading_of(manifest: dict, features: str):
 def mean_features(features: str, streams: str, *, ids: set[str], batch_clips: int = 8192,
                   reading=None) -> dict[str, np.ndarray]:
     """The mean clip feature (in RUN's streams) of each of `ids` in FEATURES, read in blocks."""
-    from .corpus import load_clips
-    from .readers import scan
+    from .readers import load_clips, scan
 
     out = {}
     for v in scan(fs.normalize(features), streams, reading=reading).videos:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from . import fs
 from .config import TrainConfig
-from .corpus import Corpus, Video, features_fingerprint, read_train_ids
-from .readers import scan
+from .corpus import Corpus, Video, read_train_ids
+from .readers import features_fingerprint, scan
 from .errors import StorageError
 from .progress import Progress
 from .store import TRAIN_STAGES, RunDir

@@ -19,13 +19,13 @@ import ray
 
 from . import fs
 from .config import TrainConfig
-from .corpus import (Corpus, Listing, Reading, Skip, Video, assemble, list_videos,
-                     total_clips)
+from .corpus import Corpus, Listing, Reading, Skip, Video, assemble, total_clips
 from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
 from .pool import MAX_ATTEMPTS, RETRIABLE
 from .progress import Progress, plural
+from .readers import list_videos
 from .resume import Check, Summary, fingerprint, outputs_of
 from .store import RunDir, write_text
 from .units import (Count, EmbedUnit, Reduced, ReduceUnit, SampleUnit, Scanned, ScanUnit,

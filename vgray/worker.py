@@ -25,8 +25,9 @@ import ray
 from . import cooccur, fs, s3
 from .cluster import actor_start, here, pick_device
 from .config import TrainConfig
-from .corpus import IO_THREADS, RGB_SUFFIX, Skip, Video, load_clips, load_rows, stream_rows
-from .readers import probe
+from .corpus import IO_THREADS, RGB_SUFFIX, Skip, Video
+from .npyfile import load_rows
+from .readers import load_clips, probe, stream_rows
 from .embed import concat, embed
 from .errors import BadVideo, VgrayError
 from .live import Reporter
@@ -414,20 +415,14 @@ class ShardWorker:
             embeddings exist is done)."""
             emb = embed(tokens[v.video_id], vectors)
             # The output keeps the input's name ({id}_rgb.npy, {id}_flow.npy or {id}.npy); a
-            # container's video is named as the .npy layout would name it.
-            named_by_stream = (v.rgb_path.endswith(RGB_SUFFIX) if v.source == "npy"
-                               else v.flow_path is not None)
-            for stream, source, header in (("rgb", v.rgb_path, v.rgb_header),
-                                           ("flow", v.flow_path, v.flow_header)):
-                if source is None:
+            # video of another format is named as the .npy layout would name it.
+            named_by_stream = v.flow_path is not None or v.rgb_path.endswith(RGB_SUFFIX)
+            for stream, path in (("rgb", v.rgb_path), ("flow", v.flow_path)):
+                if path is None:
                     continue
                 target = run.concat(v.video_id, stream if named_by_stream else None)
-                if v.source == "npy":
-                    write_concat(target, source, emb, v.flow_path is not None, unit.batch_clips,
-                                 header)
-                else:
-                    write_concat(target, lambda a, b, s=stream: stream_rows(v, s, a, b), emb,
-                                 v.flow_path is not None, unit.batch_clips)
+                write_concat(target, lambda a, b, s=stream: stream_rows(v, s, a, b), emb,
+                             v.flow_path is not None, unit.batch_clips)
             save_npy(run.embedding(v.video_id), emb)
             return len(emb)
 
