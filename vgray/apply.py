@@ -4,6 +4,8 @@ stages as train (scan, tokenise, embed) over another output directory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -11,6 +13,7 @@ from . import fs, stages
 from .config import TrainConfig
 from .errors import VgrayError
 from .job import Job
+from .manifest import FeatureReading, Manifest
 from .resume import Summary, make_shards
 from .store import TOKENS_SCHEMA, RunDir, atomic_path, load_run, read_table
 
@@ -38,10 +41,10 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
            reading: dict | None = None) -> Summary:
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
     features = fs.normalize(features)
-    cfg = TrainConfig(**{**manifest["config"], "workers": workers, "strict": strict,
-                         "follow_symlinks": follow_symlinks, "embeddings": embeddings,
-                         "input_format": None, "hdf5_key": None, "hdf5_flow_key": None,
-                         **(reading or {})})
+    cfg = dataclasses.replace(manifest.config, **{
+        "workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
+        "embeddings": embeddings, "input_format": None, "hdf5_key": None, "hdf5_flow_key": None,
+        **(reading or {})})
     if RunDir(out).root == RunDir(run_dir).root:
         raise VgrayError("--out must be another directory than RUN")
     with Job(out, echo, features) as job:
@@ -49,15 +52,15 @@ def _apply(run_dir: str, features: str, out: str, command: str, workers: int | N
 
 
 def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainConfig,
-               manifest: dict, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
+               manifest: Manifest, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
     settings = {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
                 "shard_clips": cfg.shard_clips}
     if command == "embed":
         settings["embeddings"] = cfg.embeddings
-    job.open({"command": command, "features": features, "run": fs.normalize(run_dir),
-              "reading": {"input_format": cfg.input_format, "hdf5_key": cfg.hdf5_key,
-                          "hdf5_flow_key": cfg.hdf5_flow_key}}, settings)
-    dims = manifest["corpus"]
+    job.open(Manifest.for_apply(command, features=features, run=fs.normalize(run_dir),
+                                reading=FeatureReading(cfg.input_format, cfg.hdf5_key,
+                                                       cfg.hdf5_flow_key), settings=settings))
+    dims = manifest.corpus
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
     # What the listing alone refuses is refused before Ray starts.
     listing = stages.listed(features, cfg.streams, cfg.strict, None, cfg.follow_symlinks,
@@ -65,8 +68,8 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
     job.connect()
     job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
-                         dims["rgb_dim"] if uses_rgb else None,
-                         dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks,
+                         dims.rgb_dim if uses_rgb else None,
+                         dims.flow_dim if uses_flow else None, cfg.follow_symlinks,
                          workers=cfg.workers, listing=listing, reading=cfg.reading())
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:

@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from . import fs
+from .manifest import Stage
 from .evaluate import TINY, dead_and_tiny, lines
 from .export import usage, word_name
 from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, write_bytes, write_text
@@ -131,13 +132,13 @@ def _neighbours(vectors: np.ndarray, counts: np.ndarray, run: RunDir) -> list[tu
     return rows
 
 
-def _where(stage: dict) -> str:
+def _where(stage: Stage) -> str:
     """The nodes a stage ran on, by type, and its device where it has one."""
     from .cluster import node_label
 
-    types = collections.Counter(node_label(n) for n in (stage.get("nodes") or {}).values())
+    types = collections.Counter(node_label(n) for n in (stage.nodes or {}).values())
     where = ", ".join(f"{n} × {t}" for t, n in sorted(types.items()))
-    return where + (f" ({stage['device']})" if stage.get("device") else "")
+    return where + (f" ({stage.device})" if stage.device else "")
 
 
 def _evaluation_section(run: RunDir) -> str:
@@ -160,14 +161,15 @@ def report(run_dir: str) -> str:
     counts = usage(run, len(vectors))
     loss_png, curve = _loss_figure(run)
     usage_png = _usage_figure(counts)
-    map_png, how = _map_figure(vectors, counts, manifest["config"].get("seed", 0))
+    map_png, how = _map_figure(vectors, counts, manifest.config.seed)
     images = {"loss.png": loss_png, "usage.png": usage_png, "vocabulary-map.png": map_png}
     for name, data in images.items():
         write_bytes(run.path("report", name), data)
 
     skipped = collections.Counter(s["reason"] for s in run.skips())
-    corpus = manifest.get("corpus", {})
-    stages = manifest.get("stages", {})
+    corpus = manifest.corpus
+    stages = manifest.stages
+    by_type = manifest.placement.nodes if manifest.placement else {}
     esc = html.escape
 
     def img(name, alt):
@@ -179,9 +181,10 @@ def report(run_dir: str) -> str:
         f"<tr><td>{word_name(w)} ({counts[w]:,} clips)</td><td>"
         + ", ".join(f"{word_name(n)} ({c:.2f}, {share:.1%})" for n, c, share in near) + "</td></tr>"
         for w, near in _neighbours(vectors, counts, run))
-    facts = [("videos", f"{corpus.get('videos', 0):,}"), ("clips", f"{corpus.get('clips', 0):,}"),
+    facts = [("videos", f"{corpus.videos if corpus else 0:,}"),
+             ("clips", f"{corpus.clips if corpus else 0:,}"),
              ("visual words", f"{len(vectors):,}"), ("vector size", f"{vectors.shape[1]}"),
-             ("GloVe loss", _loss_fact(curve, stages.get("glove", {}).get("kept_epoch"))),
+             ("GloVe loss", _loss_fact(curve, stages["glove"].kept_epoch)),
              ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
              (f"tiny words (< {TINY:.0%} of mean usage)", ", ".join(map(word_name, tiny[:50])) or "none")]
     evaluation = _evaluation_section(run)
@@ -195,9 +198,9 @@ img{{max-width:100%}}</style></head><body>
 <h3>Skipped, by reason</h3><table><tr><th>reason</th><th>inputs</th></tr>
 {"".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in skipped.most_common()) or "<tr><td>none</td><td>0</td></tr>"}</table>
 <h3>Stages</h3><table><tr><th>stage</th><th>seconds</th><th>where</th></tr>
-{"".join(f"<tr><td>{esc(s)}</td><td>{v.get('seconds', '')}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
+{"".join(f"<tr><td>{esc(s)}</td><td>{'' if v.seconds is None else v.seconds}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
 <h3>Node-seconds by node type</h3><table><tr><th>node type</th><th>nodes</th><th>node-seconds</th></tr>
-{"".join(f"<tr><td>{esc(t)}</td><td>{u['nodes']}</td><td>{u['node_seconds']:.1f}</td></tr>" for t, u in manifest.get("nodes", {}).items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>
+{"".join(f"<tr><td>{esc(t)}</td><td>{u.nodes}</td><td>{u.node_seconds:.1f}</td></tr>" for t, u in by_type.items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>
 <h2>GloVe loss</h2>{img("loss.png", "GloVe loss by epoch")}
 <h2>Vocabulary usage</h2>{img("usage.png", "clips per visual word")}
 <h2>Vocabulary map</h2>{img("vocabulary-map.png", f"{how} map of the visual vocabulary")}

@@ -24,6 +24,7 @@ from .corpus import (Corpus, Listing, Reading, Skip, Video, assemble, list_video
 from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
+from .manifest import Counts, CorpusRecord
 from .pool import MAX_ATTEMPTS, RETRIABLE
 from .progress import Progress, plural
 from .resume import Check, Summary, fingerprint, outputs_of
@@ -126,16 +127,15 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
         raise VgrayError(f"no usable videos in {features}"
                          + (f" (first problem: {corpus.skips[0].reason})" if corpus.skips else ""))
     made_from = fingerprint(corpus)
-    before = job.manifest.get("corpus", {}).get("fingerprint")
+    before = job.manifest.corpus.fingerprint if job.manifest.corpus else None
     if before is not None and before != made_from:
         raise VgrayError(f"FEATURES {features} changed since {job.run.root} was started; "
                          "use another --out (or delete it to start over)")
-    job.manifest["corpus"] = {
-        "layout": corpus.layout, "videos": len(corpus.videos),
-        "clips": total_clips(corpus.videos), "train_videos": len(corpus.train_videos),
-        "rgb_dim": corpus.rgb_dim, "flow_dim": corpus.flow_dim,
-        "skipped_at_scan": len(corpus.skips), "missing_train_ids": len(corpus.missing_train_ids),
-        "fingerprint": made_from, "listing": corpus.listing}
+    job.manifest.corpus = CorpusRecord(
+        corpus.layout, len(corpus.videos), total_clips(corpus.videos), len(corpus.train_videos),
+        corpus.rgb_dim, corpus.flow_dim, skipped_at_scan=len(corpus.skips),
+        missing_train_ids=len(corpus.missing_train_ids), fingerprint=made_from,
+        listing=corpus.listing)
     job.finish_stage("scan", time.perf_counter() - t, where or None, videos=len(corpus.videos),
                      skipped=len(corpus.skips))
     job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
@@ -345,14 +345,14 @@ def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | No
     run = job.run
     skips = skip_records(job.corpus, [s.skips for s in assigned + (embedded or [])])
     write_skips(run.path("skipped.jsonl"), skips)
-    stage = job.manifest["stages"]["embed" if embedded is not None else "assign"]
-    job.manifest["counts"] = {"videos": stage["videos"], "skipped": len(skips),
-                              "clips": job.manifest["stages"]["assign"]["clips"]}
-    seconds = job.complete(job.manifest["stages"])
-    if job.manifest["nodes"]:
-        job.echo(usage_line(job.manifest["nodes"]))
-    return Summary(run.root, stage["videos"], job.manifest["counts"]["clips"], len(skips),
-                   seconds, dict(job.work), outputs=outputs_of(run, job.manifest))
+    manifest = job.manifest
+    stage = manifest.stages["embed" if embedded is not None else "assign"]
+    manifest.counts = Counts(stage.videos, manifest.stages["assign"].clips, len(skips))
+    seconds = job.complete(list(manifest.stages.values()))
+    if manifest.placement.nodes:
+        job.echo(usage_line(manifest.placement.nodes))
+    return Summary(run.root, stage.videos, manifest.counts.clips, len(skips),
+                   seconds, dict(job.work), outputs=outputs_of(run, manifest))
 
 
 def records(run: RunDir, stage: str, shards: int, fresh: dict[int, ShardStats]

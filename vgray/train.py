@@ -14,6 +14,7 @@ from .demand import plan_gpu
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
 from .job import Job
+from .manifest import Manifest
 from .resume import Check, Summary, check_train, make_shards, train_settings
 from .store import WORK, load_npy, parquet_row_count, save_npy
 from .units import Count, Fit, ReduceUnit, ShardStats
@@ -36,9 +37,8 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
 def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
            ids: list[str] | None, scanned: Check) -> Summary:
     settings = train_settings(cfg, features, ids)
-    job.open({"command": "train", "features": features,
-              "train_ids_file": fs.normalize(train_ids) if train_ids else None,
-              "config": cfg.to_dict()}, settings)
+    job.open(Manifest.for_train(cfg, features=features, settings=settings,
+                                train_ids_file=fs.normalize(train_ids) if train_ids else None))
     # What the listing alone refuses is refused before Ray starts.
     listing = None if scanned.corpus else stages.listed(features, cfg.streams, cfg.strict, ids,
                                                           cfg.follow_symlinks, cfg.reading())
@@ -72,7 +72,7 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
                             workers=cfg.workers, layout=cfg.embeddings)
     summary = stages.finish(job, assigned, embedded)
-    summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
+    summary.figures = {k: job.manifest.stages[k] for k in ("vocab", "cooccur", "glove")}
     return summary
 
 
