@@ -215,7 +215,7 @@ class Grid:
 
 
 @dataclass
-class Vocabulary:
+class VocabularyRecord:
     """One vocabulary of a sweep: its k-means and assign records, and how far its counts per
     distance reach (`counting_window` while they are being counted)."""
 
@@ -225,7 +225,7 @@ class Vocabulary:
     counting_window: int | None = None
 
     @classmethod
-    def from_dict(cls, data, where: str) -> "Vocabulary":
+    def from_dict(cls, data, where: str) -> "VocabularyRecord":
         data = record(data, where)
         stages = {k: Stage.from_dict(data[k], f"{where}{k}.") if data.get(k) else None
                   for k in ("vocab", "assign")}
@@ -287,7 +287,7 @@ class Manifest:
     counts: Counts | None = None
     last_invocation: Invocation | None = None
     placement: Placement | None = None
-    vocabularies: dict[str, Vocabulary] | None = None  # sweep: str(K) -> its vocabulary
+    vocabularies: dict[str, VocabularyRecord] | None = None  # sweep: str(K) -> its vocabulary
     evaluated: dict[str, Evaluation] | None = None  # sweep: combination -> its evaluation
     best: Best | None = None  # sweep, once complete (None there too: none named best)
     sweep: SweepOrigin | None = None  # a combination's RUN
@@ -324,10 +324,8 @@ class Manifest:
                 setattr(self, name, value)
 
     # --- reading -----------------------------------------------------------------------------
-    def stage(self, name: str) -> Stage | None:
-        return self.stages.get(name)
-
     def stage_done(self, name: str) -> bool:
+        """Whether the stage is recorded done."""
         return name in self.stages and self.stages[name].done
 
     def settings_with_added(self) -> dict:
@@ -357,13 +355,13 @@ class Manifest:
         given = self.reading or self.config or FeatureReading()
         return Reading(given.input_format, given.hdf5_key, given.hdf5_flow_key)
 
-    def vocabulary(self, vocab_size: int, *, fresh: bool = False) -> Vocabulary:
+    def vocabulary(self, vocab_size: int, *, fresh: bool = False) -> VocabularyRecord:
         """A sweep's record of one vocabulary (made empty if there is none, or if `fresh`)."""
         if self.vocabularies is None:
             self.vocabularies = {}
         if fresh:
-            self.vocabularies[str(vocab_size)] = Vocabulary()
-        return self.vocabularies.setdefault(str(vocab_size), Vocabulary())
+            self.vocabularies[str(vocab_size)] = VocabularyRecord()
+        return self.vocabularies.setdefault(str(vocab_size), VocabularyRecord())
 
     def retries_of(self, stage: str) -> Retries:
         """This invocation's retries of a stage (made zero if there are none)."""
@@ -429,6 +427,7 @@ def config_of(data: dict, command: str) -> TrainConfig | None:
 
 
 def reading_fields(data) -> dict:
+    """The fields of an embed or assign's record of how it read FEATURES, checked."""
     data = record(data, "reading.")
     return {k: take(data, k, str, "reading.") for k in ("input_format", "hdf5_key",
                                                         "hdf5_flow_key")}
@@ -441,7 +440,7 @@ def read_sweep(m: Manifest, data: dict) -> None:
         m.grid = Grid(*(list(take(grid, k, list, "grid.", REQUIRED)) for k in VARIED))
     m.labels_file = take(data, "labels_file", str, "")
     if data.get("vocabularies") is not None:
-        m.vocabularies = {k: Vocabulary.from_dict(v, f"vocabularies.{k}.")
+        m.vocabularies = {k: VocabularyRecord.from_dict(v, f"vocabularies.{k}.")
                           for k, v in record(data["vocabularies"], "vocabularies.").items()}
     if data.get("evaluated") is not None:
         m.evaluated = {c: Evaluation(take(record(e, f"evaluated.{c}."), "labels", str,

@@ -45,7 +45,8 @@ from .corpus import read_train_ids
 from .errors import VgrayError
 from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
-from .manifest import Best, Counts, Evaluation, Grid, Manifest, Stage, SweepOrigin, Vocabulary
+from .manifest import (Best, Counts, Evaluation, Grid, Manifest, Stage, SweepOrigin,
+                       VocabularyRecord)
 from .progress import Progress
 from .resume import Check, check_sweep, digest_file, make_shards, sweep_settings, train_settings
 from .store import WORK, RunDir, copy_file, read_json, save_npy, write_text
@@ -110,7 +111,7 @@ class _Sweep:
     def combo(self, c: tuple) -> RunDir:
         return RunDir(self.run_dir.path(name(*c)))
 
-    def state(self, vocab_size: int) -> Vocabulary:
+    def state(self, vocab_size: int) -> VocabularyRecord:
         return self.job.manifest.vocabulary(vocab_size)
 
     def trained(self, c: tuple) -> bool:
