@@ -78,14 +78,15 @@ def _apply_job(job: Job, run_dir: str, features: str, command: str, cfg: TrainCo
     shards = make_shards(corpus.videos, cfg.shard_clips)
     vocabulary = RunDir(run_dir).path("vocab", "centroids.npy")
     if command == "assign":
-        assigned = stages.assign(job, shards, cfg, vocabulary, None, per_video=True)
+        assigned = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus,
+                                 per_video=True)
         merge_tokens([job.run.tokens_part(k, staged=True) for k in range(len(shards))],
                      job.run.path("tokens.parquet"))
-        return stages.finish(job, assigned, None)
-    assigned = stages.assign(job, shards, cfg, vocabulary, None)
+        return stages.finish(job, assigned, None, corpus=corpus)
+    assigned = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus)
     embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
                             workers=cfg.workers, layout=cfg.embeddings)
-    return stages.finish(job, assigned, embedded)
+    return stages.finish(job, assigned, embedded, corpus=corpus)
 
 
 def merge_tokens(parts: list[str], target: str) -> None:

@@ -21,7 +21,7 @@ from .autoscale import Capacity, capacity
 from .cluster import avoiding, joining, node_usage, usage_by_type
 from .cluster import connect as connect_ray
 from .config import TrainConfig
-from .demand import Demand, GpuPlan
+from .demand import Demand, GpuPlan, plan_gpu
 from .errors import StorageError, VgrayError
 from .live import get_with_progress, start_board
 from .manifest import Invocation, Manifest, Placement, Stage
@@ -104,11 +104,10 @@ class Job:
         self.work: dict[str, int] = {}
         self.manifest = Manifest("")  # open() reads or starts it
         self.lock = RunLock(self.run.root)
-        self.corpus = None  # FEATURES as scanned (stages.scan)
         self._board = None
         self.capacity: Capacity | None = None
         self.demand: Demand | None = None
-        self.gpu = GpuPlan(False, False, 0.0)  # train sets it; assign and embed use no GPU
+        self.gpu = GpuPlan(False, False, 0.0)  # see plan_gpu; assign and embed use no GPU
         self.hold_gpu = False  # a GPU stage is still to come: keep asking for its node
         self.pool: Pool | None = None  # the run's shard workers (see start_workers)
         self.gpu_worker = None  # the worker given a GPU, kept from k-means to GloVe
@@ -255,6 +254,20 @@ class Job:
             self.gpu_worker = make(1)
         if train and self._board is None:
             self._board = start_board()
+
+    def plan_gpu(self, cfg: TrainConfig, *, gpu_stages_left: bool) -> None:
+        """The GPU plan of a command that trains (it fails here if --device cuda cannot be had).
+        While a GPU stage is left, the run keeps asking for a GPU node: it boots while FEATURES
+        is scanned and clips are sampled, and is not given back between k-means and GloVe."""
+        self.gpu = plan_gpu(cfg.device, self.capacity, cfg.gpu_wait, self.demand)
+        if self.gpu.note:
+            self.echo(f"gpu: {self.gpu.note}")
+        self.hold_gpu = self.gpu.request and gpu_stages_left
+
+    def gpu_stages_over(self) -> None:
+        """No GPU node is asked for any more, and nothing of vgray stays on one."""
+        self.hold_gpu = False
+        self.release_gpu_worker()
 
     def release_gpu_worker(self) -> None:
         """Nothing of vgray stays on the GPU node once the GPU stages are over."""

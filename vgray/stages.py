@@ -99,7 +99,8 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
          listing: Listing | None = None, reading: Reading | None = None) -> Corpus:
     """FEATURES listed by the driver (or the `listing` it already made), its headers read by the
     job's workers a chunk of the listing at a time (or as the no-op check already `scanned` it:
-    FEATURES is scanned once per command), recorded in the manifest as the corpus of the run."""
+    FEATURES is scanned once per command), recorded in the manifest as the corpus of the run and
+    returned: the later stages are handed it."""
     t = time.perf_counter() - (scanned.scan_seconds if scanned else 0.0)
     corpus = scanned.corpus if scanned else None
     where = []
@@ -141,7 +142,6 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
     job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
              + (f", {len(corpus.missing_train_ids)} training ids without files"
                 if corpus.missing_train_ids else "") + f" ({time.perf_counter() - t:.1f} s)")
-    job.corpus = corpus
     return corpus
 
 
@@ -255,7 +255,7 @@ def tokenize(job: Job, shards: list[list[Video]], units: dict[int, TokenizeUnit]
 
 
 def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str,
-           count: Count | None, *, per_video: bool = False) -> list[ShardStats]:
+           count: Count | None, *, corpus: Corpus, per_video: bool = False) -> list[ShardStats]:
     """The assign stage of one RUN: every shard not yet done is tokenised with one vocabulary
     (and, with `count`, its training pairs counted); the stage's figures from every shard's
     record, which are returned. A shard whose partial counts are gone is redone while the merge
@@ -269,7 +269,6 @@ def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str
         if len(merged) < count.reducers:  # partials are deleted once merged
             partials = run.partials_listed()
             marked = {k for k in marked if all((k, r) in partials for r in range(count.reducers))}
-    corpus = job.corpus
     units = {k: TokenizeUnit(k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
                              [Vocabulary(run.root, centroids,
                                          run.tokens_part(k, staged=per_video), count=count)],
@@ -339,11 +338,12 @@ def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, *, batch_cli
 # ---------------------------------------------------------------------------------------------
 # records
 
-def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | None) -> Summary:
+def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | None, *,
+           corpus: Corpus) -> Summary:
     """Write skipped.jsonl (every input not used, and why: the scan's and those in the shards'
     records) and close the manifest."""
     run = job.run
-    skips = skip_records(job.corpus, [s.skips for s in assigned + (embedded or [])])
+    skips = skip_records(corpus, [s.skips for s in assigned + (embedded or [])])
     write_skips(run.path("skipped.jsonl"), skips)
     manifest = job.manifest
     stage = manifest.stages["embed" if embedded is not None else "assign"]

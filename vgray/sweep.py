@@ -39,7 +39,6 @@ import io
 import time
 
 from . import fs, stages
-from .demand import plan_gpu
 from .config import TrainConfig
 from .corpus import read_train_ids
 from .errors import VgrayError
@@ -136,14 +135,11 @@ class _Sweep:
         listing = None if scanned and scanned.corpus else stages.listed(
             self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks, cfg.reading())
         job.connect()
-        job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait, job.demand)
-        if job.gpu.note:
-            job.echo(f"gpu: {job.gpu.note}")
         todo = [c for c in self.grid if not self.trained(c)]
+        job.plan_gpu(cfg, gpu_stages_left=bool(todo))
         needed = sorted({c[0] for c in todo})
         vocab_left = [k for k in needed if not (self.state(k).vocab and self.state(k).vocab.done
                                                 and fs.exists(self.centroids(k)))]
-        job.hold_gpu = job.gpu.request and bool(todo)
         # The workers start first: they read the headers (the driver only lists FEATURES).
         job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
         self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
@@ -158,8 +154,7 @@ class _Sweep:
         self._vocabularies(vocab_left)
         self._counts(needed, todo)
         self._fits(todo)
-        job.hold_gpu = False
-        job.release_gpu_worker()
+        job.gpu_stages_over()
         return self._finish()
 
     def centroids(self, vocab_size: int) -> str:
