@@ -100,6 +100,7 @@ class CorpusRecord:
     what the scan read, `listing` of one listing (None in a RUN of an older vgray)."""
 
     layout: str
+    _: dataclasses.KW_ONLY
     videos: int
     clips: int
     train_videos: int
@@ -113,15 +114,15 @@ class CorpusRecord:
     @classmethod
     def from_dict(cls, data) -> "CorpusRecord":
         data, w = record(data, "corpus."), "corpus."
-        return cls(take(data, "layout", str, w, REQUIRED), take(data, "videos", int, w, 0),
-                   take(data, "clips", int, w, 0), take(data, "train_videos", int, w, 0),
-                   take(data, "rgb_dim", int, w), take(data, "flow_dim", int, w),
-                   take(data, "skipped_at_scan", int, w, 0),
-                   take(data, "missing_train_ids", int, w, 0), take(data, "fingerprint", str, w),
-                   take(data, "listing", str, w))
+        counted = {k: take(data, k, int, w, 0) for k in ("videos", "clips", "train_videos",
+                                                          "skipped_at_scan", "missing_train_ids")}
+        return cls(take(data, "layout", str, w, REQUIRED), **counted,
+                   rgb_dim=take(data, "rgb_dim", int, w), flow_dim=take(data, "flow_dim", int, w),
+                   fingerprint=take(data, "fingerprint", str, w),
+                   listing=take(data, "listing", str, w))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 @dataclass
@@ -271,6 +272,7 @@ class Manifest:
     vocabularies, evaluations and best combination, a combination's RUN where it came from."""
 
     command: str
+    _: dataclasses.KW_ONLY
     status: str = "running"
     settings: dict = field(default_factory=dict)  # what must match to resume (resume.py)
     stages: dict[str, Stage] = field(default_factory=dict)
@@ -375,13 +377,15 @@ class Manifest:
         """A manifest as manifest.json holds it; VgrayError (one line) for a bad field."""
         data = record(data, "manifest")
         command = take(data, "command", str, "", REQUIRED)
-        m = cls(command, take(data, "status", str, "", REQUIRED),
-                dict(take(data, "settings", dict, "", {})),
-                {n: Stage.from_dict(s, f"stages.{n}.")
-                 for n, s in take(data, "stages", dict, "", {}).items()},
-                take(data, "features", str, ""), take(data, "train_ids_file", str, ""),
-                config_of(data, command), take(data, "run", str, ""),
-                FeatureReading(**reading_fields(data["reading"])) if data.get("reading") else None)
+        m = cls(command, status=take(data, "status", str, "", REQUIRED),
+                settings=dict(take(data, "settings", dict, "", {})),
+                stages={n: Stage.from_dict(s, f"stages.{n}.")
+                        for n, s in take(data, "stages", dict, "", {}).items()},
+                features=take(data, "features", str, ""),
+                train_ids_file=take(data, "train_ids_file", str, ""),
+                config=config_of(data, command), run=take(data, "run", str, ""),
+                reading=(FeatureReading(**reading_fields(data["reading"]))
+                         if data.get("reading") else None))
         read_sweep(m, data)
         read_outcome(m, data)
         return m

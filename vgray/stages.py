@@ -133,10 +133,10 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
         raise VgrayError(f"FEATURES {features} changed since {job.run.root} was started; "
                          "use another --out (or delete it to start over)")
     job.manifest.corpus = CorpusRecord(
-        corpus.layout, len(corpus.videos), total_clips(corpus.videos), len(corpus.train_videos),
-        corpus.rgb_dim, corpus.flow_dim, skipped_at_scan=len(corpus.skips),
-        missing_train_ids=len(corpus.missing_train_ids), fingerprint=made_from,
-        listing=corpus.listing)
+        corpus.layout, videos=len(corpus.videos), clips=total_clips(corpus.videos),
+        train_videos=len(corpus.train_videos), rgb_dim=corpus.rgb_dim, flow_dim=corpus.flow_dim,
+        skipped_at_scan=len(corpus.skips), missing_train_ids=len(corpus.missing_train_ids),
+        fingerprint=made_from, listing=corpus.listing)
     job.finish_stage("scan", time.perf_counter() - t, where or None, videos=len(corpus.videos),
                      skipped=len(corpus.skips))
     job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
