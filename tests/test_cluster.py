@@ -15,6 +15,7 @@ from vgray.cluster import (avoiding, node_alive, node_usage, pick_device, union_
 from vgray.demand import GpuPlan, plan_gpu
 from vgray.pool import on_one_actor
 from vgray.errors import VgrayError
+from vgray.manifest import NodeTypeUse
 
 CONFIG = {"max_workers": 3, "head_node_type": "head", "available_node_types": {
     "head": {"resources": {"CPU": 0}, "max_workers": 0},
@@ -86,11 +87,11 @@ def test_node_seconds():
                      "b": {"node_type": None, "resources": {"CPU": 2.0}, "host": None,
                            "session": None, "seconds": 1.0, "work": {"assign": 1}}}
     later = node_usage([("embed", {**a, "span": [10, 11.5]})])
-    by_type = usage_by_type({"assign": {"nodes": usage}, "embed": {"nodes": later},
-                             "scan": {"seconds": 1}})
+    by_type = usage_by_type([usage, later, None])
     assert by_type == {"(CPU 2)": {"nodes": 1, "node_seconds": 1.0},
                        "cpu": {"nodes": 1, "node_seconds": 4.5}}
-    assert usage_line(by_type) == "nodes: 1 × (CPU 2): 1.0 node-s; 1 × cpu: 4.5 node-s"
+    uses = {t: NodeTypeUse(**u) for t, u in by_type.items()}
+    assert usage_line(uses) == "nodes: 1 × (CPU 2): 1.0 node-s; 1 × cpu: 4.5 node-s"
 
 
 def test_a_machine_resumed_on_is_one_node():
@@ -101,16 +102,13 @@ def test_a_machine_resumed_on_is_one_node():
         return {"node_type": None, "resources": {"CPU": 2.0}, "host": host, "session": session,
                 "seconds": seconds, "work": {"assign": 1}}
 
-    resumed = {"vocab": {"nodes": {"id1": node("s1")}},
-               "assign": {"nodes": {"id2": node("s2")}}, "embed": {"nodes": {"id2": node("s2")}}}
+    resumed = [{"id1": node("s1")}, {"id2": node("s2")}, {"id2": node("s2")}]
     assert usage_by_type(resumed) == {"(CPU 2)": {"nodes": 1, "node_seconds": 3.0}}
-    simulated = {"vocab": {"nodes": {"a": node("s1"), "b": node("s1"), "c": node("s1")}},
-                 "assign": {"nodes": {"d": node("s2")}}}
+    simulated = [{"a": node("s1"), "b": node("s1"), "c": node("s1")}, {"d": node("s2")}]
     assert usage_by_type(simulated)["(CPU 2)"]["nodes"] == 3
-    two_hosts = {"vocab": {"nodes": {"a": node("s1")}},
-                 "assign": {"nodes": {"b": node("s2", host="10.0.0.2")}}}
+    two_hosts = [{"a": node("s1")}, {"b": node("s2", host="10.0.0.2")}]
     assert usage_by_type(two_hosts)["(CPU 2)"]["nodes"] == 2
-    old = {"vocab": {"nodes": {"a": node(None, None)}}, "assign": {"nodes": {"b": node(None, None)}}}
+    old = [{"a": node(None, None)}, {"b": node(None, None)}]
     assert usage_by_type(old)["(CPU 2)"]["nodes"] == 2
 
 

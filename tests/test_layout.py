@@ -68,7 +68,7 @@ def test_the_model_reaches_the_run_side_through_train_only():
     assert {t for t, _ in edges["model"]} == {"errors", "store", "train", "config", "vocab"}
     for light in ("store", "resume", "sweeptable", "units", "corpus", "config", "formats",
                   "format_base", "format_npy", "format_hdf5", "format_webdataset",
-                  "format_parquet", "format_pt", "readers"):
+                  "format_parquet", "format_pt", "readers", "manifest"):
         assert not {t for t, _ in edges[light]} & {"job", "stages", "train", "sweep", "worker",
                                                    "pool", "model"}
 
@@ -100,7 +100,8 @@ def test_completion_is_read_from_one_listing(tmp_path):
     assert run.partials_listed() == {(0, 0), (0, 1), (2, 1)}
 
 
-@pytest.mark.parametrize("name", ["units", "resume", "sweeptable", "store", "config", "readers"])
+@pytest.mark.parametrize("name", ["units", "resume", "sweeptable", "store", "config", "readers",
+                                  "manifest"])
 def test_light_modules_import_without_ray_or_torch(name):
     import subprocess
     import sys

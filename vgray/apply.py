@@ -4,6 +4,8 @@ stages as train (scan, tokenise, embed) over another output directory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -11,6 +13,7 @@ from . import fs, stages
 from .config import TrainConfig
 from .errors import VgrayError
 from .job import Job
+from .manifest import FeatureReading, Manifest
 from .resume import Summary, make_shards
 from .store import TOKENS_SCHEMA, RunDir, atomic_path, load_run, read_table
 
@@ -40,8 +43,8 @@ def _apply(command: str, run_dir: str, *, features: str, out: str, echo, options
     are not RUN's (workers, strict, follow_symlinks, embeddings, how FEATURES is read)."""
     manifest, centroids, vectors = load_run(run_dir, need_vectors=command == "embed")
     features = fs.normalize(features)
-    cfg = TrainConfig(**{**manifest["config"], "input_format": None, "hdf5_key": None,
-                         "hdf5_flow_key": None, **options})
+    cfg = dataclasses.replace(manifest.config, **{"input_format": None, "hdf5_key": None,
+                                                  "hdf5_flow_key": None, **options})
     if RunDir(out).root == RunDir(run_dir).root:
         raise VgrayError("--out must be another directory than RUN")
     with Job(out, echo, features) as job:
@@ -50,15 +53,15 @@ def _apply(command: str, run_dir: str, *, features: str, out: str, echo, options
 
 
 def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: TrainConfig,
-               manifest: dict, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
+               manifest: Manifest, centroids: np.ndarray, vectors: np.ndarray | None) -> Summary:
     settings = {"run": fs.normalize(run_dir), "features": features, "streams": cfg.streams,
                 "shard_clips": cfg.shard_clips}
     if command == "embed":
         settings["embeddings"] = cfg.embeddings
-    job.open({"command": command, "features": features, "run": fs.normalize(run_dir),
-              "reading": {"input_format": cfg.input_format, "hdf5_key": cfg.hdf5_key,
-                          "hdf5_flow_key": cfg.hdf5_flow_key}}, settings)
-    dims = manifest["corpus"]
+    job.open(Manifest.for_apply(command, features=features, run=fs.normalize(run_dir),
+                                reading=FeatureReading(cfg.input_format, cfg.hdf5_key,
+                                                       cfg.hdf5_flow_key), settings=settings))
+    dims = manifest.corpus
     uses_rgb, uses_flow = cfg.streams != "flow", cfg.streams != "rgb"
     # What the listing alone refuses is refused before Ray starts.
     listing = stages.listed(features, cfg.streams, cfg.strict, None, cfg.follow_symlinks,
@@ -66,8 +69,8 @@ def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: Trai
     job.connect()
     job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
     corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
-                         dims["rgb_dim"] if uses_rgb else None,
-                         dims["flow_dim"] if uses_flow else None, cfg.follow_symlinks,
+                         dims.rgb_dim if uses_rgb else None,
+                         dims.flow_dim if uses_flow else None, cfg.follow_symlinks,
                          workers=cfg.workers, listing=listing, reading=cfg.reading())
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:
@@ -76,14 +79,15 @@ def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: Trai
     shards = make_shards(corpus.videos, cfg.shard_clips)
     vocabulary = RunDir(run_dir).path("vocab", "centroids.npy")
     if command == "assign":
-        assigned = stages.assign(job, shards, cfg, vocabulary, None, per_video=True)
+        assigned = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus,
+                                 per_video=True)
         merge_tokens([job.run.tokens_part(k, staged=True) for k in range(len(shards))],
                      job.run.path("tokens.parquet"))
-        return stages.finish(job, assigned, None)
-    assigned = stages.assign(job, shards, cfg, vocabulary, None)
+        return stages.finish(job, assigned, None, corpus=corpus)
+    assigned = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus)
     embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
                             workers=cfg.workers, layout=cfg.embeddings)
-    return stages.finish(job, assigned, embedded)
+    return stages.finish(job, assigned, embedded, corpus=corpus)
 
 
 def merge_tokens(parts: list[str], target: str) -> None:

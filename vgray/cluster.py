@@ -253,8 +253,9 @@ def node_label(node: dict) -> str:
     return "(" + (", ".join(f"{k} {v:g}" for k, v in sorted(res.items())) or "no CPU") + ")"
 
 
-def usage_by_type(stages: dict) -> dict:
-    """Node-seconds per node type over every stage: {type: {nodes, node_seconds}}.
+def usage_by_type(stages: list[dict | None]) -> dict:
+    """Node-seconds per node type over every stage (each stage's node_usage, None where it
+    recorded none): {type: {nodes, node_seconds}}.
 
     Within one Ray session every node id is a node. A resumed run meets its machines again
     under new ids (Ray names a node afresh each time it starts), so across sessions nodes are
@@ -263,8 +264,8 @@ def usage_by_type(stages: dict) -> dict:
     recorded without host or session counts by its id."""
     out: dict = {}
     ids: dict = {}  # (label, host or id) -> {session: {node ids}}
-    for stage in stages.values():
-        for node_id, node in (stage.get("nodes") or {}).items():
+    for stage in stages:
+        for node_id, node in (stage or {}).items():
             label = node_label(node)
             entry = out.setdefault(label, {"nodes": 0, "node_seconds": 0.0})
             entry["node_seconds"] = round(entry["node_seconds"] + node["seconds"], 3)
@@ -277,6 +278,6 @@ def usage_by_type(stages: dict) -> dict:
 
 
 def usage_line(by_type: dict) -> str:
-    """One line: nodes and node-seconds of vgray work per node type."""
-    return "nodes: " + "; ".join(f"{u['nodes']} × {label}: {u['node_seconds']:.1f} node-s"
+    """One line: nodes and node-seconds of vgray work per node type (manifest.NodeTypeUse)."""
+    return "nodes: " + "; ".join(f"{u.nodes} × {label}: {u.node_seconds:.1f} node-s"
                                  for label, u in by_type.items())

@@ -112,15 +112,6 @@ class Reading:
     hdf5_flow_key: str | None = None
 
 
-def reading_of(manifest: dict, features: str | None = None) -> Reading:
-    """How a RUN read its FEATURES (its config, or for `vgray embed`/`assign` its own record);
-    for another FEATURES than the RUN's, the format is detected."""
-    if features is not None and fs.normalize(features) != manifest.get("features"):
-        return Reading()
-    given = manifest.get("reading") or manifest.get("config") or {}
-    return Reading(given.get("input_format"), given.get("hdf5_key"), given.get("hdf5_flow_key"))
-
-
 def listing_fingerprint(sizes: dict[str, int | None], follow_symlinks: bool = False,
                         suffix: str = NPY_SUFFIX, reading: Reading | None = None) -> str:
     """What one listing of FEATURES says of it: every feature file's name and size (a file

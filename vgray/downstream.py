@@ -24,10 +24,11 @@ import dataclasses
 
 from . import fs
 from . import formats
-from .corpus import TWO_STREAM, reading_of
+from .corpus import TWO_STREAM
 from .npyfile import read_header
 from .readers import scan
 from .errors import BadVideo, VgrayError
+from .manifest import Manifest
 from .progress import plural
 from .store import RunDir
 
@@ -78,20 +79,20 @@ class Settings:
     dim: int | None
 
 
-def run_dim(manifest: dict) -> int | None:
+def run_dim(manifest: Manifest) -> int | None:
     """--dim of a RUN; for a `vgray embed` output, that of the model's own RUN."""
-    dim = (manifest.get("config") or {}).get("dim")
-    if dim is None and manifest.get("run"):
-        dim = ((RunDir(manifest["run"]).read_manifest() or {}).get("config") or {}).get("dim")
-    return dim
+    if manifest.config is not None:
+        return manifest.config.dim
+    model = RunDir(manifest.run).read_manifest() if manifest.run else None
+    return model.config.dim if model is not None and model.config is not None else None
 
 
-def run_settings(manifest: dict) -> Settings | None:
+def run_settings(manifest: Manifest) -> Settings | None:
     """The Settings of a RUN from its manifest alone (None where it does not record them)."""
-    corpus, dim = manifest.get("corpus") or {}, run_dim(manifest)
+    corpus, dim = manifest.corpus, run_dim(manifest)
     if not corpus or dim is None:
         return None
-    return Settings(corpus.get("layout"), corpus.get("rgb_dim"), corpus.get("flow_dim"), dim)
+    return Settings(corpus.layout, corpus.rgb_dim, corpus.flow_dim, dim)
 
 
 def cannot_read(settings: Settings) -> dict[str, list[str]]:
@@ -126,8 +127,8 @@ def check(run_dir: str, model: str, features: str | None = None) -> Report:
     """Check RUN (a `vgray train` or `vgray embed` output) against `model`'s loader, for every
     video of FEATURES (default: the corpus RUN was made from)."""
     run, manifest = _embedded_run(run_dir, model)
-    features = fs.normalize(features or manifest["features"])
-    reading = reading_of(manifest, features)
+    features = fs.normalize(features or manifest.features)
+    reading = manifest.reading_for(features)
     reader = formats.reader_of(features, reading.format)
     corpus = scan(features, reading=reading)
     found = _Found(skipped={s["video_id"]: s["reason"] for s in run.skips()})
@@ -168,9 +169,9 @@ def _embedded_run(run_dir: str, model: str) -> tuple[RunDir, dict]:
         raise VgrayError(f"--for must be one of {', '.join(MODELS)}, got {model!r}")
     run = RunDir(run_dir)
     manifest = run.read_manifest()
-    if manifest is None or manifest.get("command") not in ("train", "embed"):
+    if manifest is None or manifest.command not in ("train", "embed"):
         raise VgrayError(f"{run_dir} is not a run of vgray train or vgray embed (no manifest.json)")
-    if manifest.get("stages", {}).get("embed", {}).get("status") != "done":
+    if not manifest.stage_done("embed"):
         raise VgrayError(f"{run_dir} has no embeddings (stage embed not done); make them with "
                          "vgray train (same settings and --out) or vgray embed")
     if parquet_layout(manifest):
@@ -258,14 +259,16 @@ PARQUET_LINE = ("the embeddings of this RUN are Parquet tables (--embeddings par
                 "concat/; BMT and MDVC read per-video files (--embeddings files)")
 
 
-def parquet_layout(manifest: dict) -> bool:
-    return (manifest.get("config") or {}).get("embeddings") == "parquet"
+def parquet_layout(manifest: Manifest) -> bool:
+    return manifest.config is not None and manifest.config.embeddings == "parquet"
 
 
 def mdvc_warning(run_dir: str) -> str | None:
     """One line when the settings of a finished RUN (from its manifest, by `cannot_read`) make
     outputs MDVC or BMT cannot read; None when they fit both."""
-    manifest = RunDir(run_dir).read_manifest() or {}
+    manifest = RunDir(run_dir).read_manifest()
+    if manifest is None:
+        return None
     if parquet_layout(manifest):
         return "warning: " + PARQUET_LINE
     settings = run_settings(manifest)

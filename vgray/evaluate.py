@@ -21,7 +21,9 @@ import math
 import numpy as np
 
 from . import cooccur, fs
+from .config import TrainConfig
 from .errors import VgrayError
+from .manifest import Manifest
 from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, read_tokens, write_json
 
 FOLDS = 5
@@ -94,14 +96,14 @@ def neighbour_share(vectors: np.ndarray, nonzeros, *, k: int = NEIGHBOURS) -> fl
     return float(np.mean(shares)) if shares else 0.0
 
 
-def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) -> dict | None:
+def held_out_loss(run: RunDir, manifest: Manifest, tokens: dict[str, np.ndarray]) -> dict | None:
     """J of the trained GloVe state on the co-occurrence counts of the videos that were not
     trained on, and J of the initial state (the fit's own, from its seed) on them (None when
     every video was trained on)."""
     from .corpus import read_train_ids
     from .glove import initial_state, loss
 
-    ids_file = manifest.get("train_ids_file")
+    ids_file = manifest.train_ids_file
     if not ids_file:
         return None
     try:
@@ -111,16 +113,16 @@ def held_out_loss(run: RunDir, manifest: dict, tokens: dict[str, np.ndarray]) ->
     held = [tokens[v] for v in sorted(tokens) if v not in train]
     if not held:
         return None
-    cfg = manifest["config"]
-    i, j, s = cooccur.count(held, cfg["vocab_size"], cfg["window"])
+    cfg = manifest.config
+    i, j, s = cooccur.count(held, cfg.vocab_size, cfg.window)
     if len(i) == 0:
         return {"videos": len(held), "nonzeros": 0, "loss": None}
     with np.load(io.BytesIO(fs.read_bytes(run.path("glove", "state.npz"))), allow_pickle=False) as state:
         w, wc, b, bc = (state[k] for k in ("w", "w_context", "b", "b_context"))
-    x = cooccur.weights(s, cfg["window"])
-    value = loss((w, wc, b, bc), (i, j, x), x_max=cfg["x_max"], alpha=cfg["alpha"])
-    start = [p.numpy() for p in initial_state(cfg["vocab_size"], cfg["dim"], int(cfg.get("seed", 0)))]
-    initial = loss(start, (i, j, x), x_max=cfg["x_max"], alpha=cfg["alpha"])
+    x = cooccur.weights(s, cfg.window)
+    value = loss((w, wc, b, bc), (i, j, x), x_max=cfg.x_max, alpha=cfg.alpha)
+    start = [p.numpy() for p in initial_state(cfg.vocab_size, cfg.dim, int(cfg.seed))]
+    initial = loss(start, (i, j, x), x_max=cfg.x_max, alpha=cfg.alpha)
     return {"videos": len(held), "nonzeros": int(len(i)), "loss": value, "initial_loss": initial}
 
 
@@ -170,12 +172,6 @@ def representations(ids: list[str], tokens: dict[str, np.ndarray], *, vectors: n
     return reps
 
 
-def _reading_of(manifest: dict, features: str):
-    from .corpus import reading_of
-
-    return reading_of(manifest, features)
-
-
 def mean_features(features: str, streams: str, *, ids: set[str], batch_clips: int = 8192,
                   reading=None) -> dict[str, np.ndarray]:
     """The mean clip feature (in RUN's streams) of each of `ids` in FEATURES, read in blocks."""
@@ -200,17 +196,16 @@ def evaluate(run_dir: str, features: str | None = None, labels_path: str | None 
     RUN/evaluation.json or `out`."""
     manifest, _, vectors = load_run(run_dir, need_vectors=True)
     run = RunDir(run_dir)
-    cfg = manifest["config"]
+    cfg = manifest.config
     tokens = read_tokens(run.tokens_parts())
     if not tokens:
         raise VgrayError(f"{run_dir} has no tokens")
     table = read_table_all(run)
-    stages = manifest.get("stages", {})
-    result = {"run": run.root, "vocab_size": cfg["vocab_size"], "window": cfg["window"],
-              "dim": cfg["dim"], "videos": len(tokens),
-              "intrinsic": {"final_loss": stages.get("glove", {}).get("final_loss"),
-                            "inertia_per_clip": stages.get("vocab", {}).get("inertia_per_clip"),
-                            **usage_measures(tokens, cfg["vocab_size"]),
+    result = {"run": run.root, "vocab_size": cfg.vocab_size, "window": cfg.window,
+              "dim": cfg.dim, "videos": len(tokens),
+              "intrinsic": {"final_loss": manifest.stages["glove"].final_loss,
+                            "inertia_per_clip": manifest.stages["vocab"].inertia_per_clip,
+                            **usage_measures(tokens, cfg.vocab_size),
                             "neighbour_share": neighbour_share(vectors, table),
                             "held_out": held_out_loss(run, manifest, tokens)}}
     if labels_path is not None:
@@ -229,8 +224,8 @@ def read_table_all(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return i, j, x
 
 
-def _labelled(run: RunDir, manifest: dict, *, tokens: dict, vectors: np.ndarray, cfg: dict,
-              labels: dict[str, str], features: str | None) -> dict:
+def _labelled(run: RunDir, manifest: Manifest, *, tokens: dict, vectors: np.ndarray,
+              cfg: TrainConfig, labels: dict[str, str], features: str | None) -> dict:
     """The probe and retrieval table of the labelled videos of RUN, per representation."""
     skipped = {s["video_id"] for s in run.skips()}
     unknown = sorted(v for v in labels if v not in tokens and v not in skipped)
@@ -246,13 +241,13 @@ def _labelled(run: RunDir, manifest: dict, *, tokens: dict, vectors: np.ndarray,
     if sizes.min() < 2:
         raise VgrayError(f"class {classes[sizes.argmin()]!r} has 1 labelled video; every class "
                          "needs at least 2 for a cross-validated probe")
-    raw = mean_features(features, cfg["streams"], ids=set(ids),
-                        reading=_reading_of(manifest, features)) if features else None
+    raw = mean_features(features, cfg.streams, ids=set(ids),
+                        reading=manifest.reading_for(features)) if features else None
     if raw is not None and set(raw) != set(ids):
         missing = sorted(set(ids) - set(raw))
         raise VgrayError(f"{len(missing)} labelled videos are not in FEATURES {features} "
                          f"(first: {missing[0]})")
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg.seed)
     rows = {name: {"probe_accuracy": probe_accuracy(x, y, seed=seed), "retrieval_map": retrieval_map(x, y)}
             for name, x in representations(ids, tokens, vectors=vectors, raw=raw).items()}
     return {"videos": len(ids), "classes": len(classes), "chance": float(sizes.max() / len(ids)),

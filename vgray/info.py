@@ -34,36 +34,34 @@ def describe(run_dir: str) -> list[str]:
     manifest = run.read_manifest()
     if manifest is None:
         raise VgrayError(f"{run.root} is no vgray RUN (it has no manifest.json)")
-    lines = [f"{run.root}: vgray {manifest.get('command', '?')}, {manifest.get('status', '?')}"
-             + (f", made by vgray {manifest['versions']['vgray']}"
-                if manifest.get("versions", {}).get("vgray") else "")]
-    if manifest.get("features"):
-        lines.append(f"features: {manifest['features']}")
-    if manifest.get("run"):
-        lines.append(f"model: {manifest['run']}")
-    settings = {k: v for k, v in (manifest.get("settings") or {}).items()
+    lines = [f"{run.root}: vgray {manifest.command}, {manifest.status}"
+             + (f", made by vgray {manifest.made_by}" if manifest.made_by else "")]
+    if manifest.features:
+        lines.append(f"features: {manifest.features}")
+    if manifest.run:
+        lines.append(f"model: {manifest.run}")
+    settings = {k: v for k, v in manifest.settings.items()
                 if k not in ("features", "run") and v is not None}
     if settings:
         lines.append("settings: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                for k, v in settings.items()))
-    corpus = manifest.get("corpus") or {}
+    corpus = manifest.corpus
     if corpus:
-        widths = ", ".join(f"{s} {corpus[f'{s}_dim']}" for s in ("rgb", "flow")
-                           if corpus.get(f"{s}_dim") is not None)
-        lines.append(f"corpus: {corpus.get('videos', 0):,} videos, {corpus.get('clips', 0):,} "
-                     f"clips ({corpus.get('train_videos', 0):,} for training), {corpus.get('layout')}"
-                     f" layout, D: {widths or '?'}; {corpus.get('skipped_at_scan', 0):,} skipped "
+        widths = ", ".join(f"{s} {d}" for s, d in (("rgb", corpus.rgb_dim),
+                                                   ("flow", corpus.flow_dim)) if d is not None)
+        lines.append(f"corpus: {corpus.videos:,} videos, {corpus.clips:,} "
+                     f"clips ({corpus.train_videos:,} for training), {corpus.layout}"
+                     f" layout, D: {widths or '?'}; {corpus.skipped_at_scan:,} skipped "
                      "at the scan")
-    stages = manifest.get("stages") or {}
+    stages = manifest.stages
     named = [s for s in TRAIN_STAGES if s in stages] + [s for s in stages if s not in TRAIN_STAGES]
     if named:
         lines.append("stages: " + ", ".join(
-            f"{s} {stages[s].get('status', '?')} ({stages[s].get('seconds', 0):.1f} s)"
-            for s in named))
-    if manifest.get("command") == "sweep":
+            f"{s} {stages[s].status} ({stages[s].seconds or 0:.1f} s)" for s in named))
+    if manifest.command == "sweep":
         combos = sorted(n for n in fs.listdir(run.root) if RunDir(run.path(n)).read_manifest())
         lines.append(f"combinations: {len(combos)} ({', '.join(combos)}), each a RUN")
-    if manifest.get("command") == "assign":
+    if manifest.command == "assign":
         tokens = {n: v for n, v in fs.files(run.root).items() if n.endswith(".npy")}
         lines.append(f"{run.video_tokens('{id}')}: {plural(len(tokens), 'file')}, "
                      f"{size_text(sum(v or 0 for v in tokens.values()))}: visual words per video")

@@ -21,11 +21,12 @@ from .autoscale import Capacity, capacity
 from .cluster import avoiding, joining, node_usage, usage_by_type
 from .cluster import connect as connect_ray
 from .config import TrainConfig
-from .demand import Demand, GpuPlan
+from .demand import Demand, GpuPlan, plan_gpu
 from .errors import StorageError, VgrayError
 from .live import get_with_progress, start_board
+from .manifest import Invocation, Manifest, Placement, Stage
+from .manifest import stage_record as record_of
 from .pool import Pool, on_one_actor
-from .resume import settings_of
 from .store import RunDir, RunLock
 from .units import Fit
 from .worker import GPU_WORKER, ShardWorker
@@ -101,13 +102,12 @@ class Job:
         self.echo = echo or (lambda message: None)
         self.t0 = time.perf_counter()
         self.work: dict[str, int] = {}
-        self.manifest: dict = {}
+        self.manifest = Manifest("")  # open() reads or starts it
         self.lock = RunLock(self.run.root)
-        self.corpus = None  # FEATURES as scanned (stages.scan)
         self._board = None
         self.capacity: Capacity | None = None
         self.demand: Demand | None = None
-        self.gpu = GpuPlan(False, False, 0.0)  # train sets it; assign and embed use no GPU
+        self.gpu = GpuPlan(False, False, 0.0)  # see plan_gpu; assign and embed use no GPU
         self.hold_gpu = False  # a GPU stage is still to come: keep asking for its node
         self.pool: Pool | None = None  # the run's shard workers (see start_workers)
         self.gpu_worker = None  # the worker given a GPU, kept from k-means to GloVe
@@ -159,8 +159,7 @@ class Job:
         not an interrupt) before any stage past the scan was done."""
         if not self._fresh or not issubclass(kind, VgrayError) or issubclass(kind, StorageError):
             return False
-        stages = self.manifest.get("stages", {})
-        return not any(record.get("status") == "done" for name, record in stages.items()
+        return not any(stage.done for name, stage in self.manifest.stages.items()
                        if name != "scan")
 
     def _take_away(self) -> None:
@@ -178,34 +177,36 @@ class Job:
                 fs.remove_tree(root)
 
     # --- manifest -------------------------------------------------------------------------
-    def open(self, header: dict, must_match: dict) -> None:
-        """Start or resume: a RUN in use by another vgray, or made with other result-changing
-        settings, is refused."""
+    def open(self, header: Manifest) -> None:
+        """Start or resume the RUN `header` describes (manifest.Manifest.for_train, for_sweep,
+        for_apply): a RUN in use by another vgray, or made with other result-changing settings
+        (header.settings), is refused."""
         self.lock.acquire()
         old = self.run.read_manifest()
         self._fresh = old is None
         if old is not None:
-            for key, value in must_match.items():
-                before = settings_of(old).get(key)
+            made = old.settings_with_added()
+            for key, value in header.settings.items():
+                before = made.get(key)
                 if before != value:
                     flag = "--" + key.replace("_", "-")
                     made = f"with {flag} {before!r}" if before is not None else f"without {flag}"
                     asks = f"for {value!r}" if value is not None else f"for no {flag}"
                     raise VgrayError(f"{self.run.root} was made {made}, this run asks {asks}; "
                                      "use another --out (or delete it to start over)")
+            old.resume_as(header)
             self.manifest = old
         else:
-            self.manifest = {"settings": must_match, "stages": {}}
-        self.manifest.update(header)
-        self.manifest["retries"] = {}  # this invocation's, per stage (see run_units)
-        self.manifest["versions"] = versions()
-        self.manifest["status"] = "running"  # first saved once FEATURES has been scanned
+            self.manifest = header
+        self.manifest.retries = {}  # this invocation's, per stage (see run_units)
+        self.manifest.versions = versions()
+        self.manifest.status = "running"  # first saved once FEATURES has been scanned
 
     def save(self) -> None:
         self.run.write_manifest(self.manifest)
 
     def stage_done(self, name: str) -> bool:
-        return self.manifest["stages"].get(name, {}).get("status") == "done"
+        return self.manifest.stage_done(name)
 
     def invalidate(self, *paths: str) -> None:
         """Remove outputs (and markers) made from state that is being recomputed."""
@@ -215,22 +216,22 @@ class Job:
     def finish_stage(self, name: str, seconds: float, where: list | None = None,
                      **figures) -> None:
         """Record a finished stage; `where` is [(kind of work, here() of it)] for its nodes."""
-        self.manifest["stages"][name] = stage_record(seconds, where, **figures)
+        self.manifest.stages[name] = stage_record(seconds, where, **figures)
         self.save()
 
-    def complete(self, stages: dict) -> float:
+    def complete(self, stages: list[Stage]) -> float:
         """Close the manifest of a finished invocation: its status, time and work, the
         node-seconds per node type of `stages`, what the cluster was and what was asked of it;
         returns the invocation's seconds."""
         seconds = time.perf_counter() - self.t0
-        self.manifest["status"] = "complete"
-        self.manifest["last_invocation"] = {"seconds": round(seconds, 3), "work": self.work}
+        self.manifest.status = "complete"
+        self.manifest.last_invocation = Invocation(round(seconds, 3), dict(self.work))
         # requests this driver sent again (the scan's header reads, the manifest, listings)
-        self.manifest["retries"]["driver"] = {"requests": s3.retries(), "units": 0}
+        self.manifest.retries_of("driver").requests = s3.retries()
         self.demand.clear()  # the run's work is over: every node may go back once idle
-        self.manifest["nodes"] = usage_by_type(stages)
-        self.manifest["cluster"] = {**self.capacity.to_dict(), "gpu": dataclasses.asdict(self.gpu),
-                                    "asked": self.demand.history}
+        self.manifest.placement = Placement.of(
+            usage_by_type([s.nodes for s in stages]), self.capacity.to_dict(),
+            dataclasses.asdict(self.gpu), self.demand.history)
         self.save()
         return seconds
 
@@ -254,6 +255,20 @@ class Job:
         if train and self._board is None:
             self._board = start_board()
 
+    def plan_gpu(self, cfg: TrainConfig, *, gpu_stages_left: bool) -> None:
+        """The GPU plan of a command that trains (it fails here if --device cuda cannot be had).
+        While a GPU stage is left, the run keeps asking for a GPU node: it boots while FEATURES
+        is scanned and clips are sampled, and is not given back between k-means and GloVe."""
+        self.gpu = plan_gpu(cfg.device, self.capacity, cfg.gpu_wait, self.demand)
+        if self.gpu.note:
+            self.echo(f"gpu: {self.gpu.note}")
+        self.hold_gpu = self.gpu.request and gpu_stages_left
+
+    def gpu_stages_over(self) -> None:
+        """No GPU node is asked for any more, and nothing of vgray stays on one."""
+        self.hold_gpu = False
+        self.release_gpu_worker()
+
     def release_gpu_worker(self) -> None:
         """Nothing of vgray stays on the GPU node once the GPU stages are over."""
         if self.gpu_worker is not None:
@@ -276,20 +291,19 @@ class Job:
         GPU worker takes units too where its GPU computes."""
         n = self.workers(stage, requested, len(units))
         lent = [self.gpu_worker] if gpu and self.gpu_computes and self.gpu_worker else []
-        retries = self.manifest.setdefault("retries", {}).setdefault(stage, {"requests": 0,
-                                                                             "units": 0})
+        retries = self.manifest.retries_of(stage)
         reruns = self.pool.reruns.get(stage, 0)
 
         def done(k, result, finished):
             first = result[0] if isinstance(result, list) and result else result
-            retries["requests"] += getattr(first, "retries", 0)
+            retries.requests += getattr(first, "retries", 0)
             on_done(k, result, finished)
 
         try:
             if not self.pool.run(n, units, submit, done, extra=lent, stage=stage) and lent:
                 self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
         finally:
-            retries["units"] += self.pool.reruns.get(stage, 0) - reruns
+            retries.units += self.pool.reruns.get(stage, 0) - reruns
 
     def on_trainer(self, what: str, call, where: list) -> Fit:
         """call(actor) for k-means or GloVe: on the GPU worker where the GPU plan says so (it is
@@ -334,9 +348,7 @@ class Job:
         return self.on_trainer("glove", fit, where)
 
 
-def stage_record(seconds: float, where: list | None = None, **figures) -> dict:
+def stage_record(seconds: float, where: list | None = None, **figures) -> Stage:
     """A finished stage as the manifest records it; `where` is [(kind of work, here() of it)]."""
-    stage = {"status": "done", "seconds": round(seconds, 3), **figures}
-    if where is not None:
-        stage["nodes"] = node_usage([(kind, w) for kind, w in where if w])
-    return stage
+    nodes = None if where is None else node_usage([(kind, w) for kind, w in where if w])
+    return record_of(seconds, nodes, **figures)

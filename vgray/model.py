@@ -47,7 +47,7 @@ class VisualGlove:
     def load(cls, run: str) -> "VisualGlove":
         """A finished `vgray train` run directory (or URI), checked before use."""
         manifest, centroids, vectors = load_run(run, need_vectors=True)
-        return cls(centroids, vectors, manifest["config"].get("streams", "rgb"), run)
+        return cls(centroids, vectors, manifest.config.streams, run)
 
     @classmethod
     def train(cls, features: str, out: str, train_ids: str | None = None, **settings) -> "VisualGlove":

@@ -21,6 +21,7 @@ import json
 import numpy as np
 
 from . import fs
+from .manifest import CorpusRecord, Manifest, Stage
 from .evaluate import TINY, dead_and_tiny, lines
 from .export import usage, word_name
 from .store import COOCCUR_SCHEMA, RunDir, load_run, read_table, write_bytes, write_text
@@ -131,13 +132,13 @@ def _neighbours(vectors: np.ndarray, counts: np.ndarray, run: RunDir) -> list[tu
     return rows
 
 
-def _where(stage: dict) -> str:
+def _where(stage: Stage) -> str:
     """The nodes a stage ran on, by type, and its device where it has one."""
     from .cluster import node_label
 
-    types = collections.Counter(node_label(n) for n in (stage.get("nodes") or {}).values())
+    types = collections.Counter(node_label(n) for n in (stage.nodes or {}).values())
     where = ", ".join(f"{n} × {t}" for t, n in sorted(types.items()))
-    return where + (f" ({stage['device']})" if stage.get("device") else "")
+    return where + (f" ({stage.device})" if stage.device else "")
 
 
 def _evaluation_section(run: RunDir) -> str:
@@ -160,22 +161,23 @@ def report(run_dir: str) -> str:
     counts = usage(run, len(vectors))
     loss_png, curve = _loss_figure(run)
     usage_png = _usage_figure(counts)
-    map_png, how = _map_figure(vectors, counts, seed=manifest["config"].get("seed", 0))
+    map_png, how = _map_figure(vectors, counts, seed=manifest.config.seed)
     images = {"loss.png": loss_png, "usage.png": usage_png, "vocabulary-map.png": map_png}
     for name, data in images.items():
         write_bytes(run.path("report", name), data)
-    kept = manifest.get("stages", {}).get("glove", {}).get("kept_epoch")
-    facts = _facts(manifest.get("corpus", {}), vectors, counts, loss=_loss_fact(curve, kept))
+    kept = manifest.stages["glove"].kept_epoch
+    facts = _facts(manifest.corpus, vectors, counts, loss=_loss_fact(curve, kept))
     index = run.path("report", "index.html")
     write_text(index, _page(run, manifest, facts=facts, images=images, how=how,
                             neighbours=_neighbour_rows(vectors, counts, run)))
     return index
 
 
-def _facts(corpus: dict, vectors: np.ndarray, counts: np.ndarray, *, loss: str) -> list[tuple]:
+def _facts(corpus: CorpusRecord | None, vectors: np.ndarray, counts: np.ndarray, *, loss: str) -> list[tuple]:
     """The rows of the report's Corpus table: (what, value)."""
     dead, tiny = dead_and_tiny(counts)
-    return [("videos", f"{corpus.get('videos', 0):,}"), ("clips", f"{corpus.get('clips', 0):,}"),
+    return [("videos", f"{corpus.videos if corpus else 0:,}"),
+            ("clips", f"{corpus.clips if corpus else 0:,}"),
             ("visual words", f"{len(vectors):,}"), ("vector size", f"{vectors.shape[1]}"),
             ("GloVe loss", loss),
             ("dead words", ", ".join(map(word_name, dead[:50])) or "none"),
@@ -190,21 +192,22 @@ def _neighbour_rows(vectors: np.ndarray, counts: np.ndarray, run: RunDir) -> str
         for w, near in _neighbours(vectors, counts, run))
 
 
-def _run_tables(run: RunDir, manifest: dict, facts: list[tuple]) -> str:
+def _run_tables(run: RunDir, manifest: Manifest, facts: list[tuple]) -> str:
     """The Corpus section: its facts, the inputs skipped by reason, the stages and the nodes."""
     esc = html.escape
     skipped = collections.Counter(s["reason"] for s in run.skips())
-    stages = manifest.get("stages", {})
+    stages = manifest.stages
+    by_type = manifest.placement.nodes if manifest.placement else {}
     return f"""<h2>Corpus</h2><table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)}</table>
 <h3>Skipped, by reason</h3><table><tr><th>reason</th><th>inputs</th></tr>
 {"".join(f"<tr><td>{esc(r)}</td><td>{n}</td></tr>" for r, n in skipped.most_common()) or "<tr><td>none</td><td>0</td></tr>"}</table>
 <h3>Stages</h3><table><tr><th>stage</th><th>seconds</th><th>where</th></tr>
-{"".join(f"<tr><td>{esc(s)}</td><td>{v.get('seconds', '')}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
+{"".join(f"<tr><td>{esc(s)}</td><td>{'' if v.seconds is None else v.seconds}</td><td>{esc(_where(v))}</td></tr>" for s, v in stages.items())}</table>
 <h3>Node-seconds by node type</h3><table><tr><th>node type</th><th>nodes</th><th>node-seconds</th></tr>
-{"".join(f"<tr><td>{esc(t)}</td><td>{u['nodes']}</td><td>{u['node_seconds']:.1f}</td></tr>" for t, u in manifest.get("nodes", {}).items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>"""
+{"".join(f"<tr><td>{esc(t)}</td><td>{u.nodes}</td><td>{u.node_seconds:.1f}</td></tr>" for t, u in by_type.items()) or "<tr><td>not recorded</td><td></td><td></td></tr>"}</table>"""
 
 
-def _page(run: RunDir, manifest: dict, *, facts: list[tuple], images: dict[str, bytes], how: str,
+def _page(run: RunDir, manifest: Manifest, *, facts: list[tuple], images: dict[str, bytes], how: str,
           neighbours: str) -> str:
     """index.html: the run's tables, the figures inline, the neighbours and the evaluation."""
     esc = html.escape

@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
 from .readers import features_fingerprint, scan
 from .errors import StorageError
+from .manifest import Grid, Manifest
 from .progress import Progress
 from .store import TRAIN_STAGES, RunDir
 from .sweeptable import VARIED, SweepSummary, best_of, name, read_rows
@@ -61,11 +62,6 @@ def fingerprint(corpus: Corpus) -> str:
     return f"{h:08x}"
 
 
-def settings_of(manifest: dict) -> dict:
-    """The settings a RUN was made with, keys added since then at what an older vgray did."""
-    return {**TrainConfig.ADDED, **manifest.get("settings", {})}
-
-
 def train_settings(config: TrainConfig, features: str, ids: list[str] | None) -> dict:
     """The settings a RUN of `vgray train` must have been made with to be resumed."""
     settings = {k: getattr(config, k) for k in TrainConfig.RESULT_KEYS}
@@ -104,12 +100,11 @@ class Summary:
                 f"{fs.join(self.out, 'manifest.json')}, {self.seconds:.1f} s")
 
 
-def outputs_of(run: RunDir, manifest: dict) -> tuple:
+def outputs_of(run: RunDir, manifest: Manifest) -> tuple:
     """Where a finished command's per-video outputs are, as its summary line names them."""
-    if manifest.get("command") == "assign":
+    if manifest.command == "assign":
         return (run.video_tokens("{id}"), run.path("tokens.parquet"))
-    if (manifest.get("config") or {}).get("embeddings") == "parquet" or (
-            manifest.get("settings") or {}).get("embeddings") == "parquet":
+    if manifest.embeddings_layout == "parquet":
         return (run.embeddings_part(),)
     return (run.embeddings_dir + "/", run.concat_dir + "/")
 
@@ -131,29 +126,28 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
         raise
     except Exception:  # noqa: BLE001 - anything unreadable: the run says what is wrong
         return Check()
-    if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "train":
+    if not manifest or manifest.status != "complete" or manifest.command != "train":
         return Check()
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
-    if settings_of(manifest) != train_settings(config, features, ids):
+    if manifest.settings_with_added() != train_settings(config, features, ids):
         return Check()
-    stages = manifest.get("stages", {})
-    if any(stages.get(s, {}).get("status") != "done" for s in TRAIN_STAGES):
+    if not all(manifest.stage_done(s) for s in TRAIN_STAGES) or manifest.counts is None:
         return Check()
     outputs = [run.path("vocab", "centroids.npy"), run.path("glove", "vectors.npy"),
                run.path("skipped.jsonl")]
     outputs += [run.part("cooccur", r) for r in range(config.reducers)]
     if not all(fs.exists(p) for p in outputs):  # looked up before the (longer) scan
         return Check()
-    counts = manifest["counts"]
-    listed = manifest.get("corpus", {}).get("listing")
+    counts, made_from = manifest.counts, manifest.corpus
+    listed = made_from.listing if made_from else None
     if listed is not None:
         # FEATURES as one listing says it is, as it was when RUN was made: no header is read.
-        if config.strict and counts.get("skipped"):
+        if config.strict and counts.skipped:
             return Check()  # the run fails with the reason
         if features_fingerprint(features, config.follow_symlinks, config.reading()) != listed:
             return Check()
-        shards, corpus, seconds = stages["assign"].get("shards"), None, 0.0
+        shards, corpus, seconds = manifest.stages["assign"].shards, None, 0.0
         if shards is None:
             return Check()
     else:  # a RUN of an earlier vgray: FEATURES is scanned, and handed on if there is work
@@ -161,7 +155,7 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
         scanned = Check(corpus=corpus, scan_seconds=seconds)
         if config.strict and corpus.skips or not corpus.videos or not corpus.train_videos:
             return scanned  # the run fails with the reason
-        if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
+        if (made_from.fingerprint if made_from else None) != fingerprint(corpus):
             return scanned
         shards = len(make_shards(corpus.videos, config.shard_clips))
     if any(len(run.done_shards(stage) & set(range(shards))) < shards
@@ -169,11 +163,11 @@ def check_train(features: str, out: str, config: TrainConfig, train_ids: str | N
         return Check(corpus=corpus, scan_seconds=seconds)
     if echo is not None:
         echo(f"{run.root} is complete: nothing to do")
-    return Check(Summary(run.root, counts["videos"], counts["clips"], counts["skipped"],
+    return Check(Summary(run.root, counts.videos, counts.clips, counts.skipped,
                          time.perf_counter() - t0, {"vocab": 0, "assign_shards": 0,
                                                     "reduce_parts": 0, "glove": 0,
                                                     "embed_shards": 0},
-                         {k: stages[k] for k in ("vocab", "cooccur", "glove")},
+                         {k: manifest.stages[k] for k in ("vocab", "cooccur", "glove")},
                          outputs_of(run, manifest)), corpus, seconds)
 
 
@@ -225,21 +219,19 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
         raise
     except Exception:  # noqa: BLE001 - the sweep says what is wrong
         return Check()
-    if not manifest or manifest.get("status") != "complete" or manifest.get("command") != "sweep":
+    if not manifest or manifest.status != "complete" or manifest.command != "sweep":
         return Check()
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
-    grid = {"vocab_size": sorted(set(vocab_sizes)), "window": sorted(set(windows)),
-            "dim": sorted(set(dims))}
+    grid = Grid(sorted(set(vocab_sizes)), sorted(set(windows)), sorted(set(dims)))
     labels_file = fs.normalize(labels) if labels else None
-    if (settings_of(manifest) != sweep_settings(config, features, ids)
-            or manifest.get("grid") != grid or manifest.get("labels_file") != labels_file):
+    if (manifest.settings_with_added() != sweep_settings(config, features, ids)
+            or manifest.grid != grid or manifest.labels_file != labels_file):
         return Check()
     key = digest_file(labels) if labels else None
-    combos = [name(k, w, d) for k in grid["vocab_size"] for w in grid["window"]
-              for d in grid["dim"]]
-    evaluated = manifest.get("evaluated", {})
-    if any(evaluated.get(c, {}).get("labels", "missing") != key for c in combos):
+    combos = [name(k, w, d) for k in grid.vocab_size for w in grid.window for d in grid.dim]
+    evaluated = manifest.evaluated or {}
+    if any(c not in evaluated or evaluated[c].labels != key for c in combos):
         return Check()
     outputs = [run.path(p) for p in ("sweep.csv", "report.html", "skipped.jsonl")]
     outputs += [run.path(c, p) for c in combos
@@ -249,17 +241,17 @@ def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[i
     rows = read_rows(fs.read_bytes(run.path("sweep.csv")).decode("utf-8"))
     if [name(*(r[k] for k in VARIED)) for r in rows] != combos:
         return Check()
-    listed = manifest.get("corpus", {}).get("listing")
+    made_from = manifest.corpus
+    listed = made_from.listing if made_from else None
     corpus, seconds = None, 0.0
     if listed is not None:  # one listing, no header read
         if features_fingerprint(features, config.follow_symlinks, config.reading()) != listed:
             return Check()
     else:  # a sweep of an earlier vgray
         corpus, seconds = scan_corpus(features, config, ids, echo)
-        if manifest.get("corpus", {}).get("fingerprint") != fingerprint(corpus):
+        if (made_from.fingerprint if made_from else None) != fingerprint(corpus):
             return Check(corpus=corpus, scan_seconds=seconds)
-    best = manifest.get("best")
-    ranked_by = best["by"] if best else None
+    ranked_by = manifest.best.by if manifest.best else None
     # Chosen again from the table, as the sweep chooses: a sweep of an earlier vgray named the
     # first of a tie.
     best_row = best_of(rows, ranked_by)

@@ -23,6 +23,7 @@ from .corpus import Corpus, Listing, Reading, Skip, Video, assemble, total_clips
 from .cluster import usage_line
 from .errors import VgrayError
 from .live import get_with_progress
+from .manifest import Counts, CorpusRecord
 from .pool import MAX_ATTEMPTS, RETRIABLE
 from .progress import Progress, plural
 from .readers import list_videos
@@ -98,7 +99,8 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
          listing: Listing | None = None, reading: Reading | None = None) -> Corpus:
     """FEATURES listed by the driver (or the `listing` it already made), its headers read by the
     job's workers a chunk of the listing at a time (or as the no-op check already `scanned` it:
-    FEATURES is scanned once per command), recorded in the manifest as the corpus of the run."""
+    FEATURES is scanned once per command), recorded in the manifest as the corpus of the run and
+    returned: the later stages are handed it."""
     t = time.perf_counter() - (scanned.scan_seconds if scanned else 0.0)
     corpus = scanned.corpus if scanned else None
     where = []
@@ -126,22 +128,20 @@ def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[st
         raise VgrayError(f"no usable videos in {features}"
                          + (f" (first problem: {corpus.skips[0].reason})" if corpus.skips else ""))
     made_from = fingerprint(corpus)
-    before = job.manifest.get("corpus", {}).get("fingerprint")
+    before = job.manifest.corpus.fingerprint if job.manifest.corpus else None
     if before is not None and before != made_from:
         raise VgrayError(f"FEATURES {features} changed since {job.run.root} was started; "
                          "use another --out (or delete it to start over)")
-    job.manifest["corpus"] = {
-        "layout": corpus.layout, "videos": len(corpus.videos),
-        "clips": total_clips(corpus.videos), "train_videos": len(corpus.train_videos),
-        "rgb_dim": corpus.rgb_dim, "flow_dim": corpus.flow_dim,
-        "skipped_at_scan": len(corpus.skips), "missing_train_ids": len(corpus.missing_train_ids),
-        "fingerprint": made_from, "listing": corpus.listing}
+    job.manifest.corpus = CorpusRecord(
+        corpus.layout, videos=len(corpus.videos), clips=total_clips(corpus.videos),
+        train_videos=len(corpus.train_videos), rgb_dim=corpus.rgb_dim, flow_dim=corpus.flow_dim,
+        skipped_at_scan=len(corpus.skips), missing_train_ids=len(corpus.missing_train_ids),
+        fingerprint=made_from, listing=corpus.listing)
     job.finish_stage("scan", time.perf_counter() - t, where or None, videos=len(corpus.videos),
                      skipped=len(corpus.skips))
     job.echo(f"scan: {len(corpus.videos)} videos, {len(corpus.skips)} skipped"
              + (f", {len(corpus.missing_train_ids)} training ids without files"
                 if corpus.missing_train_ids else "") + f" ({time.perf_counter() - t:.1f} s)")
-    job.corpus = corpus
     return corpus
 
 
@@ -255,7 +255,7 @@ def tokenize(job: Job, shards: list[list[Video]], units: dict[int, TokenizeUnit]
 
 
 def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str,
-           count: Count | None, *, per_video: bool = False) -> list[ShardStats]:
+           count: Count | None, *, corpus: Corpus, per_video: bool = False) -> list[ShardStats]:
     """The assign stage of one RUN: every shard not yet done is tokenised with one vocabulary
     (and, with `count`, its training pairs counted); the stage's figures from every shard's
     record, which are returned. A shard whose partial counts are gone is redone while the merge
@@ -269,7 +269,6 @@ def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str
         if len(merged) < count.reducers:  # partials are deleted once merged
             partials = run.partials_listed()
             marked = {k for k in marked if all((k, r) in partials for r in range(count.reducers))}
-    corpus = job.corpus
     units = {k: TokenizeUnit(k, shards[k], [corpus.is_train(v.video_id) for v in shards[k]],
                              [Vocabulary(run.root, centroids,
                                          run.tokens_part(k, staged=per_video), count=count)],
@@ -339,20 +338,21 @@ def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, *, batch_cli
 # ---------------------------------------------------------------------------------------------
 # records
 
-def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | None) -> Summary:
+def finish(job: Job, assigned: list[ShardStats], embedded: list[ShardStats] | None, *,
+           corpus: Corpus) -> Summary:
     """Write skipped.jsonl (every input not used, and why: the scan's and those in the shards'
     records) and close the manifest."""
     run = job.run
-    skips = skip_records(job.corpus, [s.skips for s in assigned + (embedded or [])])
+    skips = skip_records(corpus, [s.skips for s in assigned + (embedded or [])])
     write_skips(run.path("skipped.jsonl"), skips)
-    stage = job.manifest["stages"]["embed" if embedded is not None else "assign"]
-    job.manifest["counts"] = {"videos": stage["videos"], "skipped": len(skips),
-                              "clips": job.manifest["stages"]["assign"]["clips"]}
-    seconds = job.complete(job.manifest["stages"])
-    if job.manifest["nodes"]:
-        job.echo(usage_line(job.manifest["nodes"]))
-    return Summary(run.root, stage["videos"], job.manifest["counts"]["clips"], len(skips),
-                   seconds, dict(job.work), outputs=outputs_of(run, job.manifest))
+    manifest = job.manifest
+    stage = manifest.stages["embed" if embedded is not None else "assign"]
+    manifest.counts = Counts(stage.videos, manifest.stages["assign"].clips, len(skips))
+    seconds = job.complete(list(manifest.stages.values()))
+    if manifest.placement.nodes:
+        job.echo(usage_line(manifest.placement.nodes))
+    return Summary(run.root, stage.videos, manifest.counts.clips, len(skips),
+                   seconds, dict(job.work), outputs=outputs_of(run, manifest))
 
 
 def records(run: RunDir, stage: str, shards: int, fresh: dict[int, ShardStats]

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from . import fs
 from .errors import VgrayError
+from .manifest import Manifest
 
 MANIFEST = "manifest.json"
 # The stages of a complete `vgray train` RUN, in the order they run (and are shown).
@@ -285,12 +286,18 @@ class RunDir:
     def manifest_path(self) -> str:
         return self.path(MANIFEST)
 
-    def read_manifest(self) -> dict | None:
+    def read_manifest(self) -> Manifest | None:
+        """The RUN's manifest (None where there is none); one line if it is unreadable or a
+        field of it is wrong."""
         try:
-            return read_json(self.manifest_path)
+            data = read_json(self.manifest_path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, json.JSONDecodeError) as e:
+            raise VgrayError(f"{self.manifest_path} is unreadable: {e}") from None
+        try:
+            return Manifest.from_dict(data)
+        except VgrayError as e:
             raise VgrayError(f"{self.manifest_path} is unreadable: {e}") from None
 
     def skips(self) -> list[dict]:
@@ -301,8 +308,8 @@ class RunDir:
         return [json.loads(line) for line in fs.read_bytes(path).decode("utf-8").splitlines()
                 if line.strip()]
 
-    def write_manifest(self, manifest: dict) -> None:
-        write_json(self.manifest_path, manifest)
+    def write_manifest(self, manifest: Manifest) -> None:
+        write_json(self.manifest_path, manifest.to_dict())
 
 
 class RunLock:
@@ -415,30 +422,31 @@ class RunLock:
                 os.remove(self.path)
 
 
-def load_run(run_dir: str, need_vectors: bool) -> tuple[dict, np.ndarray, np.ndarray | None]:
+def load_run(run_dir: str, need_vectors: bool) -> tuple[Manifest, np.ndarray, np.ndarray | None]:
     """The manifest, centroids and (optionally) vectors of a finished RUN, checked before use."""
     run = RunDir(run_dir)
     manifest = run.read_manifest()
-    if manifest is not None and manifest.get("command") == "sweep":
+    if manifest is not None and manifest.command == "sweep":
         raise VgrayError(f"{run_dir} is a vgray sweep: each combination in it is a RUN "
                          f"({run.path('K{K}-w{W}-d{D}')}; see {run.path('sweep.csv')})")
-    if manifest is None or manifest.get("command") != "train":
+    if manifest is None or manifest.command != "train":
         raise VgrayError(f"{run_dir} is not a vgray train run (no manifest.json)")
-    stages = manifest.get("stages", {})
     needed = ("vocab", "glove") if need_vectors else ("vocab",)
-    missing = [s for s in needed if stages.get(s, {}).get("status") != "done"]
+    missing = [s for s in needed if not manifest.stage_done(s)]
     if missing:
         raise VgrayError(f"{run_dir} is incomplete (stage {missing[0]} not done); finish it "
                          "with vgray train first")
-    cfg = manifest["config"]
+    cfg = manifest.config
+    if cfg is None:
+        raise VgrayError(f"{run.manifest_path} is unreadable: manifest field config is missing")
     centroids = load_npy(run.path("vocab", "centroids.npy"), np.float32, 2)
-    if centroids.shape[0] != cfg["vocab_size"]:
+    if centroids.shape[0] != cfg.vocab_size:
         raise VgrayError(f"{run.path('vocab', 'centroids.npy')} has {centroids.shape[0]} words, "
-                         f"the manifest says {cfg['vocab_size']}")
+                         f"the manifest says {cfg.vocab_size}")
     vectors = None
     if need_vectors:
         vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-        if vectors.shape != (cfg["vocab_size"], cfg["dim"]):
+        if vectors.shape != (cfg.vocab_size, cfg.dim):
             raise VgrayError(f"{run.path('glove', 'vectors.npy')} has shape {vectors.shape}, "
-                             f"expected {(cfg['vocab_size'], cfg['dim'])}")
+                             f"expected {(cfg.vocab_size, cfg.dim)}")
     return manifest, centroids, vectors

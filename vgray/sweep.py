@@ -39,12 +39,13 @@ import io
 import time
 
 from . import fs, stages
-from .demand import plan_gpu
 from .config import TrainConfig
 from .corpus import read_train_ids
 from .errors import VgrayError
 from .evaluate import evaluate, read_labels
 from .job import Job, stage_record, versions
+from .manifest import (Best, Counts, Evaluation, Grid, Manifest, Stage, SweepOrigin,
+                       VocabularyRecord)
 from .progress import Progress
 from .resume import Check, check_sweep, digest_file, make_shards, sweep_settings, train_settings
 from .store import WORK, RunDir, copy_file, read_json, save_npy, write_text
@@ -81,8 +82,8 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
     features = fs.normalize(features)
     ids = read_train_ids(train_ids) if train_ids else None
     old = RunDir(out).read_manifest()
-    if old is not None and old.get("command") != "sweep":
-        raise VgrayError(f"{fs.normalize(out)} is a vgray {old.get('command')} RUN, not a sweep; "
+    if old is not None and old.command != "sweep":
+        raise VgrayError(f"{fs.normalize(out)} is a vgray {old.command} RUN, not a sweep; "
                          "use another --out")
     with Job(out, echo, features) as job:
         return _Sweep(job, features, config, configs, train_ids, ids, labels, label_map
@@ -109,12 +110,12 @@ class _Sweep:
     def combo(self, c: tuple) -> RunDir:
         return RunDir(self.run_dir.path(name(*c)))
 
-    def state(self, vocab_size: int) -> dict:
-        return self.job.manifest.setdefault("vocabularies", {}).setdefault(str(vocab_size), {})
+    def state(self, vocab_size: int) -> VocabularyRecord:
+        return self.job.manifest.vocabulary(vocab_size)
 
     def trained(self, c: tuple) -> bool:
         m = self.combo(c).read_manifest()
-        return bool(m and m.get("stages", {}).get("glove", {}).get("status") == "done"
+        return bool(m and m.stage_done("glove")
                     and fs.exists(self.combo(c).path("glove", "vectors.npy")))
 
     def counted(self, c: tuple) -> bool:
@@ -124,25 +125,21 @@ class _Sweep:
     def run(self, scanned: Check | None = None) -> SweepSummary:
         job, cfg = self.job, self.config
         settings = sweep_settings(cfg, self.features, self.ids)
-        job.open({"command": "sweep", "features": self.features,
-                  "train_ids_file": fs.normalize(self.train_ids) if self.train_ids else None,
-                  "config": {k: v for k, v in cfg.to_dict().items() if k not in VARIED},
-                  "grid": {"vocab_size": self.vocab_sizes,
-                           "window": sorted({w for _, w, _ in self.grid}),
-                           "dim": sorted({d for _, _, d in self.grid})},
-                  "labels_file": fs.normalize(self.labels) if self.labels else None}, settings)
+        grid = Grid(self.vocab_sizes, sorted({w for _, w, _ in self.grid}),
+                    sorted({d for _, _, d in self.grid}))
+        job.open(Manifest.for_sweep(
+            cfg, grid, features=self.features, settings=settings,
+            train_ids_file=fs.normalize(self.train_ids) if self.train_ids else None,
+            labels_file=fs.normalize(self.labels) if self.labels else None))
         # What the listing alone refuses is refused before Ray starts.
         listing = None if scanned and scanned.corpus else stages.listed(
             self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks, cfg.reading())
         job.connect()
-        job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait, job.demand)
-        if job.gpu.note:
-            job.echo(f"gpu: {job.gpu.note}")
         todo = [c for c in self.grid if not self.trained(c)]
+        job.plan_gpu(cfg, gpu_stages_left=bool(todo))
         needed = sorted({c[0] for c in todo})
-        vocab_left = [k for k in needed if not (self.state(k).get("vocab", {}).get("status") == "done"
+        vocab_left = [k for k in needed if not (self.state(k).vocab and self.state(k).vocab.done
                                                 and fs.exists(self.centroids(k)))]
-        job.hold_gpu = job.gpu.request and bool(todo)
         # The workers start first: they read the headers (the driver only lists FEATURES).
         job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
         self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
@@ -157,8 +154,7 @@ class _Sweep:
         self._vocabularies(vocab_left)
         self._counts(needed, todo)
         self._fits(todo)
-        job.hold_gpu = False
-        job.release_gpu_worker()
+        job.gpu_stages_over()
         return self._finish()
 
     def centroids(self, vocab_size: int) -> str:
@@ -191,14 +187,14 @@ class _Sweep:
                     fs.listdir(self.run_dir.root)):
                 if entry.startswith(f"K{k}-w"):
                     fs.remove_tree(self.run_dir.path(entry))
-            self.job.manifest.setdefault("vocabularies", {})[str(k)] = {}
+            self.job.manifest.vocabulary(k, fresh=True)
         t = time.perf_counter()
 
         def save(cfg: TrainConfig, fit: Fit, where: list) -> None:
             nonlocal t
             save_npy(self.centroids(cfg.vocab_size), fit.centroids)
-            self.state(cfg.vocab_size)["vocab"] = stage_record(time.perf_counter() - t, where,
-                                                               **fit.figures)
+            self.state(cfg.vocab_size).vocab = stage_record(time.perf_counter() - t, where,
+                                                            **fit.figures)
             job.work["vocab"] += 1
             job.save()
             job.echo(stages.vocab_line(cfg, fit.figures, time.perf_counter() - t))
@@ -216,12 +212,12 @@ class _Sweep:
         for k in needed:
             reach = max(c[1] for c in todo if c[0] == k)
             state = self.state(k)
-            if state.get("counted_window", 0) < reach:
-                if state.get("counting_window") != self.window:  # an older, smaller count
+            if (state.counted_window or 0) < reach:
+                if state.counting_window != self.window:  # an older, smaller count
                     fs.remove_tree(self.shared(k).path("bydistance"))
                     fs.remove_tree(self.shared(k).path(WORK, "cooccur"))
-                    state.pop("counted_window", None)
-                    state["counting_window"] = self.window
+                    state.counted_window = None
+                    state.counting_window = self.window
                 recount.append(k)
         job.save()
         count = Count(0, self.window, cfg.reducers, by_distance=True)
@@ -256,7 +252,7 @@ class _Sweep:
                      for s, records in done.items()
                      if any(v.root == self.shared(k).root for v in units[s].vocabularies)}
             stats = self.assigned[k] = stages.records(self.shared(k), "assign", len(shards), fresh)
-            self.state(k)["assign"] = stage_record(
+            self.state(k).assign = stage_record(
                 time.perf_counter() - t, [("assign", r.where) for r in stats], **totals(stats))
         if units:
             self.echo(f"assign: {len(needed)} vocabularies, {len(units)} shards "
@@ -286,7 +282,8 @@ class _Sweep:
         stages.reduce(job, reduce_units, cfg.workers)
         for k in recount:
             state = self.state(k)
-            state["counted_window"] = state.pop("counting_window", self.window)
+            state.counted_window = state.counting_window or self.window
+            state.counting_window = None
             fs.remove_tree(self.shared(k).path(WORK, "cooccur"))  # merged for good
         job.save()
         if reduce_units:
@@ -339,20 +336,20 @@ class _Sweep:
         job.work["glove"] += 1
         state = self.state(c[0])
         skips = self.skips(c[0])
-        manifest = {
-            "command": "train", "features": self.features,
-            "train_ids_file": job.manifest.get("train_ids_file"), "config": cfg.to_dict(),
-            "settings": train_settings(cfg, self.features, self.ids), "versions": versions(),
-            "status": "complete", "corpus": job.manifest["corpus"],
-            "stages": {"scan": job.manifest["stages"]["scan"], "vocab": state["vocab"],
-                       "assign": state["assign"],
-                       "cooccur": {"status": "done", "nonzeros": fit.figures["nonzeros"],
-                                   "reducers": cfg.reducers,
-                                   "derived_from_window": state["counted_window"]},
-                       "glove": stage_record(seconds, where, **fit.figures)},
-            "counts": {"videos": state["assign"]["videos"], "clips": state["assign"]["clips"],
-                       "skipped": len(skips)},
-            "sweep": {"dir": self.run_dir.root, "combination": name(*c)}}
+        # Made as train makes its manifest (Manifest.for_train), of the shared records.
+        manifest = Manifest.for_train(cfg, features=self.features,
+                                      train_ids_file=job.manifest.train_ids_file,
+                                      settings=train_settings(cfg, self.features, self.ids))
+        manifest.versions, manifest.status = versions(), "complete"
+        manifest.corpus = job.manifest.corpus
+        manifest.stages = {
+            "scan": job.manifest.stages["scan"], "vocab": state.vocab, "assign": state.assign,
+            "cooccur": Stage("done", None, {"nonzeros": fit.figures["nonzeros"],
+                                            "reducers": cfg.reducers,
+                                            "derived_from_window": state.counted_window}),
+            "glove": stage_record(seconds, where, **fit.figures)}
+        manifest.counts = Counts(state.assign.videos, state.assign.clips, len(skips))
+        manifest.sweep = SweepOrigin(self.run_dir.root, name(*c))
         stages.write_skips(run.path("skipped.jsonl"), skips)
         run.write_manifest(manifest)
         job.echo(stages.glove_line(f"glove {name(*c)}", fit.figures, seconds))
@@ -379,13 +376,15 @@ class _Sweep:
         """The combination's evaluation.json, computed once per labels file."""
         run = self.combo(c)
         key = digest_file(self.labels)
-        record = self.job.manifest.setdefault("evaluated", {}).get(name(*c))
-        if record is not None and record.get("labels") == key and fs.exists(run.path("evaluation.json")):
+        if self.job.manifest.evaluated is None:
+            self.job.manifest.evaluated = {}
+        evaluated = self.job.manifest.evaluated
+        record = evaluated.get(name(*c))
+        if record is not None and record.labels == key and fs.exists(run.path("evaluation.json")):
             return read_json(run.path("evaluation.json"))
         t = time.perf_counter()
         result = evaluate(run.root, None, self.labels)
-        self.job.manifest["evaluated"][name(*c)] = {
-            "labels": key, "seconds": round(time.perf_counter() - t, 3)}
+        evaluated[name(*c)] = Evaluation(key, round(time.perf_counter() - t, 3))
         self.job.work["evaluate"] += 1
         self.job.save()
         return result
@@ -401,7 +400,7 @@ class _Sweep:
             held = m.get("held_out") or {}
             probe = (result.get("labels") or {}).get("representations", {}).get("visual_glove", {})
             manifest = self.combo(c).read_manifest()
-            state = job.manifest["vocabularies"][str(c[0])]
+            state = job.manifest.vocabulary(c[0])
             rows.append({
                 "vocab_size": c[0], "window": c[1], "dim": c[2],
                 "final_loss": m["final_loss"], "inertia_per_clip": m["inertia_per_clip"],
@@ -409,9 +408,9 @@ class _Sweep:
                 "tiny_words": m["tiny_words"], "neighbour_share": m["neighbour_share"],
                 "held_out_loss": held.get("loss"), "probe_accuracy": probe.get("probe_accuracy"),
                 "retrieval_map": probe.get("retrieval_map"),
-                "kmeans_seconds": state["vocab"].get("kmeans_seconds"),
-                "seconds": round(manifest["stages"]["glove"]["seconds"]
-                                 + job.manifest["evaluated"][name(*c)]["seconds"], 3)})
+                "kmeans_seconds": state.vocab.kmeans_seconds,
+                "seconds": round(manifest.stages["glove"].seconds
+                                 + job.manifest.evaluated[name(*c)].seconds, 3)})
         progress.close()
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
@@ -426,10 +425,9 @@ class _Sweep:
         best = best_of(rows, ranked_by)
         write_text(self.run_dir.path("report.html"), report_page(rows, ranked_by, best))
         stages.write_skips(self.run_dir.path("skipped.jsonl"), self.skips(self.vocab_sizes[0]))
-        job.manifest["best"] = {"by": ranked_by, "ties_by": TIE_BREAK,
-                                "combination": name(*(best[k] for k in VARIED))} if best else None
-        seconds = job.complete({f"vocab K{k}": s.get("vocab", {})
-                                for k, s in job.manifest["vocabularies"].items()})
+        job.manifest.best = Best(ranked_by, TIE_BREAK,
+                                 name(*(best[k] for k in VARIED))) if best else None
+        seconds = job.complete([v.vocab for v in job.manifest.vocabularies.values() if v.vocab])
         return SweepSummary(self.run_dir.root, rows, best, ranked_by, seconds, dict(job.work))
 
 

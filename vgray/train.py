@@ -10,10 +10,10 @@ import time
 import numpy as np
 
 from . import fs, stages
-from .demand import plan_gpu
 from .config import TrainConfig
 from .corpus import Corpus, Video, read_train_ids
 from .job import Job
+from .manifest import Manifest
 from .resume import Check, Summary, check_train, make_shards, train_settings
 from .store import WORK, load_npy, parquet_row_count, save_npy
 from .units import Count, Fit, ReduceUnit, ShardStats
@@ -36,22 +36,14 @@ def train(features: str, out: str, config: TrainConfig, train_ids: str | None = 
 def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
            ids: list[str] | None, scanned: Check) -> Summary:
     settings = train_settings(cfg, features, ids)
-    job.open({"command": "train", "features": features,
-              "train_ids_file": fs.normalize(train_ids) if train_ids else None,
-              "config": cfg.to_dict()}, settings)
+    job.open(Manifest.for_train(cfg, features=features, settings=settings,
+                                train_ids_file=fs.normalize(train_ids) if train_ids else None))
     # What the listing alone refuses is refused before Ray starts.
     listing = None if scanned.corpus else stages.listed(features, cfg.streams, cfg.strict, ids,
                                                           cfg.follow_symlinks, cfg.reading())
     job.connect()
     run = job.run
-    # fails here if cuda cannot be had
-    job.gpu = plan_gpu(cfg.device, job.capacity, cfg.gpu_wait, job.demand)
-    if job.gpu.note:
-        job.echo(f"gpu: {job.gpu.note}")
-    # From the vocabulary to GloVe the run keeps asking for a GPU node: it boots while FEATURES is
-    # scanned and clips are sampled, and is not given back and launched again between k-means
-    # and GloVe.
-    job.hold_gpu = job.gpu.request and not job.stage_done("glove")
+    job.plan_gpu(cfg, gpu_stages_left=not job.stage_done("glove"))
     centroids = run.path("vocab", "centroids.npy")
     # k-means to run: its GPU worker is asked for now (else GloVe asks when it starts).
     vocab_left = not (job.stage_done("vocab") and fs.exists(centroids))
@@ -64,15 +56,14 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     shards = make_shards(corpus.videos, cfg.shard_clips)
 
     _vocabulary(job, cfg, corpus, shards, centroids)
-    assigned = _counts(job, cfg, shards, centroids)
+    assigned = _counts(job, cfg, corpus, shards, centroids)
     _glove(job, cfg)
-    job.hold_gpu = False
-    job.release_gpu_worker()
+    job.gpu_stages_over()
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
     embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
                             workers=cfg.workers, layout=cfg.embeddings)
-    summary = stages.finish(job, assigned, embedded)
-    summary.figures = {k: job.manifest["stages"][k] for k in ("vocab", "cooccur", "glove")}
+    summary = stages.finish(job, assigned, embedded, corpus=corpus)
+    summary.figures = {k: job.manifest.stages[k] for k in ("vocab", "cooccur", "glove")}
     return summary
 
 
@@ -95,13 +86,13 @@ def _vocabulary(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Vi
     stages.fit_vocabularies(job, [cfg], corpus, shards, save)
 
 
-def _counts(job: Job, cfg: TrainConfig, shards: list[list[Video]],
+def _counts(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Video]],
             centroids: str) -> list[ShardStats]:
     """Tokens and partial counts per shard, then R reducers merge the partials; returns the
     shards' assign records."""
     run = job.run
     count = Count(cfg.vocab_size, cfg.window, cfg.reducers)
-    assigned = stages.assign(job, shards, cfg, centroids, count)
+    assigned = stages.assign(job, shards, cfg, centroids, count, corpus=corpus)
     t = time.perf_counter()
     todo = [r for r in range(cfg.reducers) if not fs.exists(run.part("cooccur", r))]
     job.work["reduce_parts"] = len(todo)
