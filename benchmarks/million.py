@@ -60,7 +60,7 @@ if what == "workers":
     with Job(tempfile.mkdtemp(), None) as job:
         job.open({"command": "benchmark"}, {})
         job.start_workers(cfg)
-        corpus = stages.scan(job, root, cfg.streams, False)
+        corpus = stages.scan(job, root, cfg.streams)
         shards = make_shards(corpus.videos, cfg.shard_clips)
     out = {"videos": len(corpus.videos), "skipped": len(corpus.skips), "shards": len(shards),
            "ray_start_s": round(started - t, 1), "driver_header_reads": headers[0]}

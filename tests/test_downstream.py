@@ -148,7 +148,8 @@ def test_a_run_without_embeddings_is_one_line(ray_session, corpora, tmp_path):
     out = str(tmp_path / "sweep")
     from vgray.config import TrainConfig
 
-    sweep(corpora["both"], out, [4], [5], [128], TrainConfig(epochs=20))
+    sweep(corpora["both"], out, vocab_sizes=[4], windows=[5], dims=[128],
+          config=TrainConfig(epochs=20))
     output = run_cli("check", os.path.join(out, "K4-w5-d128"), "--for", "mdvc", code=1)
     assert output.startswith("error: ") and "has no embeddings" in output
     assert "'x' is not one of 'bmt', 'mdvc'" in run_cli("check", out, "--for", "x", code=2)

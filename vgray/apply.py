@@ -68,10 +68,11 @@ def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: Trai
                             cfg.reading())
     job.connect()
     job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
-    corpus = stages.scan(job, features, cfg.streams, cfg.strict, None,
-                         dims.rgb_dim if uses_rgb else None,
-                         dims.flow_dim if uses_flow else None, cfg.follow_symlinks,
-                         workers=cfg.workers, listing=listing, reading=cfg.reading())
+    corpus = stages.scan(job, features, cfg.streams, strict=cfg.strict,
+                         rgb_dim=dims.rgb_dim if uses_rgb else None,
+                         flow_dim=dims.flow_dim if uses_flow else None,
+                         follow_symlinks=cfg.follow_symlinks, workers=cfg.workers,
+                         listing=listing, reading=cfg.reading())
     width = corpus.videos[0].stream_dim(cfg.streams)
     if width != centroids.shape[1]:
         raise VgrayError(f"the vocabulary of {run_dir} is {centroids.shape[1]}-d, the corpus "

@@ -392,11 +392,12 @@ def sweep(
     settings = _settings(locals(), leave=("vocab_size", "window", "dim", "embeddings"))
     from .sweeptable import parse_values
 
-    lists = [_run(parse_values, text, flag) for text, flag in
-             ((vocab_size, "--vocab-size"), (window, "--window"), (dim, "--dim"))]
+    lists = {name: _run(parse_values, text, flag) for name, text, flag in
+             (("vocab_sizes", vocab_size, "--vocab-size"), ("windows", window, "--window"),
+              ("dims", dim, "--dim"))}
     # Checked here with the first of each list; the sweep checks every combination.
-    config = _run(TrainConfig, **settings, vocab_size=lists[0][0], window=lists[1][0],
-                  dim=lists[2][0])
+    config = _run(TrainConfig, **settings, vocab_size=lists["vocab_sizes"][0],
+                  window=lists["windows"][0], dim=lists["dims"][0])
     line = ("sweep", {"features": features},
             {"out": out, "train_ids": train_ids, "labels": labels, **settings,
              "vocab_size": vocab_size, "window": window, "dim": dim})
@@ -406,13 +407,14 @@ def sweep(
 
         # A complete sweep is told from its manifest before torch or Ray is loaded; what the
         # check scanned is handed on.
-        checked = check_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet))
+        checked = check_sweep(features, out, **lists, config=config, train_ids=train_ids,
+                              labels=labels, echo=_echo(quiet))
         summary = checked.summary
         if summary is None:
             from .sweep import sweep as run_sweep
 
-            summary = run_sweep(features, out, *lists, config, train_ids, labels, _echo(quiet),
-                                checked)
+            summary = run_sweep(features, out, **lists, config=config, train_ids=train_ids,
+                                labels=labels, echo=_echo(quiet), checked=checked)
         return summary
 
     _dispatch(line, local, verb="", address=address, no_wait=no_wait, quiet=quiet)

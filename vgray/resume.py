@@ -205,9 +205,9 @@ def digest_file(path: str | None) -> str | None:
     return hashlib.sha256(fs.read_bytes(fs.normalize(path))).hexdigest()[:16]
 
 
-def check_sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int],
-                dims: list[int], config: TrainConfig, train_ids: str | None,
-                labels: str | None, echo=None) -> Check:
+def check_sweep(features: str, out: str, *, vocab_sizes: list[int], windows: list[int],
+                dims: list[int], config: TrainConfig, train_ids: str | None = None,
+                labels: str | None = None, echo=None) -> Check:
     """Whether DIR already holds everything this `vgray sweep` would make (Check.summary), else
     what the check learnt on the way. Like check_train, it reads only: no Ray, no torch, no file
     written."""

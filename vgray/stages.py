@@ -93,8 +93,8 @@ def strict_skip(s: Skip) -> VgrayError:
     return strict_failure({"video_id": s.video_id, "reason": s.reason, "path": s.path})
 
 
-def scan(job: Job, features: str, streams: str, strict: bool, train_ids: list[str] | None = None,
-         rgb_dim: int | None = None, flow_dim: int | None = None, follow_symlinks: bool = False,
+def scan(job: Job, features: str, streams: str, *, strict: bool = False,
+         train_ids: list[str] | None = None, rgb_dim: int | None = None, flow_dim: int | None = None, follow_symlinks: bool = False,
          scanned: Check | None = None, workers: int | None = None,
          listing: Listing | None = None, reading: Reading | None = None) -> Corpus:
     """FEATURES listed by the driver (or the `listing` it already made), its headers read by the
@@ -163,42 +163,13 @@ def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
     train_shards = [[v for v in s if corpus.is_train(v.video_id)] for s in shards]
     train_shards = [s for s in train_shards if s]
     left = list(range(len(configs)))
-
-    def on_done(k, stats: ShardStats, finished):
-        if first.strict and stats.skips:
-            raise strict_failure(stats.skips[0])
-        where.append(("sample", stats.where))
-        progress.advance(total_clips(train_shards[k]))
-
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        samples, kept, where = {}, {}, []
-        progress = Progress(job.echo, "vocab: sampling", sum(map(total_clips, train_shards)),
-                            "clips")
-
-        def submit(actor, k):
-            unit = SampleUnit(k, train_shards[k], max(chance), first.seed, draws)
-            if draws:
-                samples[k], kept[k], stats = actor.sample.options(num_returns=3).remote(unit)
-            else:
-                samples[k], stats = actor.sample.options(num_returns=2).remote(unit)
-            return stats
-
-        job.run_units("vocab", first.workers, list(range(len(train_shards))), submit, on_done)
-        progress.close()
-        order = range(len(train_shards))  # shard order, not finish order
-        ordered = [samples[k] for k in order] + ([kept[k] for k in order] if draws else [])
+        ordered, where = _sample(job, first, train_shards, chance=max(chance), draws=draws)
         try:
             while left:
                 n = left[0]
-                job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
-
-                def fit(actor):
-                    board = job.board()
-                    return get_with_progress(actor.kmeans.remote(
-                        configs[n].to_dict(), board, *ordered, below=chance[n] if draws else None),
-                        board, job.echo)
-
-                result = job.on_trainer("kmeans", fit, where)
+                result = _fit_one(job, configs[n], ordered, below=chance[n] if draws else None,
+                                  where=where)
                 thin = thin_sample_warning(result.figures["sample_clips"], configs[n].vocab_size,
                                            sampled=chance[n] < 1)
                 if thin:
@@ -211,6 +182,47 @@ def fit_vocabularies(job: Job, configs: list[TrainConfig], corpus: Corpus,
             if attempt == MAX_ATTEMPTS:
                 raise VgrayError(f"k-means failed {attempt} times; last: {type(e).__name__}") from e
             log.warning("k-means sample lost (%s); sampling again", type(e).__name__)
+
+
+def _sample(job: Job, first: TrainConfig, train_shards: list[list[Video]], *, chance: float,
+            draws: bool) -> tuple[list, list]:
+    """Every training shard sampled once by the workers (each clip kept with probability
+    `chance`): the samples' object refs in shard order (not finish order), then, with `draws`,
+    each kept clip's draw; and where the sampling ran."""
+    samples, kept, where = {}, {}, []
+    progress = Progress(job.echo, "vocab: sampling", sum(map(total_clips, train_shards)), "clips")
+
+    def on_done(k, stats: ShardStats, finished):
+        if first.strict and stats.skips:
+            raise strict_failure(stats.skips[0])
+        where.append(("sample", stats.where))
+        progress.advance(total_clips(train_shards[k]))
+
+    def submit(actor, k):
+        unit = SampleUnit(k, train_shards[k], chance, first.seed, draws)
+        if draws:
+            samples[k], kept[k], stats = actor.sample.options(num_returns=3).remote(unit)
+        else:
+            samples[k], stats = actor.sample.options(num_returns=2).remote(unit)
+        return stats
+
+    job.run_units("vocab", first.workers, list(range(len(train_shards))), submit, on_done)
+    progress.close()
+    order = range(len(train_shards))
+    return [samples[k] for k in order] + ([kept[k] for k in order] if draws else []), where
+
+
+def _fit_one(job: Job, cfg: TrainConfig, ordered: list, *, below: float | None, where: list):
+    """k-means of one config on the sample (`below`: its own probability, where the sample was
+    drawn with a larger one), on the trainer, its progress drawn live."""
+    job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
+
+    def fit(actor):
+        board = job.board()
+        return get_with_progress(actor.kmeans.remote(cfg.to_dict(), board, *ordered, below=below),
+                                 board, job.echo)
+
+    return job.on_trainer("kmeans", fit, where)
 
 
 # faiss's min_points_per_centroid: with fewer clips per word, k-means places words on a handful

@@ -59,8 +59,8 @@ PLOTTED = ("final_loss", "inertia_per_clip", "perplexity", "neighbour_share", "p
 # ---------------------------------------------------------------------------------------------
 # The driver
 
-def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], dims: list[int],
-          config: TrainConfig | None = None, train_ids: str | None = None,
+def sweep(features: str, out: str, *, vocab_sizes: list[int], windows: list[int],
+          dims: list[int], config: TrainConfig | None = None, train_ids: str | None = None,
           labels: str | None = None, echo=None, checked: Check | None = None) -> SweepSummary:
     """Train and evaluate every (K, window, dim) of the lists on FEATURES into DIR `out`.
     `checked` is what resume.check_sweep already found (FEATURES as it scanned it is not
@@ -75,8 +75,9 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
     except ValueError as e:
         raise VgrayError(str(e)) from None
     label_map = read_labels(labels) if labels else None
-    checked = checked or check_sweep(features, out, vocab_sizes, windows, dims, config,
-                                     train_ids, labels, echo)
+    checked = checked or check_sweep(features, out, vocab_sizes=vocab_sizes, windows=windows,
+                                     dims=dims, config=config, train_ids=train_ids,
+                                     labels=labels, echo=echo)
     if checked.summary is not None:  # nothing to do: no Ray, no file written
         return checked.summary
     features = fs.normalize(features)
@@ -86,12 +87,12 @@ def sweep(features: str, out: str, vocab_sizes: list[int], windows: list[int], d
         raise VgrayError(f"{fs.normalize(out)} is a vgray {old.command} RUN, not a sweep; "
                          "use another --out")
     with Job(out, echo, features) as job:
-        return _Sweep(job, features, config, configs, train_ids, ids, labels, label_map
-                      ).run(checked)
+        return _Sweep(job, features, config=config, configs=configs, train_ids=train_ids,
+                      ids=ids, labels=labels, label_map=label_map).run(checked)
 
 
 class _Sweep:
-    def __init__(self, job: Job, features: str, config: TrainConfig, configs: dict,
+    def __init__(self, job: Job, features: str, *, config: TrainConfig, configs: dict,
                  train_ids: str | None, ids: list[str] | None, labels: str | None,
                  label_map: dict | None):
         self.job, self.run_dir, self.features, self.config = job, job.run, features, config
@@ -142,8 +143,8 @@ class _Sweep:
                                                 and fs.exists(self.centroids(k)))]
         # The workers start first: they read the headers (the driver only lists FEATURES).
         job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
-        self.corpus = corpus = stages.scan(job, self.features, cfg.streams, cfg.strict, self.ids,
-                                           follow_symlinks=cfg.follow_symlinks, scanned=scanned,
+        self.corpus = corpus = stages.scan(job, self.features, cfg.streams, strict=cfg.strict,
+                                           train_ids=self.ids, follow_symlinks=cfg.follow_symlinks, scanned=scanned,
                                            workers=cfg.workers, listing=listing,
                                            reading=cfg.reading())
         stages.enough_training_clips(corpus, max(self.vocab_sizes))
@@ -206,8 +207,14 @@ class _Sweep:
     def _counts(self, needed: list[int], todo: list[tuple]) -> None:
         """Tokens of every vocabulary in one pass; per-distance counts merged per vocabulary;
         each combination's counts at its window."""
-        job, cfg, shards = self.job, self.config, self.shards
-        # Vocabularies whose counts per distance do not reach the windows still to train.
+        recount = self._to_recount(needed, todo)
+        count = Count(0, self.window, self.config.reducers, by_distance=True)
+        self._tokenize(needed, recount, count)
+        self._reduce(needed, todo, recount, count)
+
+    def _to_recount(self, needed: list[int], todo: list[tuple]) -> list[int]:
+        """The vocabularies whose counts per distance do not reach the windows still to train
+        (an older, smaller count is removed)."""
         recount = []
         for k in needed:
             reach = max(c[1] for c in todo if c[0] == k)
@@ -219,8 +226,13 @@ class _Sweep:
                     state.counted_window = None
                     state.counting_window = self.window
                 recount.append(k)
-        job.save()
-        count = Count(0, self.window, cfg.reducers, by_distance=True)
+        self.job.save()
+        return recount
+
+    def _tokenize(self, needed: list[int], recount: list[int], count: Count) -> None:
+        """Every shard tokenised once with every vocabulary it still owes (and counted where
+        its vocabulary is recounted)."""
+        job, cfg, shards = self.job, self.config, self.shards
         vocabularies: dict[int, list[Vocabulary]] = {s: [] for s in range(len(shards))}
         for k in needed:  # what each shard still owes each vocabulary, from one listing each
             run = self.shared(k)
@@ -258,7 +270,10 @@ class _Sweep:
             self.echo(f"assign: {len(needed)} vocabularies, {len(units)} shards "
                       f"({time.perf_counter() - t:.1f} s)")
 
-        # Reduce (merge what was counted) and derive each combination's window.
+    def _reduce(self, needed: list[int], todo: list[tuple], recount: list[int],
+                count: Count) -> None:
+        """Merge what was counted, and derive each combination's counts at its window."""
+        job, cfg, shards = self.job, self.config, self.shards
         t = time.perf_counter()
         reduce_units = []
         for k in needed:

@@ -49,7 +49,7 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     vocab_left = not (job.stage_done("vocab") and fs.exists(centroids))
     # The workers start first: they read the headers (the driver only lists FEATURES).
     job.start_workers(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
-    corpus = stages.scan(job, features, cfg.streams, cfg.strict, ids,
+    corpus = stages.scan(job, features, cfg.streams, strict=cfg.strict, train_ids=ids,
                          follow_symlinks=cfg.follow_symlinks, scanned=scanned,
                          workers=cfg.workers, listing=listing, reading=cfg.reading())
     stages.enough_training_clips(corpus, cfg.vocab_size)
