@@ -1,36 +1,75 @@
 """The shape of the package, read from its own source: imports go one way (no circle, not even
 through an import inside a function), no module takes another's private names, no module
-outgrows ~600 lines, and the stages' records and units behave as the stages rely on."""
+outgrows ~600 lines, no function outgrows 60 lines or takes more than 6 positional parameters,
+and the stages' records and units behave as the stages rely on."""
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
 from vgray.store import RunDir
 from vgray.units import ShardStats, first_skip, totals
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vgray")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "vgray")
 MAX_LINES = 600
+
+
+def modules() -> dict[str, str]:
+    """Dotted name -> path of every module of the package (a package by its __init__)."""
+    found = {}
+    for root, _, files in os.walk(PACKAGE):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(root, f), ROOT)[:-3].split(os.sep)
+                found[".".join(rel[:-1] if rel[-1] == "__init__" else rel)] = os.path.join(root, f)
+    return found
 
 
 def imports():
     """module -> {(imported module, name or None)} for every import anywhere in the module."""
-    modules = {f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py")}
+    mods = modules()
     found = {}
-    for m in modules:
-        tree = ast.parse(open(os.path.join(PACKAGE, m + ".py")).read())
+    for m, path in mods.items():
+        package = m if path.endswith("__init__.py") else m.rsplit(".", 1)[0]
         edges = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                if node.module is None:  # from . import fs, stages
-                    edges |= {(a.name, None) for a in node.names if a.name in modules}
-                elif node.module in modules:
-                    edges |= {(node.module, a.name) for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vgray."):
-                edges |= {(node.module.split(".")[1], a.name) for a in node.names}
-        found[m] = {(t, n) for t, n in edges if t != m and t != "__init__"}
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                elif (node.module or "").split(".")[0] == "vgray":
+                    target = node.module
+                else:
+                    continue
+                for a in node.names:
+                    if f"{target}.{a.name}" in mods:  # from . import fs: the module itself
+                        edges.add((f"{target}.{a.name}", None))
+                    else:
+                        edges.add((target, a.name))
+            elif isinstance(node, ast.Import):
+                edges |= {(a.name, None) for a in node.names if a.name.split(".")[0] == "vgray"}
+        found[m] = {(t, n) for t, n in edges if t != m and t in mods and t != "vgray"}
     return found
+
+
+def test_the_model_reaches_the_run_side_through_train_only():
+    """`VisualGlove.train` is the one arrow from the model to the run side; loading a RUN lives
+    below both."""
+    edges = imports()
+    assert {t for t, _ in edges["vgray.model"]} == {"vgray.errors", "vgray.store", "vgray.train",
+                                                    "vgray.config", "vgray.vocab"}
+    light = ("vgray.store", "vgray.resume", "vgray.sweeptable", "vgray.units", "vgray.corpus",
+             "vgray.config", "vgray.formats", "vgray.format_base", "vgray.format_npy",
+             "vgray.format_hdf5", "vgray.format_webdataset", "vgray.format_parquet",
+             "vgray.format_pt", "vgray.readers", "vgray.manifest")
+    run_side = {"vgray.job", "vgray.stages", "vgray.train", "vgray.sweep", "vgray.worker",
+                "vgray.pool", "vgray.model"}
+    for m in light:
+        assert not {t for t, _ in edges[m]} & run_side, m
 
 
 def test_no_import_circle():
@@ -56,21 +95,37 @@ def test_no_private_names_across_modules():
 
 
 def test_no_module_over_the_limit():
-    sizes = {f: open(os.path.join(PACKAGE, f)).read().count("\n")
-             for f in os.listdir(PACKAGE) if f.endswith(".py")}
-    assert {f: n for f, n in sizes.items() if n > MAX_LINES} == {}
+    sizes = {m: open(p).read().count("\n") for m, p in modules().items()}
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
 
 
-def test_the_model_reaches_the_run_side_through_train_only():
-    """`VisualGlove.train` is the one arrow from the model to the run side; loading a RUN lives
-    below both."""
-    edges = imports()
-    assert {t for t, _ in edges["model"]} == {"errors", "store", "train", "config", "vocab"}
-    for light in ("store", "resume", "sweeptable", "units", "corpus", "config", "formats",
-                  "format_base", "format_npy", "format_hdf5", "format_webdataset",
-                  "format_parquet", "format_pt", "readers", "manifest"):
-        assert not {t for t, _ in edges[light]} & {"job", "stages", "train", "sweep", "worker",
-                                                   "pool", "model"}
+MAX_FUNCTION_LINES, MAX_POSITIONAL = 60, 6
+
+
+def _is_command(node) -> bool:
+    """A Typer command: its parameters are the command line's options, named by Typer."""
+    return any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command"
+               for d in node.decorator_list)
+
+
+def test_functions_are_short_and_take_few_positional_parameters():
+    """Every function reads at once (at most 60 lines), and past the first few parameters they
+    are keyword-only (scikit-learn's `KMeans(n_clusters, *, ...)`); Typer's commands are exempt
+    from the second rule."""
+    long, wide = [], []
+    for m, path in modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            where = f"{m}.{node.name} (line {node.lineno})"
+            if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                long.append(where)
+            a = node.args
+            positional = len(a.posonlyargs) + len(a.args)
+            positional -= bool(a.args and a.args[0].arg in ("self", "cls"))
+            if positional > MAX_POSITIONAL and not _is_command(node):
+                wide.append(where)
+    assert (long, wide) == ([], [])
 
 
 def test_shard_stats_round_trip_and_totals():
@@ -100,13 +155,11 @@ def test_completion_is_read_from_one_listing(tmp_path):
     assert run.partials_listed() == {(0, 0), (0, 1), (2, 1)}
 
 
-@pytest.mark.parametrize("name", ["units", "resume", "sweeptable", "store", "config", "readers",
-                                  "manifest"])
+@pytest.mark.parametrize("name", ["vgray.units", "vgray.resume", "vgray.sweeptable",
+                                  "vgray.store", "vgray.manifest", "vgray.config",
+                                  "vgray.readers"])
 def test_light_modules_import_without_ray_or_torch(name):
-    import subprocess
-    import sys
-
-    code = (f"import sys, vgray.{name}; "
+    code = (f"import sys, {name}; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
