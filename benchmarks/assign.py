@@ -3,7 +3,7 @@
     python benchmarks/assign.py [--clips 100000] [--dim 1024] [--vocab 1500]
 
 The reference is the least any exact assignment has to do: numpy's `x @ c.T` over all clips at
-once (one BLAS call) and an argmin of |c|^2 - 2 x.c. vgray.vocab.assign works in blocks of 4096
+once (one BLAS call) and an argmin of |c|^2 - 2 x.c. vgray.algo.vocab.assign works in blocks of 4096
 clips (bounded memory) in float32 and must give the same words. Best of --repeat runs each.
 Writes benchmarks/results/assign.json.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from common import clip_features, machine, write_result
-from vgray.vocab import assign
+from vgray.algo.vocab import assign
 
 
 def reference(x: np.ndarray, c: np.ndarray) -> np.ndarray:

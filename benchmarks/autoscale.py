@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from common import machine, write_result  # noqa: E402
 from raycluster import fake_autoscaling_cluster  # noqa: E402
-from vgray.synth import make_corpus  # noqa: E402
+from vgray.commands.synth import make_corpus  # noqa: E402
 
 TYPES = {"cpu_worker": {"resources": {"CPU": 2}, "max_workers": 2},
          "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "max_workers": 1}}
-NO_REQUEST = ("import sys, vgray.demand as d; d.Demand.ask = lambda self, stage, cpus=0, gpu=False: "
+NO_REQUEST = ("import sys, vgray.clusters.demand as d; d.Demand.ask = lambda self, stage, cpus=0, gpu=False: "
               "int(cpus); "
               "from vgray.cli import main; sys.argv[0] = 'vgray'; main()")
 
@@ -93,7 +93,7 @@ def run(cluster, features, out, watch_log, with_request):
                                  for k, v in stages.items()}}
 
 
-BLIND = ("import sys, vgray.autoscale as a; a.find_monitor = lambda *x, **k: None; "
+BLIND = ("import sys, vgray.clusters.autoscale as a; a.find_monitor = lambda *x, **k: None; "
          "from vgray.cli import main; sys.argv[0] = 'vgray'; main()")
 
 

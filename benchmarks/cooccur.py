@@ -1,4 +1,4 @@
-"""Co-occurrence throughput: vgray.cooccur.count against a Python dict loop (the way the
+"""Co-occurrence throughput: vgray.algo.cooccur.count against a Python dict loop (the way the
 original Visual GloVe script counts), on the same synthetic token corpus.
 
     python benchmarks/cooccur.py [--tokens 10000000] [--vocab 1500] [--window 5]
@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from common import machine, write_result
-from vgray import cooccur
+from vgray.algo import cooccur
 
 
 def corpus(tokens: int, vocab: int, seed: int = 0) -> list[np.ndarray]:

@@ -30,7 +30,7 @@ import threading
 import time
 
 from common import machine, write_result
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 
 def corpus(root: str, videos: int, dim: int) -> str:

@@ -1,6 +1,6 @@
 """Fixed cost before the first stage, each piece alone: Python's start, `import torch`, `import ray`,
 `ray.init` of a local Ray (2 CPUs, no dashboard), a bare actor's first answer, and a shard
-worker's (vgray.worker.ShardWorker) first answer, then a second one's. Best of 3 fresh processes.
+worker's (vgray.run.worker.ShardWorker) first answer, then a second one's. Best of 3 fresh processes.
 
     python benchmarks/fixed_cost.py
 """
@@ -24,7 +24,7 @@ import time, ray, logging
 t=time.perf_counter()
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
 t1=time.perf_counter()
-from vgray.worker import ShardWorker
+from vgray.run.worker import ShardWorker
 @ray.remote
 class Bare:
     def ping(self): return 1

@@ -78,7 +78,7 @@ def ranged_gets_s(moto, reads: dict, n: int = 20) -> dict:
     """Mean seconds of one ranged GET, for each name -> (uri, length), through a 0 ms proxy."""
     from s3proxy import FaultyProxy
 
-    from vgray import fs, s3
+    from vgray.files import fs, s3
 
     out = {}
     with FaultyProxy(moto.endpoint) as proxy:

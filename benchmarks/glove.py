@@ -1,11 +1,11 @@
-"""GloVe training: vgray.glove.GloVe against the original Visual GloVe script's training loop.
+"""GloVe training: vgray.algo.glove.GloVe against the original Visual GloVe script's training loop.
 
     python benchmarks/glove.py [--tokens 375000] [--vocab 1500] [--reference-epochs 1500]
 
 The reference is the loop of the original script, re-implemented here: nn.Embedding weights drawn
 from U(-1, 1), zero biases, Adagrad (lr 0.05), shuffled mini-batches of 2048 non-zeros, the batch
 mean of f(X) (pred - log X)^2. Both train on the same X and are scored by the same J (the mean
-over all non-zeros, float64, vgray.glove.loss); J is evaluated after every reference epoch with
+over all non-zeros, float64, vgray.algo.glove.loss); J is evaluated after every reference epoch with
 the clock stopped.
 
 The target is the J the reference reaches after --target-epochs (1500, the script's default).
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from common import machine, topic_tokens, write_result
-from vgray import cooccur
+from vgray.algo import cooccur
 from vgray.config import TrainConfig
-from vgray.glove import GloVe, loss
+from vgray.algo.glove import GloVe, loss
 
 
 def reference_training(i, j, x, vocab, dim, epochs, x_max, alpha, batch=2048, seed=0):

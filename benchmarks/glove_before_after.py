@@ -17,7 +17,7 @@ import torch
 torch.set_num_threads(2)
 spec = importlib.util.spec_from_file_location("oldglove", os.path.join(sys.argv[1], "vgray", "glove.py"))
 old = importlib.util.module_from_spec(spec); spec.loader.exec_module(old)
-from vgray import glove as new
+from vgray.algo import glove as new
 t = pq.read_table(sorted(glob.glob(os.path.join(sys.argv[2], "*.parquet")))); i, j, x = (t.column(c).to_numpy() for c in ("i", "j", "x"))
 res = {"old": [], "new": []}
 for rep in range(3):

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from common import machine, topic_tokens, write_result
-from vgray import cooccur
-from vgray.glove import GloVe, initial_state
+from vgray.algo import cooccur
+from vgray.algo.glove import GloVe, initial_state
 
 
 def curve(i, j, x, k, dim, epochs, lr, plateau, x_max, alpha):

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import torch
 
 from common import machine, topic_tokens, write_result
-from vgray import cooccur
-from vgray import glove as new
+from vgray.algo import cooccur
+from vgray.algo import glove as new
 
 
 def load_old(root: str):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from common import clip_features, machine, write_result
-from vgray.vocab import KMeans, nearest
+from vgray.algo.vocab import KMeans, nearest
 
 
 def inertia_per_clip(x: np.ndarray, centroids: np.ndarray) -> float:

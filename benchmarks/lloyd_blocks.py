@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 torch.set_num_threads(2)
-import vgray.vocab as V
+import vgray.algo.vocab as V
 x = np.concatenate([np.load(p, allow_pickle=False) for p in sorted(glob.glob(os.path.join(sys.argv[1], "*_rgb.npy")))]).astype(np.float32)
 xt = torch.from_numpy(x); mean = xt.mean(0)
 c = (xt[torch.from_numpy(np.random.default_rng(0).choice(len(x), 1500, replace=False))] - mean).contiguous()

@@ -37,24 +37,24 @@ from common import machine, write_result
 
 PROBE = r"""
 import json, resource, sys, tempfile, time
-import vgray.format_npy
-from vgray.readers import features_fingerprint, scan
-from vgray.resume import make_shards
+import vgray.features.format_npy
+from vgray.features.readers import features_fingerprint, scan
+from vgray.run.resume import make_shards
 from vgray.config import TrainConfig
 root, what = sys.argv[1], sys.argv[2]
 cfg = TrainConfig()
 t = time.perf_counter()
 if what == "workers":
     from vgray import stages
-    from vgray.cluster import connect
-    from vgray.job import Job
+    from vgray.clusters.cluster import connect
+    from vgray.run.job import Job
 
     headers = [0]
-    read_header = vgray.format_npy.read_header
+    read_header = vgray.features.format_npy.read_header
     def counted(*a, **k):
         headers[0] += 1
         return read_header(*a, **k)
-    vgray.format_npy.read_header = counted  # in this process only: the workers are others
+    vgray.features.format_npy.read_header = counted  # in this process only: the workers are others
     connect()
     started = time.perf_counter()
     with Job(tempfile.mkdtemp(), None) as job:

@@ -31,8 +31,8 @@ from common import machine, write_result
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from vgray.store import RunLock  # noqa: E402
-from vgray.synth import make_corpus  # noqa: E402
+from vgray.rundir.store import RunLock  # noqa: E402
+from vgray.commands.synth import make_corpus  # noqa: E402
 
 ARGS = ["--vocab-size", "4", "--dim", "2", "--epochs", "5", "-q"]
 RAY_SESSIONS = "/tmp/ray/session_*"

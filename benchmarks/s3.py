@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from common import machine, write_result  # noqa: E402
 from s3proxy import FaultyProxy, MotoServer  # noqa: E402
-from vgray.synth import make_corpus  # noqa: E402
+from vgray.commands.synth import make_corpus  # noqa: E402
 
 TRAIN = ["--vocab-size", "6", "--dim", "4", "--epochs", "30", "-q"]
 
@@ -72,7 +72,7 @@ def vgray(args: list[str], env: dict, timeout: float = 3600) -> tuple[subprocess
 def results_of(run: str) -> dict:
     import pyarrow.parquet as pq
 
-    from vgray.store import read_tokens
+    from vgray.rundir.store import read_tokens
 
     tokens = read_tokens(sorted(glob.glob(os.path.join(run, "tokens", "*.parquet"))))
     table = pq.read_table(sorted(glob.glob(os.path.join(run, "cooccur", "*.parquet"))))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common import clip_features, machine, write_result
-from vgray.vocab import KMeans, bf16_matmul_is_fast, kmeans_parallel, kmeans_plusplus
+from vgray.algo.vocab import KMeans, bf16_matmul_is_fast, kmeans_parallel, kmeans_plusplus
 
 
 def seed_sample(x: np.ndarray, k: int) -> torch.Tensor:

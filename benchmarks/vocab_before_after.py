@@ -20,7 +20,7 @@ torch.set_num_threads(2)
 spec = importlib.util.spec_from_file_location("oldvocab", os.path.join(sys.argv[1], "vgray", "vocab.py"))
 old = importlib.util.module_from_spec(spec); spec.loader.exec_module(old)
 old.bf16_matmul_is_fast = lambda d: False
-from vgray import vocab as new
+from vgray.algo import vocab as new
 print("new bf16?", new.bf16_matmul_is_fast("cpu"))
 x = np.concatenate([np.load(p, allow_pickle=False) for p in sorted(glob.glob(os.path.join(sys.argv[2], "*_rgb.npy")))]).astype(np.float32)
 res = {}

@@ -20,7 +20,7 @@ import time
 import ray
 from ray.cluster_utils import Cluster
 
-from vgray import train as training
+from vgray.commands import train as training
 from vgray.config import TrainConfig
 
 CONFIG = TrainConfig(vocab_size=6, dim=4, epochs=20, shard_clips=50)
@@ -34,7 +34,7 @@ def run(cluster, nodes, features, job, out):
     def work():  # in a thread: Cluster.add_node must run on the main thread
         try:
             if job.endswith("sweep"):
-                from vgray.sweep import sweep
+                from vgray.commands.sweep import sweep
 
                 result["videos"] = len(sweep(features, out, **SWEEP, config=CONFIG).rows)
             else:

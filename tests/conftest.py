@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from hypothesis import settings
 
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 from helpers import ARGS, cli
 from s3proxy import SECRET

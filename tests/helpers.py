@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.store import read_tokens
+from vgray.rundir.store import read_tokens
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The settings of the session's trained run (conftest.trained_run) and of the tests that

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from vgray import VisualGlove
 from vgray.cli import app
 from vgray.errors import VgrayError
-from vgray.store import read_tokens
-from vgray.synth import make_corpus
+from vgray.rundir.store import read_tokens
+from vgray.commands.synth import make_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(vocab_size=6, dim=4, epochs=40, shard_clips=80)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 from raycluster import fake_autoscaling_cluster
 from helpers import assert_same_results
@@ -30,7 +30,7 @@ ARGS = ["--vocab-size", "6", "--dim", "4", "--epochs", "10000", "--glove-tol", "
 
 # vgray as on KubeRay, where the autoscaler runs in a container of its own: no monitor process
 # on this machine to read the node types from (and no RayCluster to read them either).
-BLIND = ("import sys, vgray.autoscale as a; a.find_monitor = lambda *x, **k: None; "
+BLIND = ("import sys, vgray.clusters.autoscale as a; a.find_monitor = lambda *x, **k: None; "
          "from vgray.cli import main; sys.argv[0] = 'vgray'; main()")
 
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.store import read_tokens
-from vgray.synth import make_corpus
+from vgray.rundir.store import read_tokens
+from vgray.commands.synth import make_corpus
 
 RGB_D, FLOW_D = 8, 4
 T = 8  # clips of each bad video
@@ -221,9 +221,9 @@ def test_nonexistent_features_fails_with_one_line(ray_session, tmp_path):
 def test_kmeans_sample_uses_a_video_whole_or_not_at_all(ray_session, tmp_path):
     import ray
 
-    from vgray.readers import scan
-    from vgray.units import SampleUnit
-    from vgray.worker import ShardWorker
+    from vgray.features.readers import scan
+    from vgray.run.units import SampleUnit
+    from vgray.run.worker import ShardWorker
 
     flow = np.ones((5, FLOW_D), np.float32)
     flow[2, 0] = np.inf
@@ -252,7 +252,7 @@ def test_a_mistyped_features_does_not_poison_the_out_dir(ray_session, tmp_path):
 
 
 def test_a_second_train_on_the_same_out_is_refused(ray_session, tmp_path):
-    from vgray.store import RunLock
+    from vgray.rundir.store import RunLock
 
     info = make_corpus(str(tmp_path / "c"), videos=6, dim=8, words=4, topics=2)
     out = str(tmp_path / "run")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 ARGS = ["--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "60", "-q"]
 

@@ -9,13 +9,13 @@ import time
 import pytest
 import ray
 
-from vgray.autoscale import Capacity, flag, monitor_argv, node_types
-from vgray.cluster import (avoiding, node_alive, node_usage, pick_device, union_length,
-                           usage_by_type, usage_line)
-from vgray.demand import GpuPlan, plan_gpu
-from vgray.pool import on_one_actor
+from vgray.clusters.autoscale import Capacity, flag, monitor_argv, node_types
+from vgray.clusters.cluster import (avoiding, node_alive, node_usage, pick_device, union_length,
+                                    usage_by_type, usage_line)
+from vgray.clusters.demand import GpuPlan, plan_gpu
+from vgray.run.pool import on_one_actor
 from vgray.errors import VgrayError
-from vgray.manifest import NodeTypeUse
+from vgray.rundir.manifest import NodeTypeUse
 
 CONFIG = {"max_workers": 3, "head_node_type": "head", "available_node_types": {
     "head": {"resources": {"CPU": 0}, "max_workers": 0},
@@ -215,7 +215,7 @@ class Hand:
 
 
 def test_the_pool_keeps_its_workers_across_stages_and_lends_extra_ones(ray_session):
-    from vgray.pool import Pool
+    from vgray.run.pool import Pool
 
     made = []
 
@@ -260,7 +260,7 @@ def test_rays_benign_kill_line_is_kept_out_of_the_output_and_other_lines_are_not
     errors and its stdout. Every other line Ray streams still reaches the driver."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    from vgray.cluster import connect
+    from vgray.clusters.cluster import connect
 
     connect()
     connect()  # idempotent: wrapped once
@@ -282,7 +282,7 @@ def test_rays_benign_kill_line_is_kept_out_of_the_output_and_other_lines_are_not
 
 
 def test_the_embedded_ray_is_a_fixed_cluster_of_v1(ray_session):
-    from vgray.autoscale import capacity
+    from vgray.clusters.autoscale import capacity
 
     cap = capacity()
     assert (cap.autoscaling, cap.autoscaler, cap.types) == (False, "v1", None)
@@ -294,7 +294,7 @@ def test_node_types_held_by_the_gcs_come_first(ray_session):
     from ray.core.generated.autoscaler_pb2 import ClusterConfig, NodeGroupConfig
     from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
 
-    from vgray.autoscale import CLUSTER_CONFIG_KEY, V2_NAMESPACE, capacity
+    from vgray.clusters.autoscale import CLUSTER_CONFIG_KEY, V2_NAMESPACE, capacity
 
     config = ClusterConfig(node_group_configs=[
         NodeGroupConfig(name="cpu", resources={"CPU": 4}, min_count=0, max_count=3),

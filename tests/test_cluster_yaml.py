@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from vgray import worker
+from vgray.run import worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,8 +61,8 @@ def test_no_port_open_to_the_world(config):
 def test_what_a_run_plans_on_it(config):
     """Read as vgray reads the autoscaler's copy of it on the head: shard work may grow to every
     CPU of the CPU type, and k-means and GloVe ask for the GPU type, from zero nodes."""
-    from vgray.autoscale import Capacity, node_types
-    from vgray.demand import plan_gpu
+    from vgray.clusters.autoscale import Capacity, node_types
+    from vgray.clusters.demand import plan_gpu
 
     types, head = node_types(config, {})
     cap = Capacity(0, 0, True, tuple(types), head)

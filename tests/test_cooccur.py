@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vgray import cooccur
+from vgray.algo import cooccur
 
 from helpers import brute_force
 

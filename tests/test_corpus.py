@@ -1,4 +1,4 @@
-"""Unit tests of vgray.corpus: scanning a FEATURES directory and loading clips safely (no Ray)."""
+"""Unit tests of vgray.features.corpus: scanning a FEATURES directory and loading clips safely (no Ray)."""
 
 import json
 import os
@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from vgray.corpus import SINGLE_STREAM, TWO_STREAM, read_train_ids
-from vgray.npyfile import load_rows, read_header
-from vgray.readers import load_clips, scan
+from vgray.features.corpus import SINGLE_STREAM, TWO_STREAM, read_train_ids
+from vgray.features.npyfile import load_rows, read_header
+from vgray.features.readers import load_clips, scan
 from vgray.errors import BadVideo, VgrayError
 
 RGB_D, FLOW_D = 8, 4

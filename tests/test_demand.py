@@ -3,9 +3,9 @@ node types can hold all of it (as v2 does: an infeasible constraint launches not
 
 import pytest
 
-from vgray import demand as demand_module
-from vgray.autoscale import Capacity, NodeType
-from vgray.demand import Demand, plan_gpu
+from vgray.clusters import demand as demand_module
+from vgray.clusters.autoscale import Capacity, NodeType
+from vgray.clusters.demand import Demand, plan_gpu
 from vgray.errors import VgrayError
 
 

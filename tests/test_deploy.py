@@ -15,8 +15,8 @@ import pytest
 import ray
 import yaml
 
-from vgray import kuberay
-from vgray.autoscale import node_types
+from vgray.clusters import kuberay
+from vgray.clusters.autoscale import node_types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -246,7 +246,7 @@ def test_a_closed_port_is_one_note(pod):
 def test_on_kuberay_the_raycluster_answers_where_no_monitor_runs_here(pod, monkeypatch):
     """The order of the sources: no GCS config, no monitor on this machine (KubeRay's runs in
     a container of its own), so the RayCluster answers; where it cannot, one note and unknown."""
-    from vgray import autoscale
+    from vgray.clusters import autoscale
 
     monkeypatch.setattr(autoscale, "gcs_cluster_config", lambda: None)
     monkeypatch.setattr(autoscale, "find_monitor", lambda *a, **k: None)

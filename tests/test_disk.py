@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vgray import store, worker
-from vgray.store import read_tokens
-from vgray.synth import make_corpus
+from vgray.rundir import store
+from vgray.run import worker
+from vgray.rundir.store import read_tokens
+from vgray.commands.synth import make_corpus
 
 from helpers import cli
 

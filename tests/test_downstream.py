@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 SMALL = ["--vocab-size", "4", "--epochs", "20"]
 
@@ -143,7 +143,7 @@ def test_unequal_t_is_named(paper_run, tmp_path):
 
 
 def test_a_run_without_embeddings_is_one_line(ray_session, corpora, tmp_path):
-    from vgray.sweep import sweep
+    from vgray.commands.sweep import sweep
 
     out = str(tmp_path / "sweep")
     from vgray.config import TrainConfig
@@ -156,8 +156,8 @@ def test_a_run_without_embeddings_is_one_line(ray_session, corpora, tmp_path):
 
 
 def test_what_the_settings_decide_for_each_model():
-    from vgray.corpus import SINGLE_STREAM, TWO_STREAM
-    from vgray.downstream import Settings, cannot_read
+    from vgray.features.corpus import SINGLE_STREAM, TWO_STREAM
+    from vgray.commands.downstream import Settings, cannot_read
 
     assert cannot_read(Settings(TWO_STREAM, 1024, 1024, 128)) == {"bmt": [], "mdvc": []}
     equal = cannot_read(Settings(TWO_STREAM, 512, 512, 128))  # any one width fits BMT

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from vgray.embed import concat, embed
-from vgray.store import atomic_path, read_tokens, tokens_table, write_table
+from vgray.algo.embed import concat, embed
+from vgray.rundir.store import atomic_path, read_tokens, tokens_table, write_table
 
 
 def test_embed_and_concat_rules():
@@ -44,8 +44,8 @@ def test_tokens_table_round_trip(tmp_path):
 
 
 def test_paths_and_uris(tmp_path):
-    from vgray import fs
-    from vgray.store import RunDir
+    from vgray.files import fs
+    from vgray.rundir.store import RunDir
 
     assert fs.normalize(f"file://{tmp_path}/x") == str(tmp_path / "x")
     assert fs.normalize("s3://bucket/run/") == "s3://bucket/run"

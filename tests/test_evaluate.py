@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from vgray import evaluate as ev
+from vgray.commands import evaluate as ev
 from vgray.cli import app
 from vgray.config import TrainConfig
-from vgray.glove import GloVe, loss
+from vgray.algo.glove import GloVe, loss
 
 from helpers import brute_force, cooccur_of, tokens_of
 
@@ -159,7 +159,7 @@ def test_bad_labels_fail_in_one_line(run, labels, tmp_path, content, message):
 
 
 def test_the_report_shows_the_evaluation(run, labels):
-    from vgray.report import report
+    from vgray.commands.report import report
 
     path, _ = labels
     assert CliRunner().invoke(app, ["evaluate", run, "--labels", path, "-q"]).exit_code == 0
@@ -216,7 +216,7 @@ def test_an_overfit_run_is_said_to_be_one(ray_session, corpus, tmp_path, caplog)
             f"{held['initial_loss']:.4g}): the vectors fit the counts of the training videos and "
             "not those of unseen videos (overfitting)") in shown.output.splitlines()
 
-    from vgray.report import report
+    from vgray.commands.report import report
 
     page = open(report(out), encoding="utf-8").read()
     assert (f"{curve[0]:.4g} → {curve.min():.4g} (kept epoch {fit['kept_epoch']}, of lowest J; "

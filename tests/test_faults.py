@@ -16,7 +16,7 @@ import pytest
 import ray
 
 from vgray.errors import StorageError
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 from s3proxy import SECRET, FaultyProxy, MotoServer
 
@@ -166,10 +166,10 @@ class Flaky:
 
 def test_a_unit_that_meets_a_storage_fault_is_run_again_then_fails_in_one_line(ray_session,
                                                                                monkeypatch):
-    import vgray.pool
-    from vgray.pool import MAX_ATTEMPTS, Pool
+    import vgray.run.pool
+    from vgray.run.pool import MAX_ATTEMPTS, Pool
 
-    monkeypatch.setattr(vgray.pool.time, "sleep", lambda s: None)
+    monkeypatch.setattr(vgray.run.pool.time, "sleep", lambda s: None)
     done = {}
     pool = Pool(lambda: Flaky.remote(2))
     try:
@@ -205,10 +205,10 @@ class Stalling:
 
 def test_a_unit_past_its_deadline_runs_again_on_another_worker(ray_session, tmp_path,
                                                                monkeypatch):
-    import vgray.pool
-    from vgray.pool import Pool
+    import vgray.run.pool
+    from vgray.run.pool import Pool
 
-    monkeypatch.setattr(vgray.pool, "UNIT_DEADLINE_MIN_S", 2.0)
+    monkeypatch.setattr(vgray.run.pool, "UNIT_DEADLINE_MIN_S", 2.0)
     made, done = [], {}
 
     def make():

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 from helpers import assert_same_results, tokens_of, upload_tree
 
@@ -155,7 +155,7 @@ def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, n
 
 
 def test_the_format_is_detected_and_can_be_forced(forms, tmp_path):
-    from vgray.formats import detect
+    from vgray.features.formats import detect
 
     assert [detect(forms[f]) for f in ("npy", "hdf5", "webdataset", "parquet", "pt")] == [
         "npy", "hdf5", "webdataset", "parquet", "pt"]
@@ -340,7 +340,7 @@ def test_the_block_cache_reads_each_block_once(monkeypatch):
     import threading
     import time
 
-    from vgray import format_base as formats
+    from vgray.features import format_base as formats
 
     data = np.random.default_rng(0).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
     requests, sizes = [], []
@@ -416,9 +416,10 @@ def test_the_registry_is_the_one_list_of_formats(tmp_path):
 
     import typer
 
-    from vgray import config, formats
+    from vgray import config
+    from vgray.features import formats
     from vgray.errors import SettingError, VgrayError
-    from vgray.format_base import FeatureReader
+    from vgray.features.format_base import FeatureReader
 
     names = formats.FORMATS
     assert names == tuple(formats.READERS) and len(set(names)) == len(names) == 5

@@ -4,8 +4,8 @@ state kept being the epoch of lowest J of a float64 reference trainer."""
 import numpy as np
 import pytest
 
-from vgray import cooccur, glove
-from vgray.glove import GloVe
+from vgray.algo import cooccur, glove
+from vgray.algo.glove import GloVe
 
 
 def topic_cooccur(k=40, topics=4, videos=200, seed=0):
@@ -66,7 +66,7 @@ def test_auto_steps_by_device_density_and_size(monkeypatch):
 
 
 def test_neighbours_share_topic():
-    from vgray.quality import nearest_neighbours
+    from vgray.commands.quality import nearest_neighbours
 
     i, j, x, per = topic_cooccur(k=40, topics=4, videos=400)
     model = GloVe(dim=16, epochs=300, seed=0).fit(i, j, x, 40)
@@ -167,7 +167,7 @@ def test_reaching_epochs_before_converging_is_said_so():
 
 
 def test_the_glove_line_says_how_many_epochs_ran_and_why():
-    from vgray.stages import glove_line
+    from vgray.run.stages import glove_line
 
     fit = {"device": "cpu", "nonzeros": 2501, "initial_loss": 0.1838, "final_loss": 9.428e-05,
            "last_loss": 0.000113}

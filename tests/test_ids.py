@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from vgray.corpus import id_problem
-from vgray.readers import scan
+from vgray.features.corpus import id_problem
+from vgray.features.readers import scan
 
 
 def save(path, frames=4, dim=3):

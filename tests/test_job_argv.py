@@ -7,7 +7,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from vgray import submit
+from vgray.clusters import submit
 from vgray.cli import PATHS, app
 
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 from raycluster import free_port, own_ports
 from raycluster import head as started_head
@@ -162,7 +162,7 @@ def test_without_the_token_the_cluster_refuses(head, corpus, tmp_path):
 
 
 def test_paths_and_addresses():
-    from vgray import submit
+    from vgray.clusters import submit
     from vgray.cli import _argv
 
     notes = []

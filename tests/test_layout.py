@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from vgray.store import RunDir
-from vgray.units import ShardStats, first_skip, totals
+from vgray.rundir.store import RunDir
+from vgray.run.units import ShardStats, first_skip, totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "vgray")
@@ -60,14 +60,14 @@ def test_the_model_reaches_the_run_side_through_train_only():
     """`VisualGlove.train` is the one arrow from the model to the run side; loading a RUN lives
     below both."""
     edges = imports()
-    assert {t for t, _ in edges["vgray.model"]} == {"vgray.errors", "vgray.store", "vgray.train",
-                                                    "vgray.config", "vgray.vocab"}
-    light = ("vgray.store", "vgray.resume", "vgray.sweeptable", "vgray.units", "vgray.corpus",
-             "vgray.config", "vgray.formats", "vgray.format_base", "vgray.format_npy",
-             "vgray.format_hdf5", "vgray.format_webdataset", "vgray.format_parquet",
-             "vgray.format_pt", "vgray.readers", "vgray.manifest")
-    run_side = {"vgray.job", "vgray.stages", "vgray.train", "vgray.sweep", "vgray.worker",
-                "vgray.pool", "vgray.model"}
+    assert {t for t, _ in edges["vgray.model"]} == {"vgray.errors", "vgray.rundir.store", "vgray.commands.train",
+                                                    "vgray.config", "vgray.algo.vocab"}
+    light = ("vgray.rundir.store", "vgray.run.resume", "vgray.rundir.sweeptable", "vgray.run.units", "vgray.features.corpus",
+             "vgray.config", "vgray.features.formats", "vgray.features.format_base", "vgray.features.format_npy",
+             "vgray.features.format_hdf5", "vgray.features.format_webdataset", "vgray.features.format_parquet",
+             "vgray.features.format_pt", "vgray.features.readers", "vgray.rundir.manifest")
+    run_side = {"vgray.run.job", "vgray.run.stages", "vgray.commands.train", "vgray.commands.sweep", "vgray.run.worker",
+                "vgray.run.pool", "vgray.model"}
     for m in light:
         assert not {t for t, _ in edges[m]} & run_side, m
 
@@ -155,9 +155,9 @@ def test_completion_is_read_from_one_listing(tmp_path):
     assert run.partials_listed() == {(0, 0), (0, 1), (2, 1)}
 
 
-@pytest.mark.parametrize("name", ["vgray.units", "vgray.resume", "vgray.sweeptable",
-                                  "vgray.store", "vgray.manifest", "vgray.config",
-                                  "vgray.readers"])
+@pytest.mark.parametrize("name", ["vgray.run.units", "vgray.run.resume", "vgray.rundir.sweeptable",
+                                  "vgray.rundir.store", "vgray.rundir.manifest", "vgray.config",
+                                  "vgray.features.readers"])
 def test_light_modules_import_without_ray_or_torch(name):
     code = (f"import sys, {name}; "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from vgray.errors import VgrayError
-from vgray.store import RunLock
+from vgray.rundir.store import RunLock
 
 
 def test_second_holder_is_refused_until_the_first_releases(tmp_path):

@@ -1,4 +1,4 @@
-"""RUN/manifest.json as typed records (vgray.manifest): a real RUN's manifest reads and writes
+"""RUN/manifest.json as typed records (vgray.rundir.manifest): a real RUN's manifest reads and writes
 back unchanged, an older manifest reads with the fields it lacks at what its vgray did, and a
 bad field is one line."""
 
@@ -11,9 +11,9 @@ import pytest
 
 from vgray.config import TrainConfig
 from vgray.errors import VgrayError
-from vgray.manifest import Manifest, Stage
-from vgray.resume import check_train, train_settings
-from vgray.store import RunDir
+from vgray.rundir.manifest import Manifest, Stage
+from vgray.run.resume import check_train, train_settings
+from vgray.rundir.store import RunDir
 
 from helpers import ARGS
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from vgray.train import train
-from vgray.synth import make_corpus
+from vgray.commands.train import train
+from vgray.commands.synth import make_corpus
 
 from helpers import assert_same_results
 
@@ -77,7 +77,7 @@ def test_worker_node_killed_mid_assignment(reference, on_cluster):
 def single_sweep(reference, tmp_path_factory):
     from cluster_job import CONFIG, SWEEP
 
-    from vgray.sweep import sweep
+    from vgray.commands.sweep import sweep
 
     out = str(tmp_path_factory.mktemp("sweep") / "single")
     sweep(reference[0], out, **SWEEP, config=CONFIG)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from vgray import glove
+from vgray.algo import glove
 from vgray.cli import app
 from vgray.config import TrainConfig
-from vgray.store import read_tokens
+from vgray.rundir.store import read_tokens
 
 from helpers import ARGS, ROOT, assert_same_results, brute_force, cli, cooccur_of, tokens_of
 
@@ -95,7 +95,7 @@ def test_contract_files(trained, corpus):
 
 
 def test_quality_on_planted_corpus(trained, corpus):
-    from vgray.quality import evaluate
+    from vgray.commands.quality import evaluate
 
     q = evaluate(trained[0], corpus["root"])
     assert q["nmi"] >= 0.95
@@ -105,16 +105,16 @@ def test_quality_on_planted_corpus(trained, corpus):
 def test_rerun_does_no_work(trained, corpus, monkeypatch):
     """A complete RUN is recognised from its manifest, markers and outputs: no Ray work, and not
     one file of RUN written again (sync tools copy whatever was rewritten)."""
-    import vgray.format_npy
-    import vgray.job
-    import vgray.train
+    import vgray.features.format_npy
+    import vgray.run.job
+    import vgray.commands.train
 
     run, _ = trained
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "**"), recursive=True)}
     assert os.path.join(run, "manifest.json") in files and os.path.join(run, "skipped.jsonl") in files
-    monkeypatch.setattr(vgray.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
+    monkeypatch.setattr(vgray.run.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
     # one listing of FEATURES tells it: not one header is read
-    monkeypatch.setattr(vgray.format_npy, "read_header", lambda *a: pytest.fail("a header was read"))
+    monkeypatch.setattr(vgray.features.format_npy, "read_header", lambda *a: pytest.fail("a header was read"))
     result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",
                                       corpus["train_ids"], *ARGS[:-1]])
     assert result.exit_code == 0, result.output
@@ -123,7 +123,7 @@ def test_rerun_does_no_work(trained, corpus, monkeypatch):
     assert {p: os.stat(p).st_mtime_ns
             for p in glob.glob(os.path.join(run, "**"), recursive=True)} == files
     # The library call says the same, with no work done.
-    summary = vgray.train.train(corpus["features"], run, TrainConfig(
+    summary = vgray.commands.train.train(corpus["features"], run, TrainConfig(
         vocab_size=12, dim=8, epochs=200, shard_clips=200), corpus["train_ids"])
     assert set(summary.work.values()) == {0} and summary.videos == 60
 
@@ -146,8 +146,8 @@ def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkey
     """A RUN that looks complete but is not: the no-op check tells it from one listing and the
     run scans; on a RUN of an earlier vgray (no listing fingerprint in its manifest) the check
     scans FEATURES and the run resumes with that scan instead of scanning again."""
-    import vgray.resume
-    import vgray.stages
+    import vgray.run.resume
+    import vgray.run.stages
 
     run, _ = trained
     copy = str(tmp_path / "rescan")
@@ -159,7 +159,7 @@ def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkey
         del manifest["corpus"]["listing"]
         json.dump(manifest, open(path, "w"))
     scans = []
-    for module, name in ((vgray.resume, "scan"), (vgray.stages, "list_videos")):
+    for module, name in ((vgray.run.resume, "scan"), (vgray.run.stages, "list_videos")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, real=real, **k: scans.append(1) or real(*a, **k))
     cli("train", corpus["features"], "--out", copy, "--train-ids", corpus["train_ids"], *ARGS)
@@ -171,7 +171,7 @@ def test_features_are_scanned_once_per_command(trained, corpus, tmp_path, monkey
 def test_features_changed_after_the_run_are_told_from_the_listing(ray_session, tmp_path):
     """A file of FEATURES of another length (or a video added) since RUN was made: the no-op
     check, which reads no header, does not call RUN complete, and the run refuses it."""
-    from vgray.synth import make_corpus
+    from vgray.commands.synth import make_corpus
 
     info = make_corpus(str(tmp_path / "c"), videos=12, dim=6, words=4, topics=2, min_clips=5,
                        max_clips=9)
@@ -281,7 +281,7 @@ def interrupted_corpus(ray_session, tmp_path_factory):
     """A corpus, the command that trains on it, and its uninterrupted run (made with -q). Only
     the run that is interrupted needs a process of its own: the uninterrupted run and the
     re-runs that resume are the same command in this process (`resume`), on the tests' Ray."""
-    from vgray.synth import make_corpus
+    from vgray.commands.synth import make_corpus
 
     root = tmp_path_factory.mktemp("ctrlc")
     info = make_corpus(str(root / "c"), videos=80, dim=8, words=6, topics=2, min_clips=40,
@@ -383,10 +383,10 @@ def test_a_worker_on_the_gpu_path_writes_the_same_shard(trained, corpus, tmp_pat
     equals a CPU worker's: tokens and partial counts."""
     import ray
 
-    from vgray.readers import scan
-    from vgray.resume import make_shards
-    from vgray.units import Count, TokenizeUnit, Vocabulary
-    from vgray.worker import ShardWorker
+    from vgray.features.readers import scan
+    from vgray.run.resume import make_shards
+    from vgray.run.units import Count, TokenizeUnit, Vocabulary
+    from vgray.run.worker import ShardWorker
 
     run, _ = trained
     videos = scan(corpus["features"], "rgb").videos
@@ -441,7 +441,7 @@ def test_embed_refuses_incomplete_run(ray_session, corpus, tmp_path):
 
 
 def test_single_stream_layout_and_rgb_flow(ray_session, tmp_path):
-    from vgray.synth import make_corpus
+    from vgray.commands.synth import make_corpus
 
     info = make_corpus(str(tmp_path / "c"), videos=12, dim=6, words=4, topics=2, flow=True,
                        flow_dim=3, min_clips=5, max_clips=9)
@@ -529,14 +529,14 @@ def test_installed_console_script():
 
 
 def test_workers_that_cannot_start_fail_with_one_line(ray_session, tmp_path, monkeypatch):
-    import vgray.pool
+    import vgray.run.pool
     from vgray.errors import VgrayError
-    from vgray.pool import Pool
-    from vgray.worker import ShardWorker
+    from vgray.run.pool import Pool
+    from vgray.run.worker import ShardWorker
 
     # One failed start is retried, the next one ends it (not MAX_ATTEMPTS + 1 worker processes
     # started, each importing torch, to show the same).
-    monkeypatch.setattr(vgray.pool, "MAX_ATTEMPTS", 1)
+    monkeypatch.setattr(vgray.run.pool, "MAX_ATTEMPTS", 1)
     pool = Pool(lambda: ShardWorker.remote("rgb", 8, "cpu", str(tmp_path / "none.npy")))
     try:
         with pytest.raises(VgrayError, match="shard workers fail to start: .*cannot load"):
@@ -550,10 +550,10 @@ def test_embeddings_as_parquet_equal_the_per_video_files(trained, corpus, tmp_pa
     files hold; no concat/, and the check for BMT/MDVC says why it cannot be read there. The
     driver lists FEATURES and reads no header: the workers do (a header read in the driver's
     process fails the test)."""
-    import vgray.format_npy
+    import vgray.features.format_npy
 
     run, _ = trained
-    monkeypatch.setattr(vgray.format_npy, "read_header", lambda *a: pytest.fail("the driver read a header"))
+    monkeypatch.setattr(vgray.features.format_npy, "read_header", lambda *a: pytest.fail("the driver read a header"))
     out = str(tmp_path / "parquet")
     line = cli("train", corpus["features"], "--out", out, "--train-ids", corpus["train_ids"],
                "--embeddings", "parquet", *ARGS).stdout.strip().splitlines()[-1]

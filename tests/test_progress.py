@@ -96,7 +96,7 @@ class FakeBoard:
 
 
 def test_reporter_posts_phase_starts_and_ends_and_otherwise_throttles():
-    from vgray.live import Reporter
+    from vgray.clusters.live import Reporter
 
     clock, board = Clock(), FakeBoard()
     report = Reporter(board, every=1.0, clock=clock)
@@ -115,7 +115,7 @@ def test_reporter_posts_phase_starts_and_ends_and_otherwise_throttles():
 
 
 def test_kmeans_reports_seeding_and_every_iteration_with_its_inertia():
-    from vgray.vocab import KMeans
+    from vgray.algo.vocab import KMeans
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(600, 8)) + 5 * rng.integers(0, 6, size=(600, 1))).astype(np.float32)
@@ -136,7 +136,7 @@ def test_driver_draws_what_a_remote_task_posts_while_it_runs(ray_session):
     its error."""
     import ray
 
-    from vgray.live import Reporter, get_with_progress, start_board
+    from vgray.clusters.live import Reporter, get_with_progress, start_board
 
     @ray.remote(num_cpus=0)
     def work(board, fail=False):

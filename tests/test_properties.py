@@ -16,8 +16,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vgray.npyfile import load_rows, read_header
-from vgray.readers import scan
+from vgray.features.npyfile import load_rows, read_header
+from vgray.features.readers import scan
 from vgray.errors import BadVideo
 
 # The number of examples is the profile's (tests/conftest.py): 100 while developing, 1,000 in CI.

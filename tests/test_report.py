@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.synth import make_corpus
+from vgray.commands.synth import make_corpus
 
 from helpers import cooccur_of, tokens_of, upload_tree
 from s3proxy import SECRET

@@ -18,11 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from vgray import VisualGlove
-from vgray import evaluate as ev
+from vgray.commands import evaluate as ev
 from vgray.cli import app
 from vgray.errors import VgrayError
-from vgray.sweeptable import SweepSummary, best_of, parse_values
-from vgray.sweep import report_page
+from vgray.rundir.sweeptable import SweepSummary, best_of, parse_values
+from vgray.commands.sweep import report_page
 
 from helpers import ROOT, brute_force, tokens_of
 
@@ -52,7 +52,7 @@ def data(tmp_path_factory):
     the ~1,900 training clips for K 3 and K 6, so K 3's sample is a subset of K 6's."""
     import pyarrow.parquet as pq
 
-    from vgray.synth import make_corpus
+    from vgray.commands.synth import make_corpus
 
     root = tmp_path_factory.mktemp("sweepdata")
     info = make_corpus(str(root / "c"), videos=80, dim=8, words=6, topics=3, min_clips=20,
@@ -173,11 +173,11 @@ def test_a_combination_is_a_run(swept, data, tmp_path):
 
 
 def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_path, monkeypatch):
-    import vgray.job
+    import vgray.run.job
 
     out, output = swept
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "**"), recursive=True)}
-    monkeypatch.setattr(vgray.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
+    monkeypatch.setattr(vgray.run.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
     again = invoke("sweep", data["features"], "--out", out, "--train-ids", data["train_ids"],
                    "--labels", data["labels"], *SWEEP)
     assert "is complete: nothing to do" in again.output

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from vgray.cli import app
-from vgray.evaluate import read_labels
+from vgray.commands.evaluate import read_labels
 
 SMALL = ["--dim", "4", "--words", "4", "--topics", "2", "--min-clips", "2", "--max-clips", "4"]
 

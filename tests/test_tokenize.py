@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from vgray.readers import scan
+from vgray.features.readers import scan
 from vgray.errors import BadVideo
-from vgray.worker import tokenize
-from vgray.store import save_npy
-from vgray.vocab import Codebook
+from vgray.run.worker import tokenize
+from vgray.rundir.store import save_npy
+from vgray.algo.vocab import Codebook
 
 
 @pytest.mark.parametrize("batch_clips", [1, 5, 16, 1000])

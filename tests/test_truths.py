@@ -9,21 +9,24 @@ import numpy as np
 
 from vgray.config import TrainConfig
 from vgray.errors import first_line
-from vgray.evaluate import TINY, dead_and_tiny, usage_measures
-from vgray.store import TRAIN_STAGES
+from vgray.commands.evaluate import TINY, dead_and_tiny, usage_measures
+from vgray.rundir.store import TRAIN_STAGES
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vgray")
 
 
 def sources():
-    return {f[:-3]: open(os.path.join(PACKAGE, f)).read()
-            for f in sorted(os.listdir(PACKAGE)) if f.endswith(".py")}
+    """Dotted module name -> source, for every module of the package."""
+    root = os.path.dirname(PACKAGE)
+    return {os.path.relpath(os.path.join(d, f), root)[:-3].replace(os.sep, "."):
+            open(os.path.join(d, f)).read()
+            for d, _, files in os.walk(PACKAGE) for f in sorted(files) if f.endswith(".py")}
 
 
 def test_glove_trains_with_the_runs_defaults():
     """`GloVe()` (documented in docs/python.md) trains as `vgray train` does: x_max was 100
     there and 20 in the run's settings."""
-    from vgray.glove import GloVe
+    from vgray.algo.glove import GloVe
 
     model = GloVe()
     assert model.x_max == TrainConfig().x_max == 20.0
@@ -35,7 +38,7 @@ def test_glove_trains_with_the_runs_defaults():
 
 def test_a_dead_word_is_not_also_tiny():
     """The report's usage figure counted every dead word again as tiny."""
-    from vgray.report import usage_title
+    from vgray.commands.report import usage_title
 
     counts = np.array([0, 0, 1, 100, 100, 100, 100, 100])  # mean 62.6: 1 is tiny, 0 is dead
     dead, tiny = dead_and_tiny(counts)
@@ -51,7 +54,7 @@ def test_a_dead_word_is_not_also_tiny():
 def test_the_tiny_threshold_and_the_stage_order_are_spelt_once():
     spelt = {m: s for m, s in sources().items()
              if "0.1 * counts" in s or '"scan", "vocab", "assign"' in s}
-    assert sorted(spelt) == ["store"]
+    assert sorted(spelt) == ["vgray.rundir.store"]
     assert TRAIN_STAGES == ("scan", "vocab", "assign", "cooccur", "glove", "embed")
 
 
@@ -73,4 +76,4 @@ def test_first_line_has_one_copy():
                 copies.append(module)
             if isinstance(node, ast.FunctionDef) and "first_line" in node.name:
                 copies.append(f"{module}.{node.name}")
-    assert sorted(copies) == ["errors", "errors.first_line"]
+    assert sorted(copies) == ["vgray.errors", "vgray.errors.first_line"]

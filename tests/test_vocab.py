@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgray.vocab import KMeans, assign, kmeans_parallel, kmeans_plusplus, nearest
+from vgray.algo.vocab import KMeans, assign, kmeans_parallel, kmeans_plusplus, nearest
 
 
 def brute_nearest(x, c):
@@ -89,7 +89,7 @@ def test_kmeans_parallel_picks_distinct_rows_in_every_planted_cluster(seed):
 
 def test_kmeans_parallel_without_the_pairwise_matrix_seeds_the_same(monkeypatch):
     # Past _PAIRWISE_MAX candidates each step computes its rows: the same seeds up to rounding.
-    from vgray import vocab
+    from vgray.algo import vocab
 
     x, truth = planted(k=12, per=60, seed=1)
     t = torch.from_numpy(x)
@@ -206,7 +206,7 @@ def test_bad_precision_is_refused():
 
 
 def test_too_few_clips_per_word_is_a_warning_naming_the_numbers():
-    from vgray.stages import MIN_CLIPS_PER_WORD, thin_sample_warning
+    from vgray.run.stages import MIN_CLIPS_PER_WORD, thin_sample_warning
 
     assert MIN_CLIPS_PER_WORD == 39  # faiss's min_points_per_centroid
     assert thin_sample_warning(6311, 1500) == (

@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__, formats
+from . import __version__
+from .features import formats
 from .config import TrainConfig
 from .errors import Terminated, VgrayError, first_line
 
@@ -159,7 +160,7 @@ def _quiet_ray() -> None:
 
 def _mdvc_warning(out: str) -> None:
     """One stderr line (even with -q) when RUN's settings make outputs MDVC cannot read."""
-    from .downstream import mdvc_warning
+    from .commands.downstream import mdvc_warning
 
     line = mdvc_warning(out)
     if line:
@@ -169,7 +170,7 @@ def _mdvc_warning(out: str) -> None:
 def _dispatch(line, local, *, verb, address, no_wait, quiet, after=None):
     """Submit `line` (command, arguments, options: as _argv takes them) to the Jobs API (http
     address), or run `local` here on the given/embedded Ray and print the summary line."""
-    from . import submit
+    from .clusters import submit
 
     if submit.is_jobs_address(address):
         def go():
@@ -266,18 +267,18 @@ def train(
             {"out": out, "train_ids": train_ids, **settings, "report": with_report})
 
     def local():
-        from .resume import check_train
+        from .run.resume import check_train
 
         # A complete RUN is told from its manifest before torch or Ray is loaded; what the check
         # scanned is handed on.
         checked = check_train(features, out, config, train_ids, _echo(quiet))
         summary = checked.summary
         if summary is None:
-            from .train import train as run_train
+            from .commands.train import train as run_train
 
             summary = run_train(features, out, config, train_ids, _echo(quiet), checked)
         if with_report:
-            from .report import report as write_report
+            from .commands.report import report as write_report
 
             typer.echo(f"report: {write_report(out)}", err=True)
         return summary
@@ -289,7 +290,7 @@ def train(
 def _apply(command: str, run, features, *, out, workers, strict, follow_symlinks, reading: dict,
            quiet, address, no_wait, embeddings: str | None = None):
     """`assign` and `embed`: RUN's model applied to FEATURES, here or as a job."""
-    from . import apply
+    from .commands import apply
 
     options = {"workers": workers, "strict": strict, "follow_symlinks": follow_symlinks,
                **reading}
@@ -341,7 +342,7 @@ def embed(run: Run, features: Features,
 def info(run: Annotated[str, typer.Argument(help="A directory made by vgray (train, sweep, assign, embed).")]):
     """What a RUN holds: what made it and its settings, its corpus, its stages, and where its
     outputs are with their sizes (from its manifest; nothing is computed, Ray is not started)."""
-    from .info import describe
+    from .commands.info import describe
 
     for line in _run(describe, run):
         typer.echo(line)
@@ -355,8 +356,8 @@ def evaluate(run: Run,
              quiet: Quiet = False):
     """Measures of RUN to choose a model by: final and held-out J, inertia, vocabulary usage,
     neighbours' co-occurrence share; with --labels, a linear probe and retrieval per representation."""
-    from . import fs
-    from .evaluate import evaluate as run_evaluate, lines
+    from .files import fs
+    from .commands.evaluate import evaluate as run_evaluate, lines
 
     if features is not None and labels is None:
         _fail(ValueError("FEATURES is used by the probe: give --labels too"))
@@ -390,7 +391,7 @@ def sweep(
     the k-means sample, the pass over the features and the counts; print the best."""
     # Left out: vocab_size, window and dim are lists here, and a sweep has no --embeddings.
     settings = _settings(locals(), leave=("vocab_size", "window", "dim", "embeddings"))
-    from .sweeptable import parse_values
+    from .rundir.sweeptable import parse_values
 
     lists = {name: _run(parse_values, text, flag) for name, text, flag in
              (("vocab_sizes", vocab_size, "--vocab-size"), ("windows", window, "--window"),
@@ -403,7 +404,7 @@ def sweep(
              "vocab_size": vocab_size, "window": window, "dim": dim})
 
     def local():
-        from .resume import check_sweep
+        from .run.resume import check_sweep
 
         # A complete sweep is told from its manifest before torch or Ray is loaded; what the
         # check scanned is handed on.
@@ -411,7 +412,7 @@ def sweep(
                               labels=labels, echo=_echo(quiet))
         summary = checked.summary
         if summary is None:
-            from .sweep import sweep as run_sweep
+            from .commands.sweep import sweep as run_sweep
 
             summary = run_sweep(features, out, **lists, config=config, train_ids=train_ids,
                                 labels=labels, echo=_echo(quiet), checked=checked)
@@ -426,7 +427,7 @@ def check(run: Annotated[str, typer.Argument(help="A RUN of vgray train, or an o
           features: Annotated[Optional[str], typer.Option("--features", help="The corpus whose every video must be readable (default: the one RUN was made from).")] = None,
           every: Annotated[bool, _flag("--all", help="One line per file with a problem, not one per kind of problem.")] = False):
     """Can BMT or MDVC read RUN as it is? One line per problem (file, width); exit 1 if not."""
-    from .downstream import check as run_check
+    from .commands.downstream import check as run_check
 
     result = _run(run_check, run, model.lower(), features)
     for line in result.lines(every):
@@ -439,7 +440,7 @@ def check(run: Annotated[str, typer.Argument(help="A RUN of vgray train, or an o
 @app.command()
 def report(run: Run, quiet: Quiet = False):
     """RUN/report/index.html (opens offline) and PNGs: loss, vocabulary usage and map, neighbours."""
-    from .report import report as write_report
+    from .commands.report import report as write_report
 
     index = _run(write_report, run)
     if not quiet:
@@ -452,7 +453,7 @@ def export(run: Run,
            out: Annotated[str, typer.Option("--out", "-o", help="Directory to write the export into.")],
            quiet: Quiet = False):
     """RUN's vectors as GloVe text, word2vec text, TensorBoard projector TSVs, or per-clip Parquet."""
-    from .export import export as run_export
+    from .commands.export import export as run_export
 
     written = _run(run_export, run, fmt, out, _echo(quiet))
     if not quiet:
@@ -468,7 +469,7 @@ JobId = Annotated[str, typer.Argument(help="The id printed when the job was subm
 @jobs.command("status")
 def job_status(job_id: JobId, address: JobAddress):
     """Print a job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    from . import submit
+    from .clusters import submit
 
     typer.echo(_run(submit.status, address, job_id))
 
@@ -477,7 +478,7 @@ def job_status(job_id: JobId, address: JobAddress):
 def job_logs(job_id: JobId, address: JobAddress,
              follow: Annotated[bool, _flag("--follow", "-f", help="Stream until the job ends.")] = False):
     """Print a job's logs."""
-    from . import submit
+    from .clusters import submit
 
     if follow:
         _run(submit.follow, address, job_id)
@@ -488,7 +489,7 @@ def job_logs(job_id: JobId, address: JobAddress,
 @jobs.command("stop")
 def job_stop(job_id: JobId, address: JobAddress):
     """Stop a running job."""
-    from . import submit
+    from .clusters import submit
 
     stopped = _run(submit.stop, address, job_id)
     typer.echo(f"{job_id} {'stop requested' if stopped else 'was not running'}")
@@ -510,7 +511,7 @@ def synth(
     force: Annotated[bool, _flag("--force", help="Replace the corpus an earlier synth wrote in OUT (a non-empty OUT is refused otherwise).")] = False,
 ):
     """Write a synthetic corpus with planted visual words and topics."""
-    from .synth import make_corpus
+    from .commands.synth import make_corpus
 
     info = _run(make_corpus, out, videos=videos, dim=dim, words=words, topics=topics, flow=flow,
                 flow_dim=flow_dim, min_clips=min_clips, max_clips=max_clips, noise=noise, seed=seed,
@@ -527,9 +528,9 @@ def demo(
     quiet: Quiet = False,
 ):
     """Make a synthetic corpus, train on it, and check the result against the planted truth."""
-    from .quality import evaluate
-    from .synth import make_corpus
-    from .train import train as run_train
+    from .commands.quality import evaluate
+    from .commands.synth import make_corpus
+    from .commands.train import train as run_train
 
     root = out or tempfile.mkdtemp(prefix="vgray-demo-")
 

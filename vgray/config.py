@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import SettingError
-from .formats import FORMATS as INPUT_FORMATS  # the registry's: the one list of input formats
+from .features.formats import (FORMATS as INPUT_FORMATS)  # the registry's: the one list of input formats
 
 STREAMS = ("rgb", "flow", "rgb+flow")
 # How embed writes: files, embeddings/{id}.npy and concat/{id}_rgb.npy (what BMT and MDVC read);
@@ -90,7 +90,7 @@ class TrainConfig:
 
     def reading(self):
         """How FEATURES is read (corpus.Reading)."""
-        from .corpus import Reading
+        from .features.corpus import Reading
 
         return Reading(self.input_format, self.hdf5_key, self.hdf5_flow_key)
 

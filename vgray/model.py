@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import VgrayError
-from .store import load_run
+from .rundir.store import load_run
 
 
 class VisualGlove:
@@ -54,7 +54,7 @@ class VisualGlove:
         """Run `vgray train FEATURES --out OUT` (same settings as the CLI options, in snake_case)
         on Ray, then load the result."""
         from .config import TrainConfig
-        from .train import train
+        from .commands.train import train
 
         train(features, out, TrainConfig(**settings), train_ids)
         return cls.load(out)
@@ -75,7 +75,7 @@ class VisualGlove:
         """The visual word of every clip: float [T, D] -> int32 [T] (exact nearest centroid)."""
         import torch
 
-        from .vocab import Codebook
+        from .algo.vocab import Codebook
 
         if self._codebook is None:
             self._codebook = Codebook(self.centroids)

@@ -5,7 +5,7 @@
 
 The variables keep MKL, OpenBLAS and oneDNN to AVX2 kernels; this module makes vgray's check of
 native bfloat16 say no, so k-means runs in float32 as it does there. Ray's workers inherit
-PYTHONPATH, so they load it too. Costs nothing until vgray.vocab is imported.
+PYTHONPATH, so they load it too. Costs nothing until vgray.algo.vocab is imported.
 """
 
 import importlib.abc
@@ -14,7 +14,7 @@ import sys
 
 class _NoBF16(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "vgray.vocab":
+        if name != "vgray.algo.vocab":
             return None
         sys.meta_path.remove(self)
         try:

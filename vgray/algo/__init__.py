@@ -1,0 +1,1 @@
+"""The algorithms, pure numpy/torch without Ray: k-means, co-occurrence, GloVe, embedding."""

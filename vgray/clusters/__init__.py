@@ -1,0 +1,1 @@
+"""The Ray cluster a run uses: connecting, autoscaling, KubeRay, the Jobs API, live progress."""

@@ -1,0 +1,1 @@
+"""The RUN directory: every path of a RUN, its manifest as typed records, a sweep's table."""
