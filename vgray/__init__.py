@@ -8,4 +8,8 @@ def __getattr__(name):  # `from vgray import VisualGlove` without importing torc
         from .model import VisualGlove
 
         return VisualGlove
+    if name == "make_corpus":
+        from .commands.synth import make_corpus
+
+        return make_corpus
     raise AttributeError(f"module 'vgray' has no attribute {name!r}")
