@@ -215,6 +215,39 @@ def list_containers(root: str, source: str, suffix: str, *, train_ids: list[str]
 # ---------------------------------------------------------------------------------------------
 # Reading by range: files on object storage as seekable files, rows as checked float32
 
+class FilesReader:
+    """A format that is one file per video and stream ({id}_rgb / {id}_flow, or {id} alone),
+    ending in `suffix`: detected by those files, listed and fingerprinted from one listing."""
+
+    suffix = ""
+    container = False
+
+    def detects(self, root: str, names: list[str] | None) -> bool:
+        return has_suffix(names, self.suffix)
+
+    def fingerprint(self, root: str, *, follow_symlinks: bool = False,
+                    reading: Reading | None = None) -> str:
+        return directory_fingerprint(root, self.suffix, follow_symlinks=follow_symlinks,
+                                     reading=reading)
+
+    def listing(self, root: str, streams: str, *, train_ids: list[str] | None = None,
+                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
+        return list_stream_files(root, streams, self.name, self.suffix, train_ids=train_ids,
+                                 follow_symlinks=follow_symlinks, reading=reading)
+
+
+class ContainersReader(FilesReader):
+    """A format that is a directory of container files ending in `suffix`, each holding many
+    videos: listed as the containers (nothing opened), probed one container at a time."""
+
+    container = True
+
+    def listing(self, root: str, streams: str, *, train_ids: list[str] | None = None,
+                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
+        return list_containers(root, self.name, self.suffix, train_ids=train_ids,
+                               follow_symlinks=follow_symlinks, reading=reading)
+
+
 class RangedFile(io.RawIOBase):
     """A file on object storage as a seekable binary file: each read is one ranged GET (through
     fs.read_range, with its retries), so h5py, tarfile and pyarrow read only what they need."""

@@ -11,34 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from .corpus import WHOLE_FILE_BYTES, Entry, Listing, Reading, Skip, Video
+from .corpus import WHOLE_FILE_BYTES, Entry, Skip, Video
 from ..errors import BadVideo
-from .format_base import directory_fingerprint, has_suffix, list_stream_files, stream_of
+from .format_base import FilesReader, stream_of
 from .npyfile import (HEADER_BYTES, NpyHeader, all_finite, file_size, load_rows, parse_header,
                       read_at, read_header)
 
 
-class NpyReader:
+class NpyReader(FilesReader):
     """The reader of `.npy` files per video and stream (format_base.FeatureReader)."""
 
     name = "npy"
     shipped = ".npy files per video and stream"
     suffix = ".npy"
-    container = False
     npy_files = True
-
-    def detects(self, root: str, names: list[str] | None) -> bool:
-        return has_suffix(names, self.suffix)
-
-    def fingerprint(self, root: str, *, follow_symlinks: bool = False,
-                    reading: Reading | None = None) -> str:
-        return directory_fingerprint(root, self.suffix, follow_symlinks=follow_symlinks,
-                                     reading=reading)
-
-    def listing(self, root: str, streams: str, *, train_ids: list[str] | None = None,
-                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
-        return list_stream_files(root, streams, self.name, self.suffix, train_ids=train_ids,
-                                 follow_symlinks=follow_symlinks, reading=reading)
 
     def probe(self, entry: Entry, streams: str, *, whole: bool = False) -> list[Video | Skip]:
         return [probe_npy(entry, streams, whole)]

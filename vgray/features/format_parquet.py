@@ -11,33 +11,18 @@ import threading
 import numpy as np
 
 from ..files import fs
-from .corpus import Entry, Listing, Reading, Skip, Video, id_problem
+from .corpus import Entry, Skip, Video, id_problem
 from ..errors import BadVideo, StorageError, VgrayError
-from .format_base import (Found, checked, directory_fingerprint, has_suffix, list_containers,
-                          open_file, paired, stream_of)
+from .format_base import ContainersReader, Found, checked, open_file, paired, stream_of
 
 
-class ParquetReader:
+class ParquetReader(ContainersReader):
     """The reader of Parquet files of a row per video (format_base.FeatureReader)."""
 
     name = "parquet"
     shipped = "Parquet files of a row per video"
     suffix = ".parquet"
-    container = True
     npy_files = False
-
-    def detects(self, root: str, names: list[str] | None) -> bool:
-        return has_suffix(names, self.suffix)
-
-    def fingerprint(self, root: str, *, follow_symlinks: bool = False,
-                    reading: Reading | None = None) -> str:
-        return directory_fingerprint(root, self.suffix, follow_symlinks=follow_symlinks,
-                                     reading=reading)
-
-    def listing(self, root: str, streams: str, *, train_ids: list[str] | None = None,
-                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
-        return list_containers(root, self.name, self.suffix, train_ids=train_ids,
-                               follow_symlinks=follow_symlinks, reading=reading)
 
     def probe(self, entry: Entry, streams: str, *, whole: bool = False) -> list[Video | Skip]:
         return probe_file(entry, streams)

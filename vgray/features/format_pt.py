@@ -12,33 +12,18 @@ import io
 import numpy as np
 
 from ..files import fs
-from .corpus import Entry, Listing, Reading, Skip, Video
+from .corpus import Entry, Skip, Video
 from ..errors import BadVideo, StorageError, first_line
-from .format_base import (Found, checked, directory_fingerprint, float_shape, has_suffix,
-                          list_stream_files, paired, stream_of)
+from .format_base import FilesReader, Found, checked, float_shape, paired, stream_of
 
 
-class PtReader:
+class PtReader(FilesReader):
     """The reader of `.pt` tensors per video and stream (format_base.FeatureReader)."""
 
     name = "pt"
     shipped = ".pt tensors per video and stream"
     suffix = ".pt"
-    container = False
     npy_files = False
-
-    def detects(self, root: str, names: list[str] | None) -> bool:
-        return has_suffix(names, self.suffix)
-
-    def fingerprint(self, root: str, *, follow_symlinks: bool = False,
-                    reading: Reading | None = None) -> str:
-        return directory_fingerprint(root, self.suffix, follow_symlinks=follow_symlinks,
-                                     reading=reading)
-
-    def listing(self, root: str, streams: str, *, train_ids: list[str] | None = None,
-                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
-        return list_stream_files(root, streams, self.name, self.suffix, train_ids=train_ids,
-                                 follow_symlinks=follow_symlinks, reading=reading)
 
     def probe(self, entry: Entry, streams: str, *, whole: bool = False) -> list[Video | Skip]:
         return [probe_tensors(entry, streams)]

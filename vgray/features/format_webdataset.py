@@ -10,34 +10,19 @@ import tarfile
 
 import numpy as np
 
-from .corpus import Entry, Listing, Reading, Skip, Video, id_problem
+from .corpus import Entry, Skip, Video, id_problem
 from ..errors import BadVideo, StorageError, VgrayError
-from .format_base import (Found, directory_fingerprint, has_suffix, list_containers, open_file,
-                          paired, stream_of)
+from .format_base import ContainersReader, Found, open_file, paired, stream_of
 from .npyfile import NpyHeader, finite, parse_header, read_rows_at
 
 
-class WebDatasetReader:
+class WebDatasetReader(ContainersReader):
     """The reader of WebDataset tar shards (format_base.FeatureReader)."""
 
     name = "webdataset"
     shipped = "WebDataset .tar shards"
     suffix = ".tar"
-    container = True
     npy_files = False
-
-    def detects(self, root: str, names: list[str] | None) -> bool:
-        return has_suffix(names, self.suffix)
-
-    def fingerprint(self, root: str, *, follow_symlinks: bool = False,
-                    reading: Reading | None = None) -> str:
-        return directory_fingerprint(root, self.suffix, follow_symlinks=follow_symlinks,
-                                     reading=reading)
-
-    def listing(self, root: str, streams: str, *, train_ids: list[str] | None = None,
-                follow_symlinks: bool = False, reading: Reading | None = None) -> Listing:
-        return list_containers(root, self.name, self.suffix, train_ids=train_ids,
-                               follow_symlinks=follow_symlinks, reading=reading)
 
     def probe(self, entry: Entry, streams: str, *, whole: bool = False) -> list[Video | Skip]:
         return probe_shard(entry, streams)
