@@ -59,7 +59,7 @@ if what == "workers":
     started = time.perf_counter()
     with Job(tempfile.mkdtemp(), None) as job:
         job.open({"command": "benchmark"}, {})
-        job.start_workers(cfg)
+        job.workers.start(cfg)
         corpus = stages.scan(job, root, cfg.streams)
         shards = make_shards(corpus.videos, cfg.shard_clips)
     out = {"videos": len(corpus.videos), "skipped": len(corpus.skips), "shards": len(shards),

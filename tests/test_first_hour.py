@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import vgray
-import vgray.run.job
+import vgray.run.workers
 from vgray.cli import app
 from vgray.rundir.store import RunLock
 from vgray.commands.synth import make_corpus
@@ -32,7 +32,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture
 def no_ray(monkeypatch):
     """Fails the test if the command starts (or joins) Ray."""
-    monkeypatch.setattr(vgray.run.job, "connect_ray",
+    monkeypatch.setattr(vgray.run.workers, "connect_ray",
                         lambda *a, **k: pytest.fail("Ray was started for a refusal"))
 
 
@@ -105,7 +105,7 @@ def test_a_failed_train_leaves_out_as_it_found_it_and_the_corrected_command_work
     assert json.load(open(os.path.join(out, "manifest.json")))["status"] == "complete"
     # a changed setting on the finished RUN: refused before Ray, the RUN unchanged
     before = {p: os.path.getmtime(os.path.join(out, p)) for p in listing(out)}
-    monkeypatch.setattr(vgray.run.job, "connect_ray",
+    monkeypatch.setattr(vgray.run.workers, "connect_ray",
                         lambda *a, **k: pytest.fail("Ray was started for a refusal"))
     assert "was made with --vocab-size 4, this run asks for 5" in refused(
         "train", features, "--out", out, *ARGS, "--vocab-size", "5")

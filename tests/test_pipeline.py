@@ -106,13 +106,13 @@ def test_rerun_does_no_work(trained, corpus, monkeypatch):
     """A complete RUN is recognised from its manifest, markers and outputs: no Ray work, and not
     one file of RUN written again (sync tools copy whatever was rewritten)."""
     import vgray.features.format_npy
-    import vgray.run.job
+    import vgray.run.workers
     import vgray.commands.train
 
     run, _ = trained
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run, "**"), recursive=True)}
     assert os.path.join(run, "manifest.json") in files and os.path.join(run, "skipped.jsonl") in files
-    monkeypatch.setattr(vgray.run.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
+    monkeypatch.setattr(vgray.run.workers, "connect_ray", lambda *a: pytest.fail("Ray was used"))
     # one listing of FEATURES tells it: not one header is read
     monkeypatch.setattr(vgray.features.format_npy, "read_header", lambda *a: pytest.fail("a header was read"))
     result = CliRunner().invoke(app, ["train", corpus["features"], "--out", run, "--train-ids",

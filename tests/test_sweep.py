@@ -173,11 +173,11 @@ def test_a_combination_is_a_run(swept, data, tmp_path):
 
 
 def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_path, monkeypatch):
-    import vgray.run.job
+    import vgray.run.workers
 
     out, output = swept
     files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(out, "**"), recursive=True)}
-    monkeypatch.setattr(vgray.run.job, "connect_ray", lambda *a: pytest.fail("Ray was used"))
+    monkeypatch.setattr(vgray.run.workers, "connect_ray", lambda *a: pytest.fail("Ray was used"))
     again = invoke("sweep", data["features"], "--out", out, "--train-ids", data["train_ids"],
                    "--labels", data["labels"], *SWEEP)
     assert "is complete: nothing to do" in again.output

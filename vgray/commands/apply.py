@@ -67,8 +67,8 @@ def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: Trai
     # What the listing alone refuses is refused before Ray starts.
     listing = stages.listed(features, cfg.streams, cfg.strict, None, cfg.follow_symlinks,
                             cfg.reading())
-    job.connect()
-    job.start_workers(cfg)  # they read the headers (the driver only lists FEATURES)
+    job.workers.connect()
+    job.workers.start(cfg)  # they read the headers (the driver only lists FEATURES)
     corpus = stages.scan(job, features, cfg.streams, strict=cfg.strict,
                          rgb_dim=dims.rgb_dim if uses_rgb else None,
                          flow_dim=dims.flow_dim if uses_flow else None,
@@ -81,14 +81,17 @@ def _apply_job(job: Job, command: str, *, run_dir: str, features: str, cfg: Trai
     shards = make_shards(corpus.videos, cfg.shard_clips)
     vocabulary = RunDir(run_dir).path("vocab", "centroids.npy")
     if command == "assign":
-        assigned = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus,
-                                 per_video=True)
+        assigned, tokenised = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus,
+                                            per_video=True)
+        job.count("assign_shards", tokenised)
         merge_tokens([job.run.tokens_part(k, staged=True) for k in range(len(shards))],
                      job.run.path("tokens.parquet"))
         return stages.finish(job, assigned, None, corpus=corpus)
-    assigned = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus)
-    embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
-                            workers=cfg.workers, layout=cfg.embeddings)
+    assigned, tokenised = stages.assign(job, shards, cfg, vocabulary, None, corpus=corpus)
+    job.count("assign_shards", tokenised)
+    embedded, embedded_now = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
+                                          workers=cfg.workers, layout=cfg.embeddings)
+    job.count("embed_shards", embedded_now)
     return stages.finish(job, assigned, embedded, corpus=corpus)
 
 

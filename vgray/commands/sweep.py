@@ -137,14 +137,14 @@ class _Sweep:
         # What the listing alone refuses is refused before Ray starts.
         listing = None if scanned and scanned.corpus else stages.listed(
             self.features, cfg.streams, cfg.strict, self.ids, cfg.follow_symlinks, cfg.reading())
-        job.connect()
+        job.workers.connect()
         todo = [c for c in self.grid if not self.trained(c)]
-        job.plan_gpu(cfg, gpu_stages_left=bool(todo))
+        job.workers.plan_gpu(cfg, gpu_stages_left=bool(todo))
         needed = sorted({c[0] for c in todo})
         vocab_left = [k for k in needed if not (self.state(k).vocab and self.state(k).vocab.done
                                                 and fs.exists(self.centroids(k)))]
         # The workers start first: they read the headers (the driver only lists FEATURES).
-        job.start_workers(cfg, gpu_now=bool(vocab_left), train=bool(todo))
+        job.workers.start(cfg, gpu_now=bool(vocab_left), train=bool(todo))
         self.corpus = corpus = stages.scan(job, self.features, cfg.streams, strict=cfg.strict,
                                            train_ids=self.ids, follow_symlinks=cfg.follow_symlinks, scanned=scanned,
                                            workers=cfg.workers, listing=listing,
@@ -153,11 +153,12 @@ class _Sweep:
         if self.label_map is not None:
             self._check_labels()
         self.shards = make_shards(corpus.videos, cfg.shard_clips)
-        job.work.update(vocab=0, assign_shards=0, reduce_parts=0, glove=0, evaluate=0)
+        for kind in ("vocab", "assign_shards", "reduce_parts", "glove", "evaluate"):
+            job.count(kind, 0)
         self._vocabularies(vocab_left)
         self._counts(needed, todo)
         self._fits(todo)
-        job.gpu_stages_over()
+        job.workers.gpu_stages_over()
         return self._finish()
 
     def centroids(self, vocab_size: int) -> str:
@@ -198,7 +199,7 @@ class _Sweep:
             save_npy(self.centroids(cfg.vocab_size), fit.centroids)
             self.state(cfg.vocab_size).vocab = stage_record(time.perf_counter() - t, where,
                                                             **fit.figures)
-            job.work["vocab"] += 1
+            job.count("vocab")
             job.save()
             job.echo(stages.vocab_line(cfg, fit.figures, time.perf_counter() - t))
             t = time.perf_counter()
@@ -257,7 +258,7 @@ class _Sweep:
         corpus = self.corpus
         units = {s: TokenizeUnit(s, shards[s], [corpus.is_train(v.video_id) for v in shards[s]],
                                  vocabs) for s, vocabs in vocabularies.items() if vocabs}
-        job.work["assign_shards"] = len(units)
+        job.count("assign_shards", len(units))
         t = time.perf_counter()
         done = stages.tokenize(job, shards, units, cfg.workers, cfg.strict)
         for k in needed:
@@ -295,7 +296,7 @@ class _Sweep:
                     reduce_units.append(ReduceUnit(
                         run.root, r, len(shards), dataclasses.replace(count, vocab_size=k),
                         merge=merge and not merged, targets=missing))
-        job.work["reduce_parts"] = len(reduce_units)
+        job.count("reduce_parts", len(reduce_units))
         stages.reduce(job, reduce_units, cfg.workers)
         for k in recount:
             state = self.state(k)
@@ -314,15 +315,15 @@ class _Sweep:
         job = self.job
         if not todo:
             return
-        job.demand.ask("glove", cpus=len(job.pool), gpu=job.gpu.request)
-        if job.gpu.request:
+        job.workers.ask_for_trainer("glove")
+        if job.workers.gpu.request:
             for c in todo:
                 self._prepare(c)
                 t, where = time.perf_counter(), []
-                fit = job.fit_glove(self.combo(c).root, self.configs[c], where)
+                fit = job.workers.fit_glove(self.combo(c).root, self.configs[c], where)
                 self._record(c, fit, time.perf_counter() - t, where)
             return
-        actors = job.pool.one_per_node()
+        actors = job.workers.pool.one_per_node()
         started = {}
         progress = Progress(self.echo, "glove", len(todo), "combinations")
 
@@ -336,9 +337,9 @@ class _Sweep:
             progress.advance(1)
 
         # Fits of different K and dim take very different times: none is judged stalled.
-        for actor in job.pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
+        for actor in job.workers.pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
                                   own=False, stage="glove", deadline=False):
-            job.pool.give(actor)
+            job.workers.pool.give(actor)
         progress.close()
 
     def _prepare(self, c: tuple) -> None:
@@ -350,7 +351,7 @@ class _Sweep:
         on it is a RUN."""
         job, cfg = self.job, self.configs[c]
         run = self.combo(c)
-        job.work["glove"] += 1
+        job.count("glove")
         state = self.state(c[0])
         skips = self.skips(c[0])
         # Made as train makes its manifest (Manifest.for_train), of the shared records.
@@ -402,7 +403,7 @@ class _Sweep:
         t = time.perf_counter()
         result = evaluate(run.root, None, self.labels)
         evaluated[name(*c)] = Evaluation(key, round(time.perf_counter() - t, 3))
-        self.job.work["evaluate"] += 1
+        self.job.count("evaluate")
         self.job.save()
         return result
 

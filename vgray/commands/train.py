@@ -42,14 +42,14 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     # What the listing alone refuses is refused before Ray starts.
     listing = None if scanned.corpus else stages.listed(features, cfg.streams, cfg.strict, ids,
                                                           cfg.follow_symlinks, cfg.reading())
-    job.connect()
+    job.workers.connect()
     run = job.run
-    job.plan_gpu(cfg, gpu_stages_left=not job.stage_done("glove"))
+    job.workers.plan_gpu(cfg, gpu_stages_left=not job.stage_done("glove"))
     centroids = run.path("vocab", "centroids.npy")
     # k-means to run: its GPU worker is asked for now (else GloVe asks when it starts).
     vocab_left = not (job.stage_done("vocab") and fs.exists(centroids))
     # The workers start first: they read the headers (the driver only lists FEATURES).
-    job.start_workers(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
+    job.workers.start(cfg, gpu_now=vocab_left, train=vocab_left or not job.stage_done("glove"))
     corpus = stages.scan(job, features, cfg.streams, strict=cfg.strict, train_ids=ids,
                          follow_symlinks=cfg.follow_symlinks, scanned=scanned,
                          workers=cfg.workers, listing=listing, reading=cfg.reading())
@@ -59,10 +59,11 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
     _vocabulary(job, cfg, corpus, shards, centroids)
     assigned = _counts(job, cfg, corpus, shards, centroids)
     _glove(job, cfg)
-    job.gpu_stages_over()
+    job.workers.gpu_stages_over()
     vectors = load_npy(run.path("glove", "vectors.npy"), np.float32, 2)
-    embedded = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
-                            workers=cfg.workers, layout=cfg.embeddings)
+    embedded, embedded_now = stages.embed(job, shards, vectors, batch_clips=cfg.batch_clips,
+                                          workers=cfg.workers, layout=cfg.embeddings)
+    job.count("embed_shards", embedded_now)
     summary = stages.finish(job, assigned, embedded, corpus=corpus)
     summary.figures = {k: job.manifest.stages[k] for k in ("vocab", "cooccur", "glove")}
     return summary
@@ -71,7 +72,7 @@ def _train(job: Job, features: str, cfg: TrainConfig, train_ids: str | None,
 def _vocabulary(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Video]],
                 centroids: str) -> None:
     """The codebook: shard workers sample training clips, one trainer fits k-means."""
-    job.work["vocab"] = 0
+    job.count("vocab", 0)
     if job.stage_done("vocab") and fs.exists(centroids):
         return
     # Whatever was computed from an earlier vocabulary must not be mixed with the new one.
@@ -80,7 +81,7 @@ def _vocabulary(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Vi
 
     def save(cfg: TrainConfig, fit: Fit, where: list) -> None:
         save_npy(centroids, fit.centroids)
-        job.work["vocab"] = 1
+        job.count("vocab")
         job.finish_stage("vocab", time.perf_counter() - t, where, **fit.figures)
         job.echo(stages.vocab_line(cfg, fit.figures, time.perf_counter() - t))
 
@@ -93,10 +94,11 @@ def _counts(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Video]
     shards' assign records."""
     run = job.run
     count = Count(cfg.vocab_size, cfg.window, cfg.reducers)
-    assigned = stages.assign(job, shards, cfg, centroids, count, corpus=corpus)
+    assigned, tokenised = stages.assign(job, shards, cfg, centroids, count, corpus=corpus)
+    job.count("assign_shards", tokenised)
     t = time.perf_counter()
     todo = [r for r in range(cfg.reducers) if not fs.exists(run.part("cooccur", r))]
-    job.work["reduce_parts"] = len(todo)
+    job.count("reduce_parts", len(todo))
     done = stages.reduce(job, [ReduceUnit(run.root, r, len(shards), count) for r in todo],
                          cfg.workers)
     nonzeros = sum(parquet_row_count(p) for p in run.files("cooccur", suffix=".parquet"))
@@ -111,15 +113,15 @@ def _counts(job: Job, cfg: TrainConfig, corpus: Corpus, shards: list[list[Video]
 
 def _glove(job: Job, cfg: TrainConfig) -> None:
     """GloVe on the merged counts, on the GPU worker or a shard worker; writes glove/."""
-    job.work["glove"] = 0
+    job.count("glove", 0)
     if job.stage_done("glove") and fs.exists(job.run.path("glove", "vectors.npy")):
         return
     job.invalidate(job.run.path(WORK, "embed"))  # embeddings of older vectors
     t = time.perf_counter()
-    job.demand.ask("glove", cpus=len(job.pool), gpu=job.gpu.request)
+    job.workers.ask_for_trainer("glove")
     where = []
-    fit = job.fit_glove(job.run.root, cfg, where)
-    job.work["glove"] = 1
+    fit = job.workers.fit_glove(job.run.root, cfg, where)
+    job.count("glove")
     job.finish_stage("glove", time.perf_counter() - t, where, **fit.figures)
     job.echo(stages.glove_line("glove", fit.figures, time.perf_counter() - t))
 

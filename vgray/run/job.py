@@ -1,14 +1,14 @@
-"""One invocation's bookkeeping over one output directory: its lock, its manifest and stage
-records, its workers (the pool, the GPU worker) and the calls made on them.
+"""One invocation's record over one output directory: its lock, its manifest and stage records,
+the work it did; and its workers (workers.py), which it holds but does not run.
 
-A Job knows nothing of what a command computes: the stages (stages.py) hand it units to run and
-figures to record, and `train`, `sweep`, `assign` and `embed` say which stages run in which order.
+A Job knows nothing of what a command computes: the stages (stages.py) hand its workers units to
+run and return what they found, the commands record it (`count`, `finish_stage`), and `train`,
+`sweep`, `assign` and `embed` say which stages run in which order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import time
@@ -18,19 +18,12 @@ import ray
 
 from .. import __version__
 from ..files import fs, s3
-from ..clusters.autoscale import Capacity, capacity
-from ..clusters.cluster import avoiding, joining, node_usage, usage_by_type
-from ..clusters.cluster import connect as connect_ray
-from ..config import TrainConfig
-from ..clusters.demand import Demand, GpuPlan, plan_gpu
+from ..clusters.cluster import node_usage
 from ..errors import StorageError, VgrayError
-from ..clusters.live import get_with_progress, start_board
-from ..rundir.manifest import Invocation, Manifest, Placement, Stage
+from ..rundir.manifest import Invocation, Manifest, Stage
 from ..rundir.manifest import stage_record as record_of
-from .pool import Pool, on_one_actor
 from ..rundir.store import RunDir, RunLock
-from .units import Fit
-from .worker import GPU_WORKER, ShardWorker
+from .workers import Workers
 
 
 def versions() -> dict:
@@ -87,10 +80,12 @@ def _inside(root: str, features: str) -> str | None:
 
 
 class Job:
-    """One invocation over one output directory: lock, manifest, stage records, workers.
+    """One invocation over one output directory: lock, manifest, stage records, work counts,
+    and its `workers`.
 
     Entering it and `open` need no cluster: --out is guarded, the lock taken and the settings
-    compared first, so that a refusal is instant; `connect` then starts (or joins) Ray. A new
+    compared first, so that a refusal is instant; `workers.connect` then starts (or joins)
+    Ray. A new
     RUN whose command is refused or fails before any stage past the scan is done is taken away
     again: --out is left as it was found (absent or empty), and the corrected command starts
     afresh. A fault of the machinery (storage, workers) or an interrupt leaves it to resume."""
@@ -105,52 +100,14 @@ class Job:
         self.work: dict[str, int] = {}
         self.manifest = Manifest("")  # open() reads or starts it
         self.lock = RunLock(self.run.root)
-        self._board = None
-        self.capacity: Capacity | None = None
-        self.demand: Demand | None = None
-        self.gpu = GpuPlan(False, False, 0.0)  # see plan_gpu; assign and embed use no GPU
-        self.hold_gpu = False  # a GPU stage is still to come: keep asking for its node
-        self.pool: Pool | None = None  # the run's shard workers (see start_workers)
-        self.gpu_worker = None  # the worker given a GPU, kept from k-means to GloVe
-        self.gpu_computes = False  # ... and its torch can use that GPU (it then assigns too)
-        self._make_worker = None
-
-    def board(self):
-        """The actor that a long remote task posts its progress to: started on first use (or
-        early, see start_workers), emptied for each task."""
-        if self._board is None:
-            self._board = start_board()
-        with contextlib.suppress(ray.exceptions.RayError):
-            ray.get(self._board.clear.remote(), timeout=10)
-        return self._board
+        self.workers = Workers(self.echo)  # started by workers.connect(), closed on exit
 
     def __enter__(self) -> "Job":
         self._found = out_state(self.run.root, self.features)
         return self
 
-    def connect(self) -> None:
-        """Ray, once the checks that need no cluster have passed: what it has and can grow to.
-        Starting Ray takes seconds: a line says so before, and what it found after."""
-        t, doing = time.perf_counter(), joining()
-        if doing:
-            self.echo(f"ray: {doing}…")
-        connect_ray()
-        self.capacity = capacity()
-        self.demand = Demand(self.capacity, self.echo)
-        if doing:
-            self.echo(f"ray: {self.capacity.describe_now()} ({time.perf_counter() - t:.1f} s)")
-        for note in self.capacity.notes:
-            self.echo(f"ray: {note}")
-
     def __exit__(self, kind, *exc) -> None:
-        self.release_gpu_worker()
-        if self.pool is not None:
-            self.pool.close()
-        if self.demand is not None:
-            self.demand.clear()  # every node may go back once idle
-        if self._board is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self._board)
+        self.workers.close()
         self.lock.release()
         if kind is not None and self._undo(kind):
             self._take_away()
@@ -206,6 +163,11 @@ class Job:
     def save(self) -> None:
         self.run.write_manifest(self.manifest)
 
+    def count(self, kind: str, n: int = 1) -> None:
+        """`n` more units of work of `kind` done by this invocation (0: the kind is counted, and
+        none was needed); the invocation's counts go to the manifest and the summary."""
+        self.work[kind] = self.work.get(kind, 0) + n
+
     def stage_done(self, name: str) -> bool:
         return self.manifest.stage_done(name)
 
@@ -229,124 +191,16 @@ class Job:
         self.manifest.last_invocation = Invocation(round(seconds, 3), dict(self.work))
         # requests this driver sent again (the scan's header reads, the manifest, listings)
         self.manifest.retries_of("driver").requests = s3.retries()
-        self.demand.clear()  # the run's work is over: every node may go back once idle
-        self.manifest.placement = Placement.of(
-            usage_by_type([s.nodes for s in stages]), self.capacity.to_dict(),
-            dataclasses.asdict(self.gpu), self.demand.history)
+        self.manifest.placement = self.workers.finish(stages)
         self.save()
         return seconds
 
-    # --- the workers ----------------------------------------------------------------------
-    def start_workers(self, cfg: TrainConfig, gpu_now: bool = False, train: bool = False) -> None:
-        """The run's shard workers, started as the first stage needs them and kept to the end.
-        With `gpu_now` and a GPU plan, the GPU worker is asked for at once, so that its node
-        boots, its process starts and torch loads while clips are sampled; with `train` (k-means
-        or GloVe to come), the progress board starts now too, not when k-means waits for it."""
-        def make(gpus: int = 0, avoid: tuple = ()):
-            if gpus:
-                return ShardWorker.options(**GPU_WORKER, **avoiding(avoid)).remote(
-                    cfg.streams, cfg.batch_clips, cfg.device, None, time.time())
-            return ShardWorker.options(**avoiding(avoid)).remote(
-                cfg.streams, cfg.batch_clips, "cpu", None, time.time())
-
-        self._make_worker = make
-        self.pool = Pool(make)
-        if gpu_now and self.gpu.request and self.gpu_worker is None:
-            self.gpu_worker = make(1)
-        if train and self._board is None:
-            self._board = start_board()
-
-    def plan_gpu(self, cfg: TrainConfig, *, gpu_stages_left: bool) -> None:
-        """The GPU plan of a command that trains (it fails here if --device cuda cannot be had).
-        While a GPU stage is left, the run keeps asking for a GPU node: it boots while FEATURES
-        is scanned and clips are sampled, and is not given back between k-means and GloVe."""
-        self.gpu = plan_gpu(cfg.device, self.capacity, cfg.gpu_wait, self.demand)
-        if self.gpu.note:
-            self.echo(f"gpu: {self.gpu.note}")
-        self.hold_gpu = self.gpu.request and gpu_stages_left
-
-    def gpu_stages_over(self) -> None:
-        """No GPU node is asked for any more, and nothing of vgray stays on one."""
-        self.hold_gpu = False
-        self.release_gpu_worker()
-
-    def release_gpu_worker(self) -> None:
-        """Nothing of vgray stays on the GPU node once the GPU stages are over."""
-        if self.gpu_worker is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self.gpu_worker)
-        self.gpu_worker, self.gpu_computes = None, False
-
-    def workers(self, stage: str, requested: int | None, units: int) -> int:
-        """Workers for `units` units: --workers, else as many as the work needs up to the CPUs
-        the cluster has or its autoscaler can add; the autoscaler is asked for them."""
-        n = max(1, min(requested or int(self.capacity.cpus()), units))
-        asked = self.demand.ask(stage, cpus=max(n, len(self.pool)), gpu=self.hold_gpu)
-        if not requested:  # fewer where autoscaler v2 cannot meet them all
-            n = max(1, min(n, asked))
-        return n
-
     def run_units(self, stage: str, requested: int | None, units: list[int], submit, on_done, *,
                   gpu: bool = False) -> None:
-        """Every unit of a stage on the pool (grown to what the stage needs); with `gpu`, the
-        GPU worker takes units too where its GPU computes."""
-        n = self.workers(stage, requested, len(units))
-        lent = [self.gpu_worker] if gpu and self.gpu_computes and self.gpu_worker else []
-        retries = self.manifest.retries_of(stage)
-        reruns = self.pool.reruns.get(stage, 0)
-
-        def done(k, result, finished):
-            first = result[0] if isinstance(result, list) and result else result
-            retries.requests += getattr(first, "retries", 0)
-            on_done(k, result, finished)
-
-        try:
-            if not self.pool.run(n, units, submit, done, extra=lent, stage=stage) and lent:
-                self.gpu_worker, self.gpu_computes = None, False  # lost: GloVe asks for another
-        finally:
-            retries.units += self.pool.reruns.get(stage, 0) - reruns
-
-    def on_trainer(self, what: str, call, where: list) -> Fit:
-        """call(actor) for k-means or GloVe: on the GPU worker where the GPU plan says so (it is
-        kept for the next GPU stage), else on a shard worker that then uses every core of its
-        node (see pool.on_one_actor for the wait and the retries); its node and those of
-        attempts lost with their node are added to `where`."""
-        def make(gpus, avoid):
-            if gpus:
-                if self.gpu_worker is None or avoid:
-                    self.release_gpu_worker()
-                    self.gpu_worker = self._make_worker(1, avoid)
-                return self.gpu_worker
-            return self.pool.take(avoid)  # alive, and off the nodes found lost
-
-        def keep(actor, ok):
-            if actor is self.gpu_worker:
-                if not ok:
-                    self.release_gpu_worker()
-            elif ok:
-                self.pool.give(actor)
-            else:
-                self.pool.discard(actor)
-
-        lost = []
-        try:
-            fit = on_one_actor(make, self.gpu, call, what=what, echo=self.echo, lost=lost, keep=keep)
-        finally:
-            where += [(f"{what} (lost)", w) for w in lost]
-        where.append((what, fit.where))
-        if self.gpu_worker is not None and fit.device == "cuda":
-            self.gpu_computes = True
-        return fit
-
-    def fit_glove(self, root: str, cfg: TrainConfig, where: list) -> Fit:
-        """GloVe on the counts of the RUN at `root` (writes its glove/), on the trainer that
-        on_trainer picks, its epochs shown live."""
-        def fit(actor):
-            board = self.board()
-            return get_with_progress(actor.glove.remote(root, cfg.to_dict(), board), board,
-                                     self.echo)
-
-        return self.on_trainer("glove", fit, where)
+        """Every unit of a stage on the workers (Workers.run_units), what they sent again
+        recorded in the manifest as this invocation's retries of the stage."""
+        self.workers.run_units(stage, requested, units, submit, on_done,
+                               retries=self.manifest.retries_of(stage), gpu=gpu)
 
 
 def stage_record(seconds: float, where: list | None = None, **figures) -> Stage:

@@ -106,7 +106,7 @@ def scan(job: Job, features: str, streams: str, *, strict: bool = False,
     where = []
     if corpus is None:
         listing = listing or list_videos(features, streams, train_ids, follow_symlinks, reading)
-        chunks = scan_chunks(listing.entries, int(job.capacity.cpus()))
+        chunks = scan_chunks(listing.entries, int(job.workers.capacity.cpus()))
         found: dict[int, list] = {}
         progress = Progress(job.echo, "scan", len(listing.entries), "videos") if chunks else None
 
@@ -215,14 +215,14 @@ def _sample(job: Job, first: TrainConfig, train_shards: list[list[Video]], *, ch
 def _fit_one(job: Job, cfg: TrainConfig, ordered: list, *, below: float | None, where: list):
     """k-means of one config on the sample (`below`: its own probability, where the sample was
     drawn with a larger one), on the trainer, its progress drawn live."""
-    job.demand.ask("vocab: k-means", cpus=len(job.pool), gpu=job.gpu.request)
+    job.workers.ask_for_trainer("vocab: k-means")
 
     def fit(actor):
-        board = job.board()
+        board = job.workers.board()
         return get_with_progress(actor.kmeans.remote(cfg.to_dict(), board, *ordered, below=below),
                                  board, job.echo)
 
-    return job.on_trainer("kmeans", fit, where)
+    return job.workers.on_trainer("kmeans", fit, where)
 
 
 # faiss's min_points_per_centroid: with fewer clips per word, k-means places words on a handful
@@ -267,12 +267,14 @@ def tokenize(job: Job, shards: list[list[Video]], units: dict[int, TokenizeUnit]
 
 
 def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str,
-           count: Count | None, *, corpus: Corpus, per_video: bool = False) -> list[ShardStats]:
+           count: Count | None, *, corpus: Corpus, per_video: bool = False
+           ) -> tuple[list[ShardStats], int]:
     """The assign stage of one RUN: every shard not yet done is tokenised with one vocabulary
     (and, with `count`, its training pairs counted); the stage's figures from every shard's
-    record, which are returned. A shard whose partial counts are gone is redone while the merge
-    still needs them. With `per_video` (vgray assign), each video's tokens also go to RUN/{id}.npy
-    and the shards' tokens parts are staged under the work folder."""
+    record. Returns every shard's record and how many shards this invocation tokenised. A shard
+    whose partial counts are gone is redone while the merge still needs them. With `per_video`
+    (vgray assign), each video's tokens also go to RUN/{id}.npy and the shards' tokens parts are
+    staged under the work folder."""
     run = job.run
     t = time.perf_counter()
     marked = run.done_shards("assign")
@@ -286,7 +288,6 @@ def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str
                                          run.tokens_part(k, staged=per_video), count=count)],
                              run.root if per_video else None)
              for k in range(len(shards)) if k not in marked}
-    job.work["assign_shards"] = len(units)
     done = tokenize(job, shards, units, cfg.workers, cfg.strict)
     stats = records(run, "assign", len(shards), {k: s[0] for k, s in done.items()})
     figures = totals(stats)
@@ -294,7 +295,7 @@ def assign(job: Job, shards: list[list[Video]], cfg: TrainConfig, centroids: str
                      **figures)
     job.echo(f"assign: {figures['clips']:,} clips tokenised ({time.perf_counter() - t:.1f} s)"
              if units else f"assign: {figures['clips']:,} clips tokenised by an earlier run (reused)")
-    return stats
+    return stats, len(units)
 
 
 def reduce(job: Job, units: list[ReduceUnit], workers: int | None) -> list[Reduced]:
@@ -318,13 +319,13 @@ def reduce(job: Job, units: list[ReduceUnit], workers: int | None) -> list[Reduc
 # embed
 
 def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, *, batch_clips: int,
-          workers: int | None = None, layout: str = "files") -> list[ShardStats]:
+          workers: int | None = None, layout: str = "files") -> tuple[list[ShardStats], int]:
     """Embeddings and concatenations of every shard not yet embedded (per video, or with layout
-    parquet a table per shard); the stage's figures from every shard's record, returned."""
+    parquet a table per shard); the stage's figures from every shard's record. Returns every
+    shard's record and how many shards this invocation embedded."""
     run = job.run
     marked = run.done_shards("embed")
     todo = [k for k in range(len(shards)) if k not in marked]
-    job.work["embed_shards"] = len(todo)
     t = time.perf_counter()
     done: dict[int, ShardStats] = {}
     if todo:
@@ -344,7 +345,7 @@ def embed(job: Job, shards: list[list[Video]], vectors: np.ndarray, *, batch_cli
                      shards=figures["shards"], videos=figures["videos"],
                      skipped=figures["skipped"])
     job.echo(f"embed: {figures['videos']} videos ({time.perf_counter() - t:.1f} s)")
-    return stats
+    return stats, len(todo)
 
 
 # ---------------------------------------------------------------------------------------------
