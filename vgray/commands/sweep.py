@@ -323,7 +323,8 @@ class _Sweep:
                 fit = job.workers.fit_glove(self.combo(c).root, self.configs[c], where)
                 self._record(c, fit, time.perf_counter() - t, where)
             return
-        actors = job.workers.pool.one_per_node()
+        pool = job.workers.pool
+        actors = pool.one_per_node()
         started = {}
         progress = Progress(self.echo, "glove", len(todo), "combinations")
 
@@ -337,9 +338,9 @@ class _Sweep:
             progress.advance(1)
 
         # Fits of different K and dim take very different times: none is judged stalled.
-        for actor in job.workers.pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
-                                  own=False, stage="glove", deadline=False):
-            job.workers.pool.give(actor)
+        for actor in pool.run(0, list(range(len(todo))), submit, on_done, extra=actors,
+                              own=False, stage="glove", deadline=False):
+            pool.give(actor)
         progress.close()
 
     def _prepare(self, c: tuple) -> None:
