@@ -45,9 +45,10 @@ root, what = sys.argv[1], sys.argv[2]
 cfg = TrainConfig()
 t = time.perf_counter()
 if what == "workers":
-    from vgray import stages
     from vgray.clusters.cluster import connect
+    from vgray.run import stages
     from vgray.run.job import Job
+    from vgray.rundir.manifest import Manifest
 
     headers = [0]
     read_header = vgray.features.format_npy.read_header
@@ -58,7 +59,8 @@ if what == "workers":
     connect()
     started = time.perf_counter()
     with Job(tempfile.mkdtemp(), None) as job:
-        job.open({"command": "benchmark"}, {})
+        job.open(Manifest("benchmark", settings={}))
+        job.workers.connect()
         job.workers.start(cfg)
         corpus = stages.scan(job, root, cfg.streams)
         shards = make_shards(corpus.videos, cfg.shard_clips)
