@@ -15,15 +15,10 @@ import warnings
 import numpy as np
 import torch
 
-# Rows of the data whose distances to all centroids are held at once (bounds memory at
-# chunk x K floats: 64 MB for K = 4096).
-_CHUNK = 4096
+from .nearest import CHUNK as _CHUNK  # rows held at once: chunk x K floats, 64 MB for K 4096
+from .nearest import NumpyCodebook
+from .nearest import block_rows as _block_rows
 
-
-def _block_rows(k: int) -> int:
-    """Rows per block of Lloyd's and the assignment's products: as many as 64 MB of scores hold,
-    4,096 to 16,384 (blocks of 4,096 rows ran the float32 pass slower: benchmarks/README.md)."""
-    return max(_CHUNK, min(4 * _CHUNK, (1 << 24) // max(k, 1)))
 _PAIRWISE_MAX = 16384  # k-means|| candidates whose pairwise distances are held at once (1 GB)
 INITS = ("k-means||", "k-means++")  # seedings: k-means|| in a few passes (default), greedy k-means++
 
@@ -49,9 +44,19 @@ class Codebook:
             torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as on CPU
         # use_numpy=False takes the torch products of the GPU path on CPU tensors too (tests).
         self.numpy = use_numpy and centers.device.type == "cpu" and centers.dtype == torch.float32
-        if self.numpy:
-            self._ct = np.ascontiguousarray(centers.detach().numpy().T)
-            self._csq = self.centers_sq.detach().numpy()
+        if self.numpy:  # the shard workers' own search (nearest.py): the same tokens
+            self._numpy = NumpyCodebook(centers.detach().numpy(), None if centers_sq is None
+                                        else centers_sq.detach().numpy())
+
+    @property
+    def device(self) -> str:
+        """Where it computes: cpu or cuda."""
+        return self.centers.device.type
+
+    def words(self, block: np.ndarray) -> np.ndarray:
+        """The int32 word of every row of a float32 block (on the centroids' device)."""
+        x = torch.from_numpy(block).to(self.centers.device)
+        return self.nearest(x)[0].to(torch.int32).cpu().numpy()
 
     def nearest(self, x: torch.Tensor, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Index of the nearest center (squared Euclidean) per row of x, and that distance."""
@@ -59,18 +64,8 @@ class Codebook:
         labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
         dists = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
         if self.numpy and x.device.type == "cpu" and x.dtype == torch.float32:
-            xs = x.detach().contiguous().numpy()
-            buf = np.empty((min(chunk, len(xs)), self._ct.shape[1]), dtype=np.float32)
-            out_l, out_d = labels.numpy(), dists.numpy()
-            for s in range(0, len(xs), chunk):
-                block = xs[s:s + chunk]
-                scores = np.matmul(block, self._ct, out=buf[:len(block)])
-                scores *= -2.0
-                scores += self._csq  # ||x||^2 is the same for every center: added to the best only
-                index = scores.argmin(axis=1)
-                out_l[s:s + chunk] = index
-                value = scores[np.arange(len(block)), index] + np.einsum("ij,ij->i", block, block)
-                out_d[s:s + chunk] = np.maximum(value, 0)
+            self._numpy.nearest(x.detach().contiguous().numpy(), chunk,
+                                out=(labels.numpy(), dists.numpy()))
             return labels, dists
         centers, centers_sq = self.centers.to(x.dtype), self.centers_sq.to(x.dtype)
         for s in range(0, x.shape[0], chunk):

@@ -66,8 +66,12 @@ class Pool:
             self._start()
 
     def _start(self) -> None:
-        actor = self.make()
+        self.add(self.make())
+
+    def add(self, actor):
+        """An actor made elsewhere joins the pool, as one it started; returns it."""
         self.starting[actor.__ray_ready__.remote()] = actor
+        return actor
 
     def _started(self, ref) -> None:
         actor = self.starting.pop(ref)
@@ -82,10 +86,14 @@ class Pool:
             return
         self.ready.append(actor)
 
-    def take(self, avoid: tuple = (), answer_s: float = 30.0):
-        """A started actor for a call of its own (k-means, GloVe on CPU), off the `avoid` nodes;
-        `give` it back, or `discard` it if it was lost. An actor that does not answer within
-        `answer_s` (lost with its node) is discarded."""
+    def take(self, avoid: tuple = (), answer_s: float = 30.0, prefer=None):
+        """A started actor for a call of its own (k-means, GloVe on CPU), off the `avoid` nodes:
+        `prefer` if it is free (the one that has torch loaded already); `give` it back, or
+        `discard` it if it was lost. An actor that does not answer within `answer_s` (lost with
+        its node) is discarded."""
+        if prefer is not None and prefer in self.ready:
+            self.ready.remove(prefer)
+            self.ready.insert(0, prefer)
         self.grow(1)
         while True:
             while not self.ready:

@@ -30,6 +30,7 @@ from ..features.corpus import IO_THREADS, RGB_SUFFIX, Skip, Video
 from ..features.npyfile import load_rows
 from ..features.readers import load_clips, probe, stream_rows
 from ..algo.embed import concat, embed
+from ..algo.nearest import NumpyCodebook
 from ..errors import BadVideo, VgrayError
 from ..clusters.live import Reporter
 from ..rundir.store import (COOCCUR_SCHEMA, PARTIAL_SCHEMA, RunDir, atomic_path, clips_table,
@@ -115,8 +116,8 @@ def prefetch(videos: list[Video], load, batch_clips: int, remote: bool | None = 
             yield done, future.result()
 
 
-def tokenize(videos: list[Video], codebooks: list[Codebook], streams: str, batch_clips: int,
-             device: str):
+def tokenize(videos: list[Video], codebooks: list[Codebook | NumpyCodebook], streams: str,
+             batch_clips: int):
     """(video, [int32 tokens per codebook] or the BadVideo that stopped it) for each video, in
     order; the features are read once whatever the number of codebooks (`vgray sweep` tokenises
     with every vocabulary in one pass).
@@ -124,11 +125,8 @@ def tokenize(videos: list[Video], codebooks: list[Codebook], streams: str, batch
     Short videos are gathered into blocks of about `batch_clips` clips so each product is one
     large matmul; a video longer than that is loaded and assigned block by block on its own, so
     memory stays bounded by `batch_clips` whatever T is."""
-    import torch
-
     def words(block: np.ndarray) -> list[np.ndarray]:
-        x = torch.from_numpy(block).to(device)
-        return [book.nearest(x)[0].to(torch.int32).cpu().numpy() for book in codebooks]
+        return [book.words(block) for book in codebooks]
 
     pending, rows = [], 0  # (video, clips or BadVideo)
 
@@ -247,14 +245,17 @@ class ShardWorker:
 
     def __init__(self, streams: str, batch_clips: int, device: str = "cpu",
                  centroids_path: str | None = None, submitted: float | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", *, torch_now: bool = False):
         from threadpoolctl import threadpool_limits
 
         self._born = actor_start(submitted or time.time())
-        # torch takes ~1 s to import and the first stage (the scan) does not use it: it loads
-        # in a thread meanwhile, and the first call that computes waits for it (_torch).
-        self._torch_loading = threading.Thread(target=_import_torch, daemon=True)
-        self._torch_loading.start()
+        # torch takes 1.8 CPU-seconds to import. A CPU worker tokenises, counts and embeds in
+        # numpy, so it imports torch only when it fits k-means or GloVe (_torch). The GPU worker
+        # and the worker meant to fit (`torch_now`) load it in a thread while the scan runs.
+        self._torch_loading, self._torch_ready = None, False
+        if device != "cpu" or torch_now:
+            self._torch_loading = threading.Thread(target=_import_torch, daemon=True)
+            self._torch_loading.start()
         threadpool_limits(1)  # one core per actor; also keeps results thread-independent
         self.streams = streams
         self.batch_clips = batch_clips
@@ -269,16 +270,20 @@ class ShardWorker:
         return ray.get_runtime_context().get_node_id()
 
     def _torch(self) -> None:
-        """Once torch is imported: one core for its products too (set on the thread that
-        computes, which is where OpenMP reads it)."""
+        """torch, imported (or its loading waited for) before the first call that computes in
+        it; then one core for its products too (set on the thread that computes, which is where
+        OpenMP reads it)."""
+        if self._torch_ready:
+            return
         if self._torch_loading is not None:
             self._torch_loading.join()
             self._torch_loading = None
-            import torch
-            from threadpoolctl import threadpool_limits
+        import torch
+        from threadpoolctl import threadpool_limits
 
-            torch.set_num_threads(1)
-            threadpool_limits(1)
+        torch.set_num_threads(1)
+        threadpool_limits(1)
+        self._torch_ready = True
 
     def compute_device(self) -> tuple[str, str | None]:
         """Where this worker computes: cuda when it was given a GPU that torch can use."""
@@ -286,14 +291,17 @@ class ShardWorker:
             self._compute = pick_device(self.device)
         return self._compute
 
-    def codebook(self, path: str) -> Codebook:
-        """The vocabulary at `path`, loaded once per worker (on its GPU, if it computes there)."""
-        self._torch()
-        import torch
-
-        from ..algo.vocab import Codebook
-
+    def codebook(self, path: str) -> Codebook | NumpyCodebook:
+        """The vocabulary at `path`, loaded once per worker (on its GPU, if it computes there;
+        in numpy alone on a CPU worker, which then needs no torch)."""
+        if path not in self._codebooks and self.device == "cpu" and self.backend != "torch":
+            self._codebooks[path] = NumpyCodebook(load_npy(path, np.float32, 2))
         if path not in self._codebooks:
+            self._torch()
+            import torch
+
+            from ..algo.vocab import Codebook
+
             device, _ = self.compute_device()
             c = torch.from_numpy(load_npy(path, np.float32, 2)).to(device)
             self._codebooks[path] = Codebook(c, use_numpy=self.backend != "torch")
@@ -349,12 +357,12 @@ class ShardWorker:
         t0, began, retried = time.perf_counter(), self._began(), s3.retries()
         fresh = [v for v in unit.vocabularies if v.tokenize]
         books = [self.codebook(v.centroids) for v in fresh]
-        device = str(books[0].centers.device) if books else "cpu"
+        device = books[0].device if books else "cpu"
         is_train = {v.video_id: flag for v, flag in zip(unit.videos, unit.train)}
         ids, seqs, skips = [], [[] for _ in fresh], []
         per_video = None if unit.tokens_dir is None else RunDir(unit.tokens_dir)
         if fresh:
-            for v, tokens in tokenize(unit.videos, books, self.streams, self.batch_clips, device):
+            for v, tokens in tokenize(unit.videos, books, self.streams, self.batch_clips):
                 if isinstance(tokens, BadVideo):
                     skips.append(Skip(v.video_id, v.rgb_path, str(tokens)).to_dict())
                     continue
@@ -382,7 +390,7 @@ class ShardWorker:
                 window = vocab.count.window if vocab.count.by_distance else None
             stats = ShardStats(unit.shard, len(v_ids), int(sum(len(s) for s in v_seqs)),
                                len(trained), pairs, v_skips,
-                               round(time.perf_counter() - t0, 3), device.split(":")[0], window,
+                               round(time.perf_counter() - t0, 3), device, window,
                                here(began), s3.retries() - retried)
             run.mark("assign", unit.shard, stats.to_dict())
             records.append(stats)

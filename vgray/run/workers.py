@@ -40,6 +40,7 @@ class Workers:
         self.gpu_computes = False  # ... and its torch can use that GPU (it then assigns too)
         self._make_worker = None
         self._board = None
+        self._trainer = None  # the shard worker that ran the last k-means or GloVe
 
     def connect(self) -> None:
         """Ray, once the checks that need no cluster have passed: what it has and can grow to.
@@ -79,18 +80,23 @@ class Workers:
         """The run's shard workers, started as the first stage needs them and kept to the end.
         With `gpu_now` and a GPU plan, the GPU worker is asked for at once, so that its node
         boots, its process starts and torch loads while clips are sampled; with `train` (k-means
-        or GloVe to come), the progress board starts now too, not when k-means waits for it."""
-        def make(gpus: int = 0, avoid: tuple = ()):
+        or GloVe to come), the first shard worker (meant to fit them) and the progress board
+        start now too, not when k-means waits for them."""
+        def make(gpus: int = 0, avoid: tuple = (), torch_now: bool = False):
             if gpus:
                 return ShardWorker.options(**GPU_WORKER, **avoiding(avoid)).remote(
                     cfg.streams, cfg.batch_clips, cfg.device, None, time.time())
             return ShardWorker.options(**avoiding(avoid)).remote(
-                cfg.streams, cfg.batch_clips, "cpu", None, time.time())
+                cfg.streams, cfg.batch_clips, "cpu", None, time.time(), torch_now=torch_now)
 
         self._make_worker = make
         self.pool = Pool(make)
         if gpu_now and self.gpu.request and self.gpu_worker is None:
             self.gpu_worker = make(1)
+        if train and not self.gpu.request:
+            # The first worker is the one k-means and GloVe prefer: its torch loads while it
+            # scans. The others never import it (worker.py).
+            self._trainer = self.pool.add(make(torch_now=True))
         if train and self._board is None:
             self._board = start_board()
 
@@ -159,13 +165,16 @@ class Workers:
                     self.release_gpu_worker()
                     self.gpu_worker = self._make_worker(1, avoid)
                 return self.gpu_worker
-            return self.pool.take(avoid)  # alive, and off the nodes found lost
+            # alive, off the nodes found lost, and the last trainer where it is free: a CPU
+            # worker imports torch only for k-means or GloVe (worker.py), once
+            return self.pool.take(avoid, prefer=self._trainer)
 
         def keep(actor, ok):
             if actor is self.gpu_worker:
                 if not ok:
                     self.release_gpu_worker()
             elif ok:
+                self._trainer = actor
                 self.pool.give(actor)
             else:
                 self.pool.discard(actor)
