@@ -107,13 +107,23 @@ def npy_run(ray_session, forms, tmp_path_factory):
     return base, train(forms["npy"], base)
 
 
-def test_every_format_gives_the_same_run(ray_session, forms, npy_run, tmp_path):
+FORMS = (("hdf5", ["--hdf5-key", "i3d_features"]), ("webdataset", []), ("parquet", []),
+         ("pt", []))
+
+
+@pytest.fixture(scope="module")
+def form_runs(ray_session, forms, tmp_path_factory):
+    """Each other form trained once: form -> (RUN, its manifest). Tests only read them."""
+    root = tmp_path_factory.mktemp("form-runs")
+    return {fmt: (str(root / fmt), train(forms[fmt], str(root / fmt), *extra))
+            for fmt, extra in FORMS}
+
+
+def test_every_format_gives_the_same_run(ray_session, forms, npy_run, form_runs):
     base, m = npy_run
     assert m["corpus"]["videos"] == 24 and m["corpus"]["layout"] == "two-stream"
-    for fmt, extra in (("hdf5", ["--hdf5-key", "i3d_features"]), ("webdataset", []),
-                       ("parquet", []), ("pt", [])):
-        out = str(tmp_path / fmt)
-        got = train(forms[fmt], out, *extra)
+    for fmt, extra in FORMS:
+        out, got = form_runs[fmt]
         assert got["corpus"]["videos"] == 24 and got["corpus"]["layout"] == "two-stream", fmt
         assert got["counts"]["skipped"] == 0, fmt
         assert_same_results(base, out)
@@ -127,7 +137,7 @@ def test_every_format_gives_the_same_run(ray_session, forms, npy_run, tmp_path):
                                           np.load(os.path.join(out, name)))
 
 
-def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, npy_run, tmp_path):
+def test_embed_and_assign_read_every_format(ray_session, forms, npy_run, tmp_path):
     base, _ = npy_run
     vid = sorted(forms["videos"])[0]
     for fmt, extra in (("webdataset", []), ("hdf5", ["--hdf5-key", "i3d_features"])):
@@ -142,16 +152,20 @@ def test_embed_assign_evaluate_and_check_read_every_format(ray_session, forms, n
         assert result.exit_code == 0, result.output
         np.testing.assert_array_equal(np.load(os.path.join(out, f"{vid}.npy")),
                                       tokens_of(base)[vid])
-    # a RUN trained on HDF5: check reads it with the RUN's own keys; BMT cannot read FEATURES
-    run = str(tmp_path / "hdf5")
-    train(forms["hdf5"], run, "--hdf5-key", "i3d_features")
+
+
+def test_check_and_evaluate_read_a_run_trained_on_hdf5(ray_session, forms, form_runs, tmp_path):
+    """check reads it with the RUN's own keys (BMT cannot read FEATURES); evaluate reads it."""
+    run, _ = form_runs["hdf5"]
     result = CliRunner().invoke(app, ["check", run, "--for", "bmt"])
     assert result.exit_code == 1 and "FEATURES is hdf5; BMT reads" in result.output
     labels = {v: str(int(v[-1]) % 2) for v in forms["videos"]}
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(labels))
-    result = CliRunner().invoke(app, ["evaluate", run, forms["hdf5"], "--labels", str(path)])
+    result = CliRunner().invoke(app, ["evaluate", run, forms["hdf5"], "--labels", str(path),
+                                      "--out", str(tmp_path / "evaluation.json")])
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "evaluation.json").read_text())["labels"]
 
 
 def test_the_format_is_detected_and_can_be_forced(forms, tmp_path):

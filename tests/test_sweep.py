@@ -209,6 +209,7 @@ def test_rerun_does_no_work_and_added_values_reuse_the_rest(swept, data, tmp_pat
     assert table(os.path.join(grown, "sweep.csv")) == table(os.path.join(out, "sweep.csv"))
 
 
+@pytest.mark.slow  # a sweep process of its own, killed: ~20 s; the fast tier kills a train
 def test_killed_sweep_resumes_to_the_same_table(swept, data, tmp_path):
     out, _ = swept
     args = [sys.executable, os.path.join(ROOT, "cli.py"), "sweep", data["features"],
