@@ -17,7 +17,7 @@ from ..clusters.autoscale import Capacity, capacity
 from ..clusters.cluster import avoiding, joining, usage_by_type
 from ..clusters.cluster import connect as connect_ray
 from ..clusters.demand import Demand, GpuPlan, plan_gpu
-from ..clusters.live import get_with_progress, start_board
+from ..clusters.live import driver_board, get_with_progress
 from ..config import TrainConfig
 from ..rundir.manifest import Placement, Retries, Stage
 from .pool import Pool, on_one_actor
@@ -57,23 +57,18 @@ class Workers:
             self.echo(f"ray: {note}")
 
     def close(self) -> None:
-        """Every worker and the board gone, every node free to go back once idle."""
+        """Every worker gone, every node free to go back once idle."""
         self.release_gpu_worker()
         if self.pool is not None:
             self.pool.close()
         if self.demand is not None:
             self.demand.clear()  # every node may go back once idle
-        if self._board is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self._board)
+        # The board is the driver's, kept for its next run (live.driver_board).
 
     def board(self):
-        """The actor that a long remote task posts its progress to: started on first use (or
-        early, see start), emptied for each task."""
-        if self._board is None:
-            self._board = start_board()
-        with contextlib.suppress(ray.exceptions.RayError):
-            ray.get(self._board.clear.remote(), timeout=10)
+        """The actor that a long remote task posts its progress to (the driver's: see
+        live.driver_board), emptied for each task."""
+        self._board = driver_board()
         return self._board
 
     def start(self, cfg: TrainConfig, *, gpu_now: bool = False, train: bool = False) -> None:
@@ -98,7 +93,7 @@ class Workers:
             # scans. The others never import it (worker.py).
             self._trainer = self.pool.add(make(torch_now=True))
         if train and self._board is None:
-            self._board = start_board()
+            self._board = driver_board()
 
     def plan_gpu(self, cfg: TrainConfig, *, gpu_stages_left: bool) -> None:
         """The GPU plan of a command that trains (it fails here if --device cuda cannot be had).
