@@ -70,29 +70,31 @@ class Reporter:
             self._pending = None
 
 
-_kept: dict = {}  # the Ray job (this driver's session) -> its Board, see driver_board
+_kept: dict = {}  # this driver's Ray session -> its Board, see driver_board
 
 
 def driver_board():
     """This driver's Board, emptied: one per Ray session of the driver, kept from one run to the
-    next. A driver that trains again (the Python API, a notebook, the tests) reuses it:
-    it holds no CPU, and each new one cost a process start (~0.8 CPU-seconds). It ends with the
-    driver, as every actor it owns; one that was lost is started again."""
+    next. A driver that trains again (the Python API, a notebook, the tests) reuses it: it holds
+    no CPU, and each new one cost a process start (~0.8 CPU-seconds). It ends with the driver, as
+    every actor it owns; one that was lost is started again. The session is told by the
+    driver's node id and job id together (job ids start again at 1 in every Ray session)."""
     try:
-        job = ray.get_runtime_context().get_job_id()
-    except Exception:  # no job to key it by: a board of its own
-        job = None
-    board = _kept.get(job)
+        context = ray.get_runtime_context()
+        session = (context.get_node_id(), context.get_job_id())
+    except Exception:  # a client without a node of its own: a board of its own
+        session = None
+    board = _kept.get(session)
     if board is not None:
         try:
             ray.get(board.clear.remote(), timeout=10)
             return board
-        except ray.exceptions.RayError:
-            pass  # lost (killed, or restarting with its node): a new one
+        except Exception:  # lost, or restarting with its node: progress is never worth failing for
+            pass
     board = start_board()
     _kept.clear()  # a board of an earlier Ray session is gone with it
-    if job is not None:
-        _kept[job] = board
+    if session is not None:
+        _kept[session] = board
     return board
 
 
