@@ -294,18 +294,21 @@ class ShardWorker:
     def codebook(self, path: str) -> Codebook | NumpyCodebook:
         """The vocabulary at `path`, loaded once per worker (on its GPU, if it computes there;
         in numpy alone on a CPU worker, which then needs no torch)."""
-        if path not in self._codebooks and self.device == "cpu" and self.backend != "torch":
-            self._codebooks[path] = NumpyCodebook(load_npy(path, np.float32, 2))
-        if path not in self._codebooks:
+        if path in self._codebooks:
+            return self._codebooks[path]
+        centers = load_npy(path, np.float32, 2)
+        if self.device == "cpu" and self.backend != "torch":
+            book = NumpyCodebook(centers)
+        else:
             self._torch()
             import torch
 
             from ..algo.vocab import Codebook
 
             device, _ = self.compute_device()
-            c = torch.from_numpy(load_npy(path, np.float32, 2)).to(device)
-            self._codebooks[path] = Codebook(c, use_numpy=self.backend != "torch")
-        return self._codebooks[path]
+            book = Codebook(torch.from_numpy(centers).to(device), use_numpy=self.backend != "torch")
+        self._codebooks[path] = book
+        return book
 
     def _began(self) -> float:
         """When this call's work began: the actor's start for its first call (starting it is

@@ -39,7 +39,6 @@ class Workers:
         self.gpu_worker = None  # the worker given a GPU, kept from k-means to GloVe
         self.gpu_computes = False  # ... and its torch can use that GPU (it then assigns too)
         self._make_worker = None
-        self._board = None
         self._trainer = None  # the shard worker that ran the last k-means or GloVe
 
     def connect(self) -> None:
@@ -68,8 +67,7 @@ class Workers:
     def board(self):
         """The actor that a long remote task posts its progress to (the driver's: see
         live.driver_board), emptied for each task."""
-        self._board = driver_board()
-        return self._board
+        return driver_board()
 
     def start(self, cfg: TrainConfig, *, gpu_now: bool = False, train: bool = False) -> None:
         """The run's shard workers, started as the first stage needs them and kept to the end.
@@ -92,8 +90,8 @@ class Workers:
             # The first worker is the one k-means and GloVe prefer: its torch loads while it
             # scans. The others never import it (worker.py).
             self._trainer = self.pool.add(make(torch_now=True))
-        if train and self._board is None:
-            self._board = driver_board()
+        if train:
+            driver_board()  # its process starts now, not when k-means waits for it
 
     def plan_gpu(self, cfg: TrainConfig, *, gpu_stages_left: bool) -> None:
         """The GPU plan of a command that trains (it fails here if --device cuda cannot be had).
