@@ -50,8 +50,9 @@ def store(tmp_path_factory):
         yield {"moto": moto, "fs": fs, "root": root}
 
 
-def train(proxy: FaultyProxy, out: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, **proxy.env(), "PYTHONWARNINGS": "ignore"}
+def train(proxy: FaultyProxy, out: str, timeout: float = 600,
+          **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **proxy.env(), "PYTHONWARNINGS": "ignore", **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "vgray.cli", "train", "s3://faults/c/features", "--out",
          f"s3://faults/{out}", "--train-ids", "s3://faults/c/train_ids.json", *ARGS],
@@ -136,7 +137,9 @@ def test_storage_down_fails_in_one_line_and_the_rerun_completes(store, clean):
     with FaultyProxy(store["moto"].endpoint) as proxy:
         proxy.down = True
         started = time.perf_counter()
-        done = train(proxy, "down", timeout=300)
+        # 2 tries a request (AWS_MAX_ATTEMPTS, test_attempts_per_request_follow_aws_max_attempts)
+        # rather than 6: the same failure, without waiting out the longer backoffs.
+        done = train(proxy, "down", timeout=300, AWS_MAX_ATTEMPTS="2")
         took = time.perf_counter() - started
         proxy.down = False
         names = [e.path for e in store["fs"].get_file_info(
@@ -148,6 +151,26 @@ def test_storage_down_fails_in_one_line_and_the_rerun_completes(store, clean):
     assert not [n for n in names if n.endswith("skipped.jsonl")]  # nothing recorded as skipped
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same(clean[0], read_run(store["fs"], "down"))
+
+
+def test_attempts_per_request_follow_aws_max_attempts(monkeypatch):
+    """6 tries a request, first included; AWS_MAX_ATTEMPTS (as for AWS's own tools) sets
+    another number: with 2, a request to an endpoint that never answers is sent twice."""
+    from vgray.files import s3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setattr(s3, "_client", None)
+    assert s3.client().meta.config.retries["total_max_attempts"] == s3.MAX_ATTEMPTS == 6
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    monkeypatch.setattr(s3, "_client", None)
+    before = s3.retries()
+    with pytest.raises(StorageError, match="^s3://b/k: get_object failed: Could not connect"):
+        s3.get("s3://b/k")
+    assert s3.retries() - before == 1
 
 
 @ray.remote(num_cpus=0)

@@ -13,8 +13,9 @@ most of a run's time, so s3:// goes through botocore instead:
   "standard" mode); what still fails is a StorageError naming the storage error, never a verdict
   on the file. Retries are counted (`retries()`) for the manifest.
 
-Credentials, region and endpoint come from where AWS's own tools take them (AWS_ACCESS_KEY_ID,
-~/.aws, instance metadata, AWS_ENDPOINT_URL for an S3-compatible store).
+Credentials, region, endpoint and the attempts per request come from where AWS's own tools take
+them (AWS_ACCESS_KEY_ID, ~/.aws, instance metadata, AWS_ENDPOINT_URL for an S3-compatible store,
+AWS_MAX_ATTEMPTS).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import threading
 
 from ..errors import StorageError
 
-MAX_ATTEMPTS = 6         # per request, first try included (random backoff, 1 s, 2 s, ... 20 s)
+MAX_ATTEMPTS = 6         # per request, first try included (random backoff, 1 s, 2 s, ... 20 s),
+                         # unless AWS_MAX_ATTEMPTS or ~/.aws/config's max_attempts says otherwise
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 20      # a connection that accepts and never answers is a fault after this
 MAX_IN_FLIGHT = 64       # connections per process (see corpus.IO_THREADS)
@@ -53,7 +55,8 @@ def client():
 
             session = botocore.session.get_session()
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            config = Config(retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            attempts = session.get_config_variable("max_attempts") or MAX_ATTEMPTS
+            config = Config(retries={"mode": "standard", "total_max_attempts": attempts},
                             connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
                             max_pool_connections=MAX_IN_FLIGHT,
                             s3={"addressing_style": "path" if endpoint else "auto"})
