@@ -10,7 +10,7 @@ from hypothesis import settings
 
 from vgray.commands.synth import make_corpus
 
-from helpers import ARGS, cli
+from helpers import ARGS, cli, idle, shared_ray
 from s3proxy import SECRET
 
 # Hypothesis: a small profile while developing, the full one in CI (.ci/run sets CI=true).
@@ -31,45 +31,26 @@ def pytest_report_header(config):
 # ---------------------------------------------------------------------------------------------
 # One local Ray, shared by the modules that need one
 
-_shared = {"address": None}
-
-
-def shared_ray():
-    """The small local Ray of the in-process tests, started if it is not up."""
-    import ray
-
-    if ray.is_initialized() and ray.get_runtime_context().gcs_address != _shared["address"]:
-        ray.shutdown()  # some other Ray, started by a test: not the one the tests expect
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
-        _shared["address"] = ray.get_runtime_context().gcs_address
-    return ray
-
-
-def idle(ray, wait_s=10.0):
-    """True once every CPU and GPU of the Ray is free again (an actor ends a moment after its
-    kill); False if some stay in use for `wait_s`."""
-    deadline = time.time() + wait_s
-    while True:
-        total, free = ray.cluster_resources(), ray.available_resources()
-        if all(free.get(r, 0) == total.get(r, 0) for r in ("CPU", "GPU")):
-            return True
-        if time.time() > deadline:
-            return False
-        time.sleep(0.2)
-
-
 def stop_shared_ray():
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The modules marked `cluster` run after all the others (each keeps its own order): they
-    stop the shared Ray (see ray_session), so in the middle of the run each one would make the
-    next in-process module start Ray again."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
+    """In one process, the modules marked `cluster` run after all the others (each keeps its own
+    order): they stop the shared Ray (see ray_session), so in the middle of the run each one
+    would make the next in-process module start Ray again.
+
+    Under pytest-xdist (`-n 2 --dist loadgroup`, as CI runs the suite) they run first, one
+    after another on one worker, while the other worker takes the other modules: a module's
+    tests stay together on one worker (its module fixtures are made once), and no two of the
+    real clusters ever run at the same time."""
+    xdist = config.getoption("dist", "no") != "no" or "PYTEST_XDIST_WORKER" in os.environ
+    items.sort(key=lambda item: (item.get_closest_marker("cluster") is not None) != xdist)
+    for item in items:
+        group = "cluster" if item.get_closest_marker("cluster") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ comparison of two runs. Fixtures live in conftest.py; no test module imports ano
 
 import glob
 import os
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -64,3 +65,34 @@ def upload_tree(fs, local, bucket_path):
             rel = os.path.relpath(path, local)
             with open(path, "rb") as src, fs.open_output_stream(f"{bucket_path}/{rel}") as dst:
                 dst.write(src.read())
+
+
+# One local Ray, shared by the modules that need one (conftest.ray_session)
+
+_shared = {"address": None}
+
+
+def shared_ray():
+    """The small local Ray of the in-process tests, started if it is not up."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address != _shared["address"]:
+        ray.shutdown()  # some other Ray, started by a test: not the one the tests expect
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+        _shared["address"] = ray.get_runtime_context().gcs_address
+    return ray
+
+
+def idle(ray, wait_s=10.0):
+    """True once every CPU and GPU of the Ray is free again (an actor ends a moment after its
+    kill); False if some stay in use for `wait_s`."""
+    deadline = time.time() + wait_s
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        if all(free.get(r, 0) == total.get(r, 0) for r in ("CPU", "GPU")):
+            return True
+        if time.time() > deadline:
+            return False
+        time.sleep(0.2)

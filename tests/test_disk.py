@@ -29,7 +29,6 @@ from helpers import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--vocab-size", "6", "--dim", "4", "--epochs", "20", "--shard-clips", "200", "--workers", "1"]
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def mount_tmpfs(path, options):
@@ -51,8 +50,15 @@ def mounted(path, options):
 
 
 def train(features, out):
+    """`python cli.py train` as a driver of the tests' Ray (its stderr is what a user sees,
+    Ray's lines from the workers included). The environment is taken now: ray.init() put
+    RAY_AUTH_MODE=token in it, which a client of that Ray needs."""
+    import ray
+
     return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", features,
-                           "--out", out, *ARGS], env=ENV, capture_output=True, text=True, timeout=300)
+                           "--out", out, *ARGS, "--address", ray.get_runtime_context().gcs_address],
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True,
+                          text=True, timeout=300)
 
 
 def assert_nothing_corrupt(out):

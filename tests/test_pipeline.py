@@ -300,20 +300,28 @@ def resume(args, out):
     cli(*args[2:], "--out", out, "-q")
 
 
-@pytest.mark.parametrize("stage,sent", [("vocab", "SIGINT"), ("assign", "SIGTERM"),
-                                        pytest.param("embed", "SIGINT", marks=pytest.mark.slow)])
-def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, sent, interrupted_corpus):
+@pytest.mark.parametrize("stage,sent,ray", [
+    ("vocab", "SIGINT", "embedded"), ("assign", "SIGTERM", "attached"),
+    pytest.param("embed", "SIGINT", "attached", marks=pytest.mark.slow)])
+def test_ctrl_c_mid_run_exits_promptly_and_resumes(tmp_path, stage, sent, ray,
+                                                   interrupted_corpus):
     """SIGINT to the whole foreground group, as Ctrl-C sends it, during a stage: a message, exit
-    130 within seconds, Ray's processes gone, the lock released; the re-run finishes the rest
+    130 within seconds, Ray's processes gone (those of the Ray it started; attached, its
+    workers are the cluster's), the lock released; the re-run finishes the rest
     and gives the results of an uninterrupted run. SIGTERM to the vgray process alone, as a
-    scheduler (Slurm, Kubernetes, `timeout`) sends it: the same, with exit 143 and no stack
-    dump of Ray's fatal-signal handler."""
+    scheduler (Slurm, Kubernetes, `timeout`) sends it, here to a driver attached to a running
+    Ray (the tests' own) as a RayJob's is: the same, with exit 143 and no stack dump of Ray's
+    fatal-signal handler."""
     import signal
     import threading
     import time
 
+    import ray as ray_module
+
     args, env, clean = interrupted_corpus
     out = str(tmp_path / "run")
+    if ray == "attached":
+        args = args + ["--address", ray_module.get_runtime_context().gcs_address]
     # SIGINT as a terminal has it, even where this test runs in the background (which ignores it).
     proc = subprocess.Popen(args + ["--out", out], env={**env, "VGRAY_PROGRESS_EVERY": "0"},
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

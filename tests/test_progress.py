@@ -2,14 +2,14 @@
 
 import io
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from vgray.progress import Progress
+
+from helpers import shared_ray
 
 
 class Clock:
@@ -173,24 +173,20 @@ def test_driver_draws_what_a_remote_task_posts_while_it_runs(ray_session):
     assert get_with_progress(work.remote(board), board, lines.append, poll=0.1) == "trained"
 
 
-def test_the_drivers_board_is_kept_in_a_ray_session_and_new_in_the_next():
+def test_the_drivers_board_is_kept_in_a_ray_session_and_new_in_the_next(ray_session):
     """The progress board is the driver's for the length of its Ray session: a second run gets
     the same one, emptied; after ray.shutdown() and a new ray.init() (a notebook restarting
     Ray), whose first job id is the same, a run gets a new board that answers."""
-    code = """
-import ray
-from vgray.clusters.live import driver_board
-ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
-first = driver_board()
-first.post.remote(("seeding", 1, 2, "words", "", 0.0))
-again = driver_board()
-assert again == first and ray.get(again.read.remote()) == []
-ray.shutdown()
-ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
-new = driver_board()
-assert new != first and ray.get(new.read.remote(), timeout=30) == []
-print("ok")
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert done.stdout.split() == ["ok"], done.stderr[-2000:]
+    from vgray.clusters.live import driver_board
+
+    ray = ray_session
+    first = driver_board()
+    first.post.remote(("seeding", 1, 2, "words", "", 0.0))
+    again = driver_board()
+    assert again == first and ray.get(again.read.remote()) == []
+    job = ray.get_runtime_context().get_job_id()
+    ray.shutdown()
+    ray = shared_ray()  # the tests' Ray again: a new session, this process its first driver
+    assert ray.get_runtime_context().get_job_id() == job
+    new = driver_board()
+    assert new != first and ray.get(new.read.remote(), timeout=30) == []
