@@ -68,3 +68,14 @@ def test_a_remote_cluster_is_told_of_each_path_once(submitted):
     notes = [x for x in result.output.splitlines() if x.startswith("note:")]
     assert [n.split()[1] for n in notes] == ["/data/feats", "/data/ids.json"]
     assert PATHS == {"run", "features", "out", "train_ids", "labels"}
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "stop"])
+def test_the_jobs_commands_say_in_one_line_that_the_cluster_cannot_be_reached(command):
+    """(They are run against a real cluster in test_jobs.py, in the cluster tier.)"""
+    result = CliRunner().invoke(app, ["jobs", command, "raysubmit_x",
+                                      "--address", "http://127.0.0.1:9"])  # nothing listens there
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: cannot reach the Ray Jobs API at http://127.0.0.1:9: Failed to connect to Ray at "
+        "address: http://127.0.0.1:9."]
