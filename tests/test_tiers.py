@@ -77,8 +77,11 @@ def words_run(fn: ast.FunctionDef) -> set[tuple[str, ...]]:
     parametrized argument standing for each of its values): what a test passes to
     `cli(...)`, `CliRunner().invoke(app, [...])` or a subprocess's argv."""
     given = parametrized(fn)
+    looped = {id(node.iter) for node in ast.walk(fn) if isinstance(node, ast.For)}
     runs = set()
     for node in ast.walk(fn):
+        if id(node) in looped:  # `for name in ("train", "demo")`: names looked for, not run
+            continue
         items = node.elts if isinstance(node, (ast.List, ast.Tuple)) else (
             node.args if isinstance(node, ast.Call) else [])
         words = [[i.value] if isinstance(i, ast.Constant) and isinstance(i.value, str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import signal
 import sys
@@ -462,7 +463,7 @@ def export(run: Run,
 
 
 jobs = typer.Typer(no_args_is_help=True, cls=_OneLine, help="Jobs submitted with --address http://HEAD:8265.")
-app.add_typer(jobs, name="jobs")
+app.add_typer(jobs, name="jobs", short_help="Jobs submitted with --address http://HEAD:8265: status, logs, stop.")
 JobId = Annotated[str, typer.Argument(help="The id printed when the job was submitted.")]
 
 
@@ -553,8 +554,15 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def _summary(callback) -> str:
+    """A command's docstring's first paragraph, on one line: what `--help` and the CLI
+    reference list for it, whole (Click cuts a summary it makes itself at 45 characters)."""
+    return " ".join((inspect.getdoc(callback) or "").split("\n\n")[0].split())
+
+
 for _info in app.registered_commands + jobs.registered_commands:
     _info.cls = _Command
+    _info.short_help = _info.short_help or _summary(_info.callback)
 
 
 def main() -> None:
