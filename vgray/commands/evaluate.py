@@ -240,7 +240,8 @@ def _labelled(run: RunDir, manifest: Manifest, *, tokens: dict, vectors: np.ndar
         raise VgrayError(f"--labels gives {len(classes)} class for the videos of {run.root}; "
                          "a probe needs at least 2")
     if sizes.min() < 2:
-        raise VgrayError(f"class {classes[sizes.argmin()]!r} has 1 labelled video; every class "
+        lonely = classes[sizes.argmin()].item()  # a Python str or number, not numpy's
+        raise VgrayError(f"class {lonely!r} has 1 labelled video; every class "
                          "needs at least 2 for a cross-validated probe")
     raw = mean_features(features, cfg.streams, ids=set(ids),
                         reading=manifest.reading_for(features)) if features else None
