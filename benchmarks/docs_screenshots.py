@@ -69,13 +69,16 @@ def chromium():
                              f"--user-data-dir={tempfile.mkdtemp()}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        ws = None
         for _ in range(100):
             with contextlib.suppress(OSError, StopIteration, ValueError):
                 pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json"))
-                yield next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
-                return
+                ws = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page")
+                break
             time.sleep(0.2)
-        sys.exit("chromium's DevTools endpoint did not come up")
+        if ws is None:
+            sys.exit("chromium's DevTools endpoint did not come up")
+        yield ws  # outside the suppress: an error of the caller's is never swallowed
     finally:
         proc.kill()
         proc.wait()

@@ -32,10 +32,10 @@ def run_copy(trained_run, tmp_path):
     return copy
 
 
-def labels_file(tmp_path, labels) -> str:
-    path = str(tmp_path / "labels.json")
+def json_file(tmp_path, value, name="labels.json") -> str:
+    path = str(tmp_path / name)
     with open(path, "w") as f:
-        json.dump(labels, f)
+        json.dump(value, f)
     return path
 
 
@@ -63,10 +63,10 @@ def test_evaluate_refuses_labels_it_cannot_use(trained_run, corpus, tmp_path):
     missing = str(tmp_path / "no-such.json")
     assert refused("evaluate", run, "--labels", missing).startswith(
         f"error: cannot read --labels {missing}: ")
-    listed = labels_file(tmp_path, {ids[0]: [1, 2]})
+    listed = json_file(tmp_path, {ids[0]: [1, 2]})
     assert refused("evaluate", run, "--labels", listed) == (
         f"error: --labels {listed}: the class of {ids[0]!r} must be a string or a number")
-    lonely = labels_file(tmp_path, {**{v: "a" for v in ids[:5]}, ids[5]: "b"})
+    lonely = json_file(tmp_path, {**{v: "a" for v in ids[:5]}, ids[5]: "b"})
     assert refused("evaluate", run, "--labels", lonely) == (
         "error: class 'b' has 1 labelled video; every class needs at least 2 for a "
         "cross-validated probe")
@@ -86,7 +86,7 @@ def test_evaluate_names_labelled_videos_missing_from_features(trained_run, corpu
 
 
 def test_train_ids_that_name_no_video_of_features(ray_session, corpus, tmp_path):
-    ids = labels_file(tmp_path, ["no-such-video", "nor-this-one"])
+    ids = json_file(tmp_path, ["no-such-video", "nor-this-one"], "train_ids.json")
     assert refused("train", corpus["features"], "--out", tmp_path / "run", "--train-ids", ids,
                    "--vocab-size", "3", "-q") == ("error: none of the --train-ids has usable "
                                                   "features (none has a file in FEATURES)")

@@ -2,8 +2,6 @@
 paths among them (named in cli.PATHS) as the cluster's nodes see them, found by name, not by
 position. No Ray and no cluster: the submission itself is replaced by a recorder."""
 
-import os
-
 import pytest
 from typer.testing import CliRunner
 

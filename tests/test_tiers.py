@@ -111,8 +111,7 @@ def fast_tier_runs() -> dict[tuple[str, ...], list[str]]:
         for node, outer in scopes:
             if not isinstance(node, ast.FunctionDef):
                 continue
-            if marks(node.decorator_list) & {"fixture"} or any(
-                    "fixture" in ast.unparse(d) for d in node.decorator_list):
+            if any("fixture" in ast.unparse(d) for d in node.decorator_list):
                 fixtures[node.name] = node
             elif node.name.startswith("test_") and not (outer | fully_marked(node)) & TIERS:
                 tests.append((f"{os.path.basename(path)}::{node.name}", node))

@@ -22,13 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
-import time
 from dataclasses import dataclass, field
 
 import ray
 
-from ..errors import VgrayError
 from ..progress import plural
 
 log = logging.getLogger("vgray")
