@@ -217,3 +217,23 @@ def test_hdf5_groups_without_the_dataset_asked_for(tmp_path):
             "2 2-D float datasets in the group (x, y); choose one with --hdf5-key")
         assert reason(h5_streams, f["a"], "i3d", None) == "no 'i3d' in the group (it has x, y)"
         assert reason(h5_streams, f["b"], "i3d", None) == "the group 'i3d' has no 'rgb' dataset"
+
+
+def test_a_webdataset_key_twice_in_one_shard(tmp_path):
+    import io
+    import tarfile
+
+    from vgray.features.format_webdataset import member_video, tar_members
+
+    path = str(tmp_path / "shard-0000.tar")
+    with tarfile.open(path, "w") as tar:
+        for name in ("a/v1.rgb.npy", "b/v1.rgb.npy", "v2.rgb.npy"):
+            data = io.BytesIO()
+            np.save(data, np.ones((3, 2), np.float32))
+            member = tarfile.TarInfo(name)
+            member.size = len(data.getvalue())
+            tar.addfile(member, io.BytesIO(data.getvalue()))
+    members = tar_members(path)
+    skip = member_video(path, "v1", members["v1"], "rgb", "")
+    assert (skip.video_id, skip.reason) == ("v1", "v1.rgb.npy is in the shard twice")
+    assert member_video(path, "v2", members["v2"], "rgb", "").video_id == "v2"
